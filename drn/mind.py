@@ -53,12 +53,19 @@ class Impression:
     history: tuple[str, ...]
     candidates: tuple[str, ...]
     labels: tuple[int, ...] | None = None
+    click_times: tuple[float, ...] | None = None  # aligned with `clicked`; None: clicks happened at `time` (MIND)
 
     @property
     def clicked(self) -> tuple[str, ...]:
         if self.labels is None:
             return ()
         return tuple(c for c, y in zip(self.candidates, self.labels) if y)
+
+    def timed_clicks(self) -> tuple[tuple[float, str], ...]:
+        """(time, news id) of each click; MIND logs no click times, so those default to the impression's."""
+        clicked = self.clicked
+        times = self.click_times if self.click_times is not None else (self.time,) * len(clicked)
+        return tuple(zip(times, clicked))
 
 
 @dataclass

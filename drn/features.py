@@ -1,0 +1,318 @@
+"""DRN's four feature groups, computed from one online feature state that is updated event by event.
+
+Serving calls `features()` for a request, then `record_impression()` and `record_click()` as events arrive.
+Training replays logs through exactly the same calls (`replay`), so a training sample is the vector serving
+would have computed at that moment: no train/serve skew, and no look-ahead (an impression's own clicks and
+everything after it are recorded only after its features are taken).
+
+Vector layout (DRN.md's groups, adapted to what MIND and the simulated world provide):
+- state  = user group + request context   -> the value tower V(s)
+- action = news group + user-news group + item freshness (the per-item part of the paper's context group)
+                                           -> with the state, the advantage tower A(s, a)
+Categorical metadata is hashed into fixed buckets (crc32, stable across processes) so the vector size never
+depends on the data; the schema names every block so a model version can be checked against serving.
+"""
+from __future__ import annotations
+
+import heapq
+import math
+import zlib
+from bisect import bisect_right, insort
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Iterable, Iterator, Mapping, Sequence
+
+import numpy as np
+
+from drn.mind import Impression, NewsItem
+
+SCHEMA_VERSION = 1
+HOUR = 3600.0
+# Sliding windows of DRN.md's click counts ("last 1h / 6h / 24h / 1w"); user profiles add an all-time window
+# that also holds the history a log gives without timestamps (MIND's history column).
+WINDOWS: tuple[tuple[str, float], ...] = (("1h", HOUR), ("6h", 6 * HOUR), ("24h", 24 * HOUR), ("1w", 168 * HOUR))
+PROFILE_WINDOWS: tuple[str, ...] = tuple(name for name, _ in WINDOWS) + ("all",)
+# Hash buckets per metadata field. MIND has 17 categories and ~270 subcategories; collisions only merge rare ones.
+CATEGORY_BUCKETS = 32
+SUBCATEGORY_BUCKETS = 64
+ENTITY_BUCKETS = 64
+PROVIDER_BUCKETS = 16
+METADATA_FIELDS: tuple[tuple[str, int], ...] = (
+    ("category", CATEGORY_BUCKETS), ("subcategory", SUBCATEGORY_BUCKETS),
+    ("entity", ENTITY_BUCKETS), ("provider", PROVIDER_BUCKETS))
+METADATA_DIM = sum(size for _, size in METADATA_FIELDS)
+SEGMENT_STARTS = np.cumsum([0] + [size for _, size in METADATA_FIELDS[:-1]])
+CTR_PRIOR_CLICKS, CTR_PRIOR_IMPRESSIONS = 1.0, 25.0  # smoothing of an item's click rate (~4%, MIND's rate)
+FRESHNESS_DECAY_S = 4.1 * HOUR  # DRN.md: mean time from publication to last click was 4.1 h
+
+
+def _blocks() -> dict[str, list[tuple[str, int]]]:
+    """The named blocks of each part of the vector, in order: the single definition of the layout."""
+    user = [(f"user.profile_{w}", METADATA_DIM) for w in PROFILE_WINDOWS]
+    user += [(f"user.clicks_{w}", 1) for w, _ in WINDOWS] + [("user.clicks_all", 1)]
+    user += [(f"user.impressions_{w}", 1) for w, _ in WINDOWS] + [("user.hours_since_last_request", 1)]
+    context = [("context.hour_sin", 1), ("context.hour_cos", 1), ("context.weekday", 7)]
+    news = [("news.metadata", METADATA_DIM), ("news.has_metadata", 1)]
+    news += [(f"news.clicks_{w}", 1) for w, _ in WINDOWS] + [(f"news.impressions_{w}", 1) for w, _ in WINDOWS]
+    news += [("news.ctr_24h", 1), ("news.ctr_1w", 1)]
+    user_news = [(f"user_news.overlap_{w}", len(METADATA_FIELDS)) for w in PROFILE_WINDOWS]
+    user_news += [("user_news.clicked_before", 1), ("user_news.shown_before", 1)]
+    freshness = [("freshness.log_age_hours", 1), ("freshness.decay", 1)]
+    return {"state": user + context, "action": news + user_news + freshness}
+
+
+@dataclass(frozen=True)
+class FeatureSchema:
+    """Names, sizes and version of the feature vector; travels with every model version."""
+
+    version: int = SCHEMA_VERSION
+    blocks: Mapping[str, Sequence[tuple[str, int]]] = field(default_factory=_blocks)
+
+    @property
+    def state_dim(self) -> int:
+        return sum(size for _, size in self.blocks["state"])
+
+    @property
+    def action_dim(self) -> int:
+        return sum(size for _, size in self.blocks["action"])
+
+    def index(self, name: str) -> tuple[str, slice]:
+        """Which part ('state' or 'action') holds block `name`, and where."""
+        for part, blocks in self.blocks.items():
+            start = 0
+            for block, size in blocks:
+                if block == name:
+                    return part, slice(start, start + size)
+                start += size
+        raise KeyError(name)
+
+    def to_dict(self) -> dict:
+        return {"version": self.version, "state_dim": self.state_dim, "action_dim": self.action_dim,
+                "blocks": {part: [[n, s] for n, s in blocks] for part, blocks in self.blocks.items()}}
+
+    @classmethod
+    def from_dict(cls, data: Mapping) -> "FeatureSchema":
+        return cls(int(data["version"]), {p: [(n, int(s)) for n, s in b] for p, b in data["blocks"].items()})
+
+    def check_compatible(self, other: "FeatureSchema") -> None:
+        """Refuse a model whose features were built differently from the ones this code computes."""
+        if self.to_dict() != other.to_dict():
+            raise ValueError(f"feature schema mismatch: model has version {other.version} "
+                             f"({other.state_dim}+{other.action_dim} dims), code computes version {self.version} "
+                             f"({self.state_dim}+{self.action_dim} dims)")
+
+
+SCHEMA = FeatureSchema()
+
+
+@dataclass
+class FeatureBatch:
+    """The features of one request: the shared state vector and one action row per candidate."""
+
+    state: np.ndarray  # (state_dim,) float32
+    action: np.ndarray  # (n_candidates, action_dim) float32
+    candidates: tuple[str, ...]
+
+    def column(self, name: str) -> np.ndarray:
+        """A named block, e.g. `news.clicks_24h` -> (n,) for per-item blocks of size 1."""
+        part, where = SCHEMA.index(name)
+        values = self.state[where] if part == "state" else self.action[:, where]
+        return values[..., 0] if values.shape[-1] == 1 else values
+
+
+def _bucket(value: str, buckets: int) -> int:
+    return zlib.crc32(value.encode("utf-8")) % buckets
+
+
+def metadata_vector(item: NewsItem) -> np.ndarray:
+    """Hashed one-hot of category, subcategory, provider; entities spread to sum 1. Zeros for unknown items."""
+    vector = np.zeros(METADATA_DIM, dtype=np.float32)
+    if not item.known:
+        return vector
+    start = 0
+    for name, size in METADATA_FIELDS:
+        values = item.entities if name == "entity" else (getattr(item, name),)
+        for value in values:
+            vector[start + _bucket(value, size)] += 1.0 / len(values)
+        start += size
+    return vector
+
+
+@dataclass
+class _ItemState:
+    metadata: np.ndarray
+    known: bool
+    published: float | None = None
+    first_seen: float | None = None
+    click_times: list[float] = field(default_factory=list)
+    impression_times: list[float] = field(default_factory=list)
+
+
+@dataclass
+class _UserState:
+    clicks: list[tuple[float, str]] = field(default_factory=list)  # in time order, last week only
+    all_time_profile: np.ndarray = field(default_factory=lambda: np.zeros(METADATA_DIM, dtype=np.float32))
+    all_time_clicks: int = 0
+    clicked: set[str] = field(default_factory=set)
+    shown: dict[str, int] = field(default_factory=dict)
+    impression_times: list[float] = field(default_factory=list)
+
+
+def _count_since(times: list[float], since: float) -> int:
+    return len(times) - bisect_right(times, since)
+
+
+def _prune(times: list, before: float, key=None) -> None:
+    """Drop entries older than the longest window so state stays bounded as logs grow."""
+    if times and (times[0] if key is None else key(times[0])) < before:
+        probe = [key(t) for t in times] if key is not None else times
+        del times[: bisect_right(probe, before)]
+
+
+class FeatureState:
+    """The online feature state: what is known about items and users up to now."""
+
+    def __init__(self, news: Mapping[str, NewsItem] | None = None):
+        self._items: dict[str, _ItemState] = {}
+        self._users: dict[str, _UserState] = {}
+        for item in (news or {}).values():
+            self.add_news(item)
+
+    # ---- events -------------------------------------------------------------------------------------------
+    def add_news(self, item: NewsItem) -> None:
+        """Register or update an item's metadata (serving learns it from requests, training from news.tsv)."""
+        state = self._items.get(item.news_id)
+        if state is None:
+            self._items[item.news_id] = _ItemState(metadata_vector(item), item.known, item.published)
+        elif item.known or item.published is not None:
+            state.metadata, state.known = metadata_vector(item), item.known
+            state.published = item.published if item.published is not None else state.published
+
+    def see_history(self, user: str, history: Iterable[str]) -> None:
+        """Seed a user met for the first time with clicks from before the log (they join the all-time profile)."""
+        if user in self._users:
+            return
+        state = self._users[user] = _UserState()
+        for news_id in history:
+            self._add_to_profile(state, news_id)
+
+    def record_impression(self, user: str, shown: Sequence[str], time: float) -> None:
+        """The list shown to the user at `time` (after its features were taken)."""
+        user_state = self._users.setdefault(user, _UserState())
+        insort(user_state.impression_times, time)
+        _prune(user_state.impression_times, time - WINDOWS[-1][1])
+        for news_id in shown:
+            item = self._item(news_id)
+            if item.first_seen is None:
+                item.first_seen = time
+            insort(item.impression_times, time)
+            _prune(item.impression_times, time - WINDOWS[-1][1])
+            user_state.shown[news_id] = user_state.shown.get(news_id, 0) + 1
+
+    def record_click(self, user: str, news_id: str, time: float) -> None:
+        user_state = self._users.setdefault(user, _UserState())
+        item = self._item(news_id)
+        insort(item.click_times, time)
+        _prune(item.click_times, time - WINDOWS[-1][1])
+        insort(user_state.clicks, (time, news_id))
+        _prune(user_state.clicks, time - WINDOWS[-1][1], key=lambda c: c[0])
+        self._add_to_profile(user_state, news_id)
+
+    # ---- features -----------------------------------------------------------------------------------------
+    def features(self, user: str, candidates: Sequence[str], time: float) -> FeatureBatch:
+        """Features of a request at `time`, from events recorded so far only. Does not change the state."""
+        user_state = self._users.get(user) or _UserState()
+        items = [self._items.get(c) or _ItemState(np.zeros(METADATA_DIM, np.float32), False) for c in candidates]
+        profiles, user_block = self._user_block(user_state, time)
+        state = np.concatenate([user_block, _context(time)]).astype(np.float32)
+        metadata = np.stack([item.metadata for item in items]) if items else np.zeros((0, METADATA_DIM), np.float32)
+        news = np.stack([_news_row(item, time) for item in items]) if items else np.zeros((0, 11), np.float32)
+        overlap = np.add.reduceat(metadata[:, None, :] * profiles[None, :, :], SEGMENT_STARTS, axis=2)
+        personal = np.array([[c in user_state.clicked, math.log1p(user_state.shown.get(c, 0))] for c in candidates],
+                            dtype=np.float32).reshape(len(candidates), 2)
+        fresh = np.array([_freshness(item, time) for item in items], dtype=np.float32).reshape(len(candidates), 2)
+        action = np.concatenate([metadata, news, overlap.reshape(len(candidates), -1), personal, fresh], axis=1)
+        return FeatureBatch(state, action.astype(np.float32), tuple(candidates))
+
+    # ---- internals ----------------------------------------------------------------------------------------
+    def _item(self, news_id: str) -> _ItemState:
+        item = self._items.get(news_id)
+        if item is None:
+            item = self._items[news_id] = _ItemState(np.zeros(METADATA_DIM, np.float32), False)
+        return item
+
+    def _add_to_profile(self, state: _UserState, news_id: str) -> None:
+        state.all_time_profile += self._item(news_id).metadata
+        state.all_time_clicks += 1
+        state.clicked.add(news_id)
+
+    def _user_block(self, state: _UserState, time: float) -> tuple[np.ndarray, np.ndarray]:
+        """Per-window normalised profiles (fractions of clicks per metadata value) and the user group vector."""
+        profiles = np.zeros((len(PROFILE_WINDOWS), METADATA_DIM), dtype=np.float32)
+        counts = np.zeros(len(PROFILE_WINDOWS), dtype=np.float32)
+        for w, (_, span) in enumerate(WINDOWS):
+            recent = [news_id for t, news_id in state.clicks if time - span < t <= time]
+            counts[w] = len(recent)
+            if recent:
+                profiles[w] = np.sum([self._items[n].metadata for n in recent], axis=0) / len(recent)
+        counts[-1] = state.all_time_clicks
+        if state.all_time_clicks:
+            profiles[-1] = state.all_time_profile / state.all_time_clicks
+        impressions = [_count_since(state.impression_times, time - span) for _, span in WINDOWS]
+        since_last = (time - state.impression_times[-1]) / HOUR if state.impression_times else 0.0
+        block = np.concatenate([profiles.ravel(), np.log1p(counts), np.log1p(impressions), [math.log1p(max(since_last, 0.0))]])
+        return profiles, block
+
+
+def _context(time: float) -> np.ndarray:
+    stamp = datetime.fromtimestamp(time, tz=timezone.utc)
+    hour = (stamp.hour + stamp.minute / 60.0) / 24.0 * 2 * math.pi
+    weekday = np.zeros(7, dtype=np.float32)
+    weekday[stamp.weekday()] = 1.0
+    return np.concatenate([[math.sin(hour), math.cos(hour)], weekday])
+
+
+def _news_row(item: _ItemState, time: float) -> np.ndarray:
+    clicks = [_count_since(item.click_times, time - span) for _, span in WINDOWS]
+    shows = [_count_since(item.impression_times, time - span) for _, span in WINDOWS]
+    ctr = [(clicks[w] + CTR_PRIOR_CLICKS) / (shows[w] + CTR_PRIOR_IMPRESSIONS) for w in (2, 3)]
+    return np.array([float(item.known), *np.log1p(clicks), *np.log1p(shows), *ctr], dtype=np.float32)
+
+
+def _freshness(item: _ItemState, time: float) -> tuple[float, float]:
+    born = item.published if item.published is not None else item.first_seen
+    age_h = max(time - born, 0.0) / HOUR if born is not None else 0.0
+    return math.log1p(age_h), math.exp(-age_h * HOUR / FRESHNESS_DECAY_S)
+
+
+@dataclass
+class Sample:
+    """One replayed impression with the features serving would have computed for it."""
+
+    impression: Impression
+    batch: FeatureBatch
+
+
+def replay(impressions: Iterable[Impression], state: FeatureState) -> Iterator[Sample]:
+    """Replay logs in time order through the online code path, yielding each impression's features first.
+
+    Clicks are applied at their own times, merged with the impressions (a click logged at 10:30 is not seen by
+    a 10:10 request of another user), exactly as serving would have met them. An impression's events are
+    recorded only when the consumer asks for the next sample, so scoring before advancing is progressive
+    validation.
+    """
+    pending: list[tuple[float, int, str, str]] = []  # heap of (click time, order, user, news id)
+    order = 0
+    for impression in impressions:
+        while pending and pending[0][0] <= impression.time:
+            time, _, user, news_id = heapq.heappop(pending)
+            state.record_click(user, news_id, time)
+        state.see_history(impression.user, impression.history)
+        yield Sample(impression, state.features(impression.user, impression.candidates, impression.time))
+        state.record_impression(impression.user, impression.candidates, impression.time)
+        for time, news_id in impression.timed_clicks():
+            heapq.heappush(pending, (max(time, impression.time), order, impression.user, news_id))
+            order += 1
+    while pending:
+        time, _, user, news_id = heapq.heappop(pending)
+        state.record_click(user, news_id, time)

@@ -1,0 +1,29 @@
+"""Shared fixtures: the MIND sample beside the repository (skipped with a reason where it is absent)."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+MIND_SAMPLE = Path(os.environ.get("DRN_MIND_SAMPLE", REPO.parent / "shared" / "data" / "mind-sample"))
+
+
+@pytest.fixture(scope="session")
+def mind_dir() -> Path:
+    if not (MIND_SAMPLE / "behaviors.tsv").is_file():
+        pytest.skip(f"MIND sample not found at {MIND_SAMPLE} (set DRN_MIND_SAMPLE to its folder)")
+    return MIND_SAMPLE
+
+
+@pytest.fixture(scope="session")
+def mind(mind_dir):
+    from drn.mind import load_dataset
+    return load_dataset(mind_dir)
+
+
+@pytest.fixture(scope="session")
+def mind_split(mind):
+    from drn.evaluate import time_split
+    return time_split(mind, test_days=1)

@@ -1,0 +1,108 @@
+import math
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+from drn.features import HOUR, SCHEMA, FeatureSchema, FeatureState, replay
+from drn.mind import Impression, NewsItem
+
+T0 = 1_573_257_600.0  # 2019-11-09 00:00 UTC
+
+
+def _with_delayed_clicks(impressions, max_delay_h=3.0):
+    """Give every click its own time, up to a few hours after its impression (as live feedback arrives)."""
+    rng = np.random.default_rng(1)
+    return [replace(imp, click_times=tuple(imp.time + rng.uniform(0, max_delay_h * HOUR) for _ in imp.clicked))
+            for imp in impressions]
+
+
+def _serve_event_by_event(impressions, news):
+    """What serving does: a request's features, then the list it showed; each click when it arrives."""
+    events = []
+    for order, imp in enumerate(impressions):
+        events.append((imp.time, 0, order, imp))
+        events += [(t, 1, order, (imp.user, n)) for t, n in imp.timed_clicks()]
+    state, served = FeatureState(news), []
+    # Clicks at time t are known before a request at the same t (kind 1 sorts after kind 0 only at equal order).
+    for time, kind, _, payload in sorted(events, key=lambda e: (e[0], -e[1], e[2])):
+        if kind == 1:
+            state.record_click(payload[0], payload[1], time)
+            continue
+        state.see_history(payload.user, payload.history)
+        served.append(state.features(payload.user, payload.candidates, payload.time))
+        state.record_impression(payload.user, payload.candidates, payload.time)
+    return served
+
+
+def test_replayed_features_equal_online_features(mind):
+    imps = _with_delayed_clicks(mind.impressions[:600])
+    online = _serve_event_by_event(imps, mind.news)
+    replayed = [s.batch for s in replay(imps, FeatureState(mind.news))]
+    assert len(online) == len(replayed) == 600
+    for a, b in zip(online, replayed):
+        np.testing.assert_array_equal(a.state, b.state)
+        np.testing.assert_array_equal(a.action, b.action)
+    assert any(b.column("news.clicks_1h").sum() > 0 for b in replayed)  # the check saw real click counts
+
+
+def test_features_never_use_future_events(mind):
+    imps = _with_delayed_clicks(mind.impressions[:400])
+    full = [s.batch for s in replay(imps, FeatureState(mind.news))]
+    for i in (50, 199, 399):
+        future_changed = imps[: i + 1] + [replace(imp, labels=tuple(1 for _ in imp.candidates), click_times=None)
+                                          for imp in imps[i + 1:]]
+        own_changed = imps[:i] + [replace(imps[i], labels=tuple(1 - y for y in imps[i].labels), click_times=None)]
+        for variant in (imps[: i + 1], future_changed, own_changed):
+            batch = [s.batch for s in replay(variant, FeatureState(mind.news))][i]
+            np.testing.assert_array_equal(batch.state, full[i].state)
+            np.testing.assert_array_equal(batch.action, full[i].action)
+
+
+def test_vector_sizes_follow_the_schema_and_schema_round_trips():
+    batch = FeatureState().features("U1", ["N1", "N2", "N3"], T0)
+    assert batch.state.shape == (SCHEMA.state_dim,) and batch.action.shape == (3, SCHEMA.action_dim)
+    assert batch.state.dtype == np.float32 and batch.action.dtype == np.float32
+    assert FeatureSchema.from_dict(SCHEMA.to_dict()) == SCHEMA
+    other = FeatureSchema(2, {"state": [("x", 3)], "action": [("y", 4)]})
+    with pytest.raises(ValueError, match="feature schema mismatch"):
+        SCHEMA.check_compatible(other)
+
+
+def test_click_windows_user_profiles_and_freshness():
+    sports = NewsItem("N1", "sports", "golf", provider="p1.example", entities=("Q1",), published=T0)
+    finance = NewsItem("N2", "finance", "markets", provider="p2.example", published=T0 - 10 * HOUR)
+    state = FeatureState({"N1": sports, "N2": finance})
+    state.record_impression("U1", ["N1", "N2"], T0 + 60)
+    state.record_click("U1", "N1", T0 + 120)
+    soon = state.features("U1", ["N1", "N2"], T0 + 0.5 * HOUR)
+    later = state.features("U1", ["N1", "N2"], T0 + 3 * HOUR)
+    assert soon.column("news.clicks_1h").tolist() == [pytest.approx(math.log1p(1)), 0.0]
+    assert later.column("news.clicks_1h").tolist() == [0.0, 0.0]
+    assert later.column("news.clicks_6h")[0] == pytest.approx(math.log1p(1))
+    overlap = soon.column("user_news.overlap_1h")  # (candidates, [category, subcategory, entity, provider])
+    assert overlap[0].tolist() == [1.0, 1.0, 1.0, 1.0] and overlap[1].tolist() == [0.0, 0.0, 0.0, 0.0]
+    assert soon.column("user_news.clicked_before").tolist() == [1.0, 0.0]
+    assert soon.column("freshness.log_age_hours").tolist() == pytest.approx([math.log1p(0.5), math.log1p(10.5)])
+    week_later = state.features("U1", ["N1"], T0 + 200 * HOUR)
+    assert week_later.column("news.clicks_1w")[0] == 0.0
+    assert week_later.column("user_news.overlap_all")[0].tolist() == [1.0, 1.0, 1.0, 1.0]  # all-time profile stays
+
+
+def test_unknown_items_get_zero_metadata_and_history_counts_in_all_time_profile():
+    state = FeatureState({"N1": NewsItem("N1", "sports", "golf")})
+    state.see_history("U1", ["N1", "N-unknown"])
+    batch = state.features("U1", ["N1", "N-unknown"], T0)
+    assert batch.column("news.has_metadata").tolist() == [1.0, 0.0]
+    assert batch.column("user_news.overlap_all")[0][0] == pytest.approx(0.5)  # 1 of 2 history clicks is sports
+    assert batch.column("user.clicks_all") == pytest.approx(math.log1p(2))
+
+
+def test_state_stays_bounded_as_logs_grow():
+    state = FeatureState()
+    for hour in range(24 * 30):
+        t = T0 + hour * HOUR
+        state.record_impression("U1", ["N1"], t)
+        state.record_click("U1", "N1", t)
+    item = state._items["N1"]
+    assert len(item.click_times) <= 7 * 24 + 1 and len(state._users["U1"].clicks) <= 7 * 24 + 1
