@@ -1,0 +1,352 @@
+"""The log store: what serving did (impressions, exploration rounds) and what users did (clicks, returns).
+
+The minor update reads one exploration round, the major update a time window; both get `LoggedImpression`s, which
+turn into `drn.mind.Impression`s so training reads logs exactly like MIND data. A SQLite file by default, PostgreSQL
+by URL. This is the only module of the project that imports SQLAlchemy.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
+
+from drn.mind import Impression
+
+LOG_FILE = "logs.db"  # the SQLite file `LogStore.at` keeps under a data directory
+NO_TEAM, EXPLOIT, EXPLORE = -1, 0, 1  # `teams` values: which network (W or W~) put a served item in its position
+BATCH = 1000  # impressions per read when streaming a window
+_WRITE = "drn_logstore_write"  # execution option: on SQLite, take the write lock at BEGIN (see _sqlite_durable)
+
+
+class LogStoreError(Exception):
+    """A write the log store refused; nothing was written."""
+
+
+class DuplicateImpression(LogStoreError):
+    pass
+
+
+class UnknownImpression(LogStoreError):
+    pass
+
+
+class ClickNotServed(LogStoreError):
+    pass
+
+
+class UnknownRound(LogStoreError):
+    pass
+
+
+class RoundClosed(LogStoreError):
+    pass
+
+
+@dataclass(frozen=True)
+class ImpressionRecord:
+    """What serving did for one request: the list it showed, which network placed each item, with which model."""
+
+    impression_id: str
+    user: str
+    time: float  # epoch seconds
+    candidates: tuple[str, ...]  # the pool ranked
+    served: tuple[str, ...]  # the list shown, in order
+    teams: tuple[int, ...]  # per served position: EXPLOIT (W), EXPLORE (W~) or NO_TEAM
+    model_version: str
+    round_id: int | None = None  # the exploration round it was interleaved in
+    explore_seed: int | None = None  # the seed W~ was generated with
+
+
+@dataclass(frozen=True)
+class Click:
+    news_id: str
+    time: float
+
+
+@dataclass(frozen=True)
+class LoggedImpression:
+    """An impression with the clicks it received (in time order): the unit the updates learn from."""
+
+    record: ImpressionRecord
+    clicks: tuple[Click, ...] = ()
+
+    @property
+    def clicked(self) -> frozenset[str]:
+        return frozenset(c.news_id for c in self.clicks)
+
+    def to_impression(self, history: Sequence[str] = ()) -> Impression:
+        """As MIND data: the served list labelled clicked or not (logs keep no history; replay rebuilds it)."""
+        rec, clicked = self.record, self.clicked
+        labels = tuple(int(n in clicked) for n in rec.served)
+        return Impression(rec.impression_id, rec.user, rec.time, tuple(history), rec.served, labels)
+
+
+@dataclass(frozen=True)
+class Round:
+    """One exploration round: W~ is a pure function of (model_version's weights, seed, alpha)."""
+
+    round_id: int
+    model_version: str
+    seed: int
+    alpha: float
+    opened_at: float
+    closed_at: float | None = None
+    outcome: dict | None = None  # set by close_round; None when a newer round superseded it
+
+    @property
+    def is_open(self) -> bool:
+        return self.closed_at is None
+
+
+_ID = sa.BigInteger().with_variant(sa.Integer(), "sqlite")  # SQLite only autoincrements INTEGER primary keys
+_meta = sa.MetaData()
+_rounds = sa.Table(
+    "log_rounds", _meta,
+    sa.Column("round_id", _ID, primary_key=True, autoincrement=True),
+    sa.Column("model_version", sa.Text, nullable=False),
+    sa.Column("seed", sa.BigInteger, nullable=False),
+    sa.Column("alpha", sa.Double, nullable=False),
+    sa.Column("opened_at", sa.Double, nullable=False),
+    sa.Column("closed_at", sa.Double),
+    sa.Column("outcome", sa.JSON(none_as_null=True)),
+)
+_impressions = sa.Table(
+    "log_impressions", _meta,
+    sa.Column("seq", _ID, primary_key=True, autoincrement=True),  # log order: breaks ties between equal times
+    sa.Column("impression_id", sa.Text, nullable=False, unique=True),
+    sa.Column("user_id", sa.Text, nullable=False),
+    sa.Column("time", sa.Double, nullable=False),
+    sa.Column("candidates", sa.JSON, nullable=False),
+    sa.Column("served", sa.JSON, nullable=False),
+    sa.Column("teams", sa.JSON, nullable=False),
+    sa.Column("model_version", sa.Text, nullable=False),
+    sa.Column("round_id", _ID, sa.ForeignKey(_rounds.c.round_id)),
+    sa.Column("explore_seed", sa.BigInteger),
+    sa.Index("ix_log_impressions_time", "time", "seq"),
+    sa.Index("ix_log_impressions_round", "round_id", "time", "seq"),
+)
+_clicks = sa.Table(
+    "log_clicks", _meta,
+    sa.Column("seq", _ID, primary_key=True, autoincrement=True),
+    sa.Column("impression_id", sa.Text, sa.ForeignKey(_impressions.c.impression_id), nullable=False),
+    sa.Column("news_id", sa.Text, nullable=False),
+    sa.Column("time", sa.Double, nullable=False),
+    sa.UniqueConstraint("impression_id", "news_id", name="uq_log_clicks_once"),  # a click counts once
+)
+_returns = sa.Table(
+    "log_returns", _meta,
+    sa.Column("seq", _ID, primary_key=True, autoincrement=True),
+    sa.Column("user_id", sa.Text, nullable=False),
+    sa.Column("time", sa.Double, nullable=False),
+    sa.Index("ix_log_returns_time", "time", "seq"),
+)
+
+
+def _sqlite_durable(engine: sa.Engine) -> None:
+    """WAL so readers never block the writer, synchronous=FULL so an acknowledged write survives a crash.
+
+    SQLAlchemy emits BEGIN itself: writes use BEGIN IMMEDIATE, so a transaction that reads then writes (a click's
+    check, a round switch) holds the write lock from its start instead of failing on a lock upgrade.
+    """
+
+    @sa.event.listens_for(engine, "connect")
+    def _connect(dbapi_conn: Any, _record: Any) -> None:
+        dbapi_conn.isolation_level = None  # the driver stops emitting its own BEGIN
+        for pragma in ("busy_timeout=30000", "journal_mode=WAL", "synchronous=FULL", "foreign_keys=ON"):
+            dbapi_conn.execute(f"PRAGMA {pragma}")
+
+    @sa.event.listens_for(engine, "begin")
+    def _begin(conn: sa.Connection) -> None:
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if conn.get_execution_options().get(_WRITE) else "BEGIN")
+
+
+def _between(column: sa.ColumnElement, start: float | None, end: float | None) -> list[sa.ColumnElement]:
+    """Half-open [start, end), so consecutive windows never share an event; None leaves that side open."""
+    return ([column >= start] if start is not None else []) + ([column < end] if end is not None else [])
+
+
+def _record(row: sa.Row) -> ImpressionRecord:
+    return ImpressionRecord(row.impression_id, row.user_id, row.time, tuple(row.candidates), tuple(row.served),
+                            tuple(row.teams), row.model_version, row.round_id, row.explore_seed)
+
+
+def _round(row: sa.Row) -> Round:
+    return Round(row.round_id, row.model_version, row.seed, row.alpha, row.opened_at, row.closed_at, row.outcome)
+
+
+def _check(rec: ImpressionRecord) -> None:
+    if len(rec.teams) != len(rec.served):
+        raise ValueError(f"impression {rec.impression_id}: {len(rec.teams)} teams for {len(rec.served)} served items")
+    if not set(rec.teams) <= {NO_TEAM, EXPLOIT, EXPLORE}:
+        raise ValueError(f"impression {rec.impression_id}: teams must be -1, 0 or 1, got {rec.teams}")
+    if not set(rec.served) <= set(rec.candidates):
+        raise ValueError(f"impression {rec.impression_id}: served items that are not candidates")
+
+
+class LogStore:
+    """Impressions, clicks, returns and exploration rounds in one SQL database; safe to share between threads."""
+
+    def __init__(self, url: str):
+        """`sqlite:////abs/path/logs.db` or `postgresql+psycopg://host:port/db`; creates the tables if missing."""
+        backend = sa.make_url(url).get_backend_name()
+        if backend not in ("sqlite", "postgresql"):
+            raise ValueError(f"log store URL must be sqlite or postgresql, got {backend!r}")
+        self._engine = sa.create_engine(url, pool_pre_ping=backend == "postgresql")
+        if backend == "sqlite":
+            _sqlite_durable(self._engine)
+        self._writer = self._engine.execution_options(**{_WRITE: True})
+        self._insert = sqlite.insert if backend == "sqlite" else postgresql.insert  # for ON CONFLICT
+        with self._writer.begin() as conn:
+            _meta.create_all(conn)
+
+    @classmethod
+    def at(cls, folder: str | os.PathLike) -> LogStore:
+        """The embedded default: a SQLite file under the data directory."""
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        return cls(f"sqlite:///{(folder / LOG_FILE).resolve()}")
+
+    def __repr__(self) -> str:
+        return f"LogStore({self._engine.url.render_as_string(hide_password=True)!r})"
+
+    def close(self) -> None:
+        self._engine.dispose()
+
+    def __enter__(self) -> LogStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # writes
+
+    def log_impression(self, rec: ImpressionRecord) -> None:
+        """Records what was served; an impression id is logged once (DuplicateImpression otherwise)."""
+        _check(rec)
+        row = dict(impression_id=rec.impression_id, user_id=rec.user, time=rec.time, candidates=list(rec.candidates),
+                   served=list(rec.served), teams=list(rec.teams), model_version=rec.model_version,
+                   round_id=rec.round_id, explore_seed=rec.explore_seed)
+        with self._writer.begin() as conn:
+            if rec.round_id is not None and conn.scalar(sa.select(_rounds.c.round_id).where(
+                    _rounds.c.round_id == rec.round_id)) is None:
+                raise UnknownRound(f"impression {rec.impression_id}: no round {rec.round_id}")
+            insert = self._insert(_impressions).values(row).on_conflict_do_nothing(index_elements=["impression_id"])
+            if conn.execute(insert.returning(_impressions.c.seq)).first() is None:
+                raise DuplicateImpression(f"impression {rec.impression_id} is already logged")
+
+    def log_click(self, impression_id: str, news_id: str, time: float) -> bool:
+        """True when recorded, False when this click was already logged (clients retry; a click counts once)."""
+        with self._writer.begin() as conn:
+            served = conn.scalar(sa.select(_impressions.c.served).where(_impressions.c.impression_id == impression_id))
+            if served is None:
+                raise UnknownImpression(f"no impression {impression_id}")
+            if news_id not in served:
+                raise ClickNotServed(f"impression {impression_id} did not show {news_id}")
+            insert = (self._insert(_clicks).values(impression_id=impression_id, news_id=news_id, time=time)
+                      .on_conflict_do_nothing(index_elements=["impression_id", "news_id"]).returning(_clicks.c.seq))
+            return conn.execute(insert).first() is not None
+
+    def log_return(self, user: str, time: float) -> None:
+        """A user came back: the signal DRN's activeness (user return) reward is learned from."""
+        with self._writer.begin() as conn:
+            conn.execute(sa.insert(_returns).values(user_id=user, time=time))
+
+    # exploration rounds
+
+    def open_round(self, model_version: str, seed: int, alpha: float, time: float) -> Round:
+        """Starts a round; the open one (if any) is closed unscored, so at most one round is ever open."""
+        with self._writer.begin() as conn:
+            if conn.dialect.name == "postgresql":  # SQLite's BEGIN IMMEDIATE already serialises round switches
+                conn.exec_driver_sql(f"LOCK TABLE {_rounds.name} IN EXCLUSIVE MODE")
+            conn.execute(sa.update(_rounds).where(_rounds.c.closed_at.is_(None)).values(closed_at=time))
+            result = conn.execute(sa.insert(_rounds).values(model_version=model_version, seed=seed, alpha=alpha,
+                                                            opened_at=time))
+        return Round(result.inserted_primary_key[0], model_version, seed, alpha, time)
+
+    def current_round(self) -> Round | None:
+        with self._engine.connect() as conn:
+            row = conn.execute(sa.select(_rounds).where(_rounds.c.closed_at.is_(None))).first()
+        return _round(row) if row else None
+
+    def close_round(self, round_id: int, outcome: dict, time: float) -> None:
+        """Scores the open round; a round is closed once (RoundClosed otherwise)."""
+        with self._writer.begin() as conn:
+            closing = sa.update(_rounds).where(_rounds.c.round_id == round_id, _rounds.c.closed_at.is_(None))
+            if conn.execute(closing.values(closed_at=time, outcome=outcome)).rowcount == 1:
+                return
+            if conn.scalar(sa.select(_rounds.c.round_id).where(_rounds.c.round_id == round_id)) is None:
+                raise UnknownRound(f"no round {round_id}")
+            raise RoundClosed(f"round {round_id} is already closed")
+
+    def rounds(self) -> list[Round]:
+        with self._engine.connect() as conn:
+            return [_round(row) for row in conn.execute(sa.select(_rounds).order_by(_rounds.c.round_id))]
+
+    # reads
+
+    def impression(self, impression_id: str) -> ImpressionRecord | None:
+        with self._engine.connect() as conn:
+            row = conn.execute(sa.select(_impressions).where(_impressions.c.impression_id == impression_id)).first()
+        return _record(row) if row else None
+
+    def round_feedback(self, round_id: int) -> list[LoggedImpression]:
+        """The impressions interleaved in one round, in time order, with their clicks: a minor update's input."""
+        return list(self._logged([_impressions.c.round_id == round_id]))
+
+    def window(self, start: float | None = None, end: float | None = None, *,
+               batch: int = BATCH) -> Iterator[LoggedImpression]:
+        """Impressions with start <= time < end in time order (ties in log order), each with all its clicks.
+
+        Streamed `batch` impressions at a time, each batch its own short read, so a replay of months of logs neither
+        fills memory nor holds a transaction (or a SQLite checkpoint) open while the consumer trains.
+        """
+        return self._logged(_between(_impressions.c.time, start, end), batch)
+
+    def _logged(self, where: list[sa.ColumnElement], batch: int = BATCH) -> Iterator[LoggedImpression]:
+        order = (_impressions.c.time, _impressions.c.seq)
+        after: tuple[float, int] | None = None
+        while True:
+            query = sa.select(_impressions).where(*where).order_by(*order).limit(batch)
+            if after is not None:
+                query = query.where(sa.tuple_(*order) > after)  # keyset paging: resumes exactly where it stopped
+            with self._engine.connect() as conn:
+                rows = conn.execute(query).all()
+                clicks = self._clicks_of(conn, [row.impression_id for row in rows])
+            yield from (LoggedImpression(_record(row), clicks.get(row.impression_id, ())) for row in rows)
+            if len(rows) < batch:
+                return
+            after = (rows[-1].time, rows[-1].seq)
+
+    @staticmethod
+    def _clicks_of(conn: sa.Connection, impression_ids: list[str]) -> dict[str, tuple[Click, ...]]:
+        found: dict[str, list[Click]] = {}
+        if impression_ids:
+            query = (sa.select(_clicks.c.impression_id, _clicks.c.news_id, _clicks.c.time)
+                     .where(_clicks.c.impression_id.in_(impression_ids)).order_by(_clicks.c.time, _clicks.c.seq))
+            for impression_id, news_id, time in conn.execute(query):
+                found.setdefault(impression_id, []).append(Click(news_id, time))
+        return {impression_id: tuple(clicks) for impression_id, clicks in found.items()}
+
+    def returns(self, start: float | None = None, end: float | None = None) -> list[tuple[str, float]]:
+        """(user, time) of returns with start <= time < end, in time order."""
+        query = (sa.select(_returns.c.user_id, _returns.c.time).where(*_between(_returns.c.time, start, end))
+                 .order_by(_returns.c.time, _returns.c.seq))
+        with self._engine.connect() as conn:
+            return [(user, time) for user, time in conn.execute(query)]
+
+    def counts(self) -> dict[str, int]:
+        tables = {"impressions": _impressions, "clicks": _clicks, "returns": _returns, "rounds": _rounds}
+        with self._engine.connect() as conn:  # one read transaction: a consistent snapshot
+            return {name: conn.scalar(sa.select(sa.func.count()).select_from(t)) for name, t in tables.items()}
+
+    def time_range(self) -> tuple[float, float] | None:
+        """(first, last) time of any logged impression, click or return; None when nothing is logged."""
+        with self._engine.connect() as conn:
+            spans = [conn.execute(sa.select(sa.func.min(t.c.time), sa.func.max(t.c.time))).one()
+                     for t in (_impressions, _clicks, _returns)]
+        spans = [(lo, hi) for lo, hi in spans if lo is not None]
+        return (min(lo for lo, _ in spans), max(hi for _, hi in spans)) if spans else None

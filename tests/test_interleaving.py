@@ -1,0 +1,200 @@
+"""Interleaving: served-list invariants, click credit, and that a simulated user's clicks pick the better ranker."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from drn.interleaving import (
+    METHODS, TAU, Interleaved, credit, interleaver, probabilistic, round_outcome, sign_test_p, team_draft,
+)
+
+# The simulated user: relevant items clicked with P_RELEVANT, others with P_OTHER, both times a position bias.
+P_RELEVANT = 0.6
+P_OTHER = 0.05
+POOL = tuple(f"n{i}" for i in range(20))
+RELEVANT = frozenset(POOL[i] for i in (3, 7, 11, 14, 18))
+K = 10
+IMPRESSIONS_PER_ROUND = 200
+ROUNDS = 20
+
+
+def position_bias(pos: int) -> float:
+    return 1.0 / np.log2(pos + 2.0)
+
+
+def simulate_clicks(served: tuple[str, ...], rng: np.random.Generator) -> list[int]:
+    probs = [(P_RELEVANT if d in RELEVANT else P_OTHER) * position_bias(i) for i, d in enumerate(served)]
+    return [i for i, p in enumerate(probs) if rng.random() < p]
+
+
+def play_rounds(method: str, ranking_a: tuple[str, ...], ranking_b: tuple[str, ...], seed: int) -> list:
+    rng = np.random.default_rng(seed)
+    interleave = interleaver(method)
+    outcomes = []
+    for _ in range(ROUNDS):
+        round_log = []
+        for _ in range(IMPRESSIONS_PER_ROUND):
+            merged = interleave(ranking_a, ranking_b, K, rng)
+            round_log.append((merged.teams, simulate_clicks(merged.served, rng)))
+        outcomes.append(round_outcome(round_log, method))
+    return outcomes
+
+
+IDEAL = tuple(sorted(POOL, key=lambda d: d not in RELEVANT))  # relevant items first
+WORSE = tuple(IDEAL[5 + i // 2] if i % 2 == 0 else IDEAL[i // 2] for i in range(10)) + IDEAL[10:]  # relevant at 1,3,..,9
+SHUFFLED = tuple(np.random.default_rng(7).permutation(POOL).tolist())  # a ranker that ignores relevance
+
+
+def test_worse_ranker_puts_relevant_items_at_odd_ranks():
+    assert [i for i, d in enumerate(WORSE) if d in RELEVANT] == [1, 3, 5, 7, 9]
+    assert sorted(WORSE) == sorted(POOL)
+
+
+@pytest.mark.parametrize("method", sorted(METHODS))
+def test_better_exploit_ranker_wins_most_rounds(method):
+    outcomes = play_rounds(method, IDEAL, WORSE, seed=1)
+    assert sum(o.winner == "exploit" for o in outcomes) >= 0.9 * ROUNDS
+    assert not any(o.explore_won for o in outcomes)
+
+
+@pytest.mark.parametrize("method", sorted(METHODS))
+def test_better_explore_ranker_wins_most_rounds(method):
+    outcomes = play_rounds(method, WORSE, IDEAL, seed=2)
+    assert sum(o.explore_won for o in outcomes) >= 0.9 * ROUNDS
+    assert all(o.clicks_b > o.clicks_a for o in outcomes)
+
+
+@pytest.mark.parametrize("method", sorted(METHODS))
+def test_identical_rankers_tie(method):
+    outcomes = play_rounds(method, SHUFFLED, SHUFFLED, seed=3)
+    assert sum(o.winner == "tie" for o in outcomes) >= 0.8 * ROUNDS
+    wins_a, wins_b = sum(o.wins_a for o in outcomes), sum(o.wins_b for o in outcomes)
+    assert abs(wins_a - wins_b) <= 0.1 * (wins_a + wins_b)
+    assert sign_test_p(wins_a, wins_b) > 0.01
+
+
+A = ("a", "b", "c", "d", "e", "f")
+B = ("c", "x", "a", "y", "z")  # overlaps A in a and c
+
+
+@pytest.mark.parametrize("method", sorted(METHODS))
+@pytest.mark.parametrize("k", [0, 1, 4, 9, 50])
+def test_served_list_has_no_duplicates_and_the_right_length(method, k):
+    rng = np.random.default_rng(11)
+    union = set(A) | set(B)
+    for _ in range(50):
+        merged = interleaver(method)(A, B, k, rng)
+        assert len(merged.served) == min(k, len(union))
+        assert len(set(merged.served)) == len(merged.served)
+        assert set(merged.served) <= union
+        assert set(merged.teams) <= {0, 1}
+
+
+@pytest.mark.parametrize("method", sorted(METHODS))
+def test_items_are_credited_to_the_list_they_came_from(method):
+    a, b = tuple(f"a{i}" for i in range(6)), tuple(f"b{i}" for i in range(6))
+    rng = np.random.default_rng(5)
+    for _ in range(50):
+        merged = interleaver(method)(a, b, 8, rng)
+        for item, team in zip(merged.served, merged.teams):
+            assert team == (0 if item in a else 1)
+
+
+def test_team_draft_keeps_teams_balanced_and_in_rank_order():
+    a, b = tuple(f"a{i}" for i in range(6)), tuple(f"b{i}" for i in range(6))
+    rng = np.random.default_rng(6)
+    for _ in range(50):
+        merged = team_draft(a, b, 10, rng)
+        for n in range(1, len(merged.teams) + 1):
+            ones = sum(merged.teams[:n])
+            assert abs((n - ones) - ones) <= 1
+        team_a = [d for d, t in zip(merged.served, merged.teams) if t == 0]
+        assert team_a == list(a[:len(team_a)])
+
+
+def test_team_draft_continues_from_the_other_list_when_one_is_used_up():
+    merged = team_draft(("a",), ("b", "c", "d"), 4, np.random.default_rng(0))
+    assert sorted(merged.served) == ["a", "b", "c", "d"]
+    assert merged.teams.count(0) == 1
+
+
+def test_probabilistic_first_position_follows_the_rank_softmax():
+    a, b = tuple(f"a{i}" for i in range(5)), tuple(f"b{i}" for i in range(5))
+    rng = np.random.default_rng(8)
+    draws = 6000
+    firsts = [probabilistic(a, b, 1, rng).served[0] for _ in range(draws)]
+    expected = 0.5 / sum(r ** -TAU for r in range(1, 6))  # coin for list A, then rank 1 of A
+    assert abs(firsts.count("a0") / draws - expected) < 0.025
+    expected_a1 = 0.5 * 2 ** -TAU / sum(r ** -TAU for r in range(1, 6))
+    assert abs(firsts.count("a1") / draws - expected_a1) < 0.015
+
+
+@pytest.mark.parametrize("method", sorted(METHODS))
+def test_deterministic_by_seed(method):
+    def run(seed):
+        rng = np.random.default_rng(seed)
+        return [interleaver(method)(A, B, 6, rng) for _ in range(20)]
+
+    assert run(42) == run(42)
+    assert run(42) != run(43)
+
+
+def test_duplicate_items_in_a_ranking_are_rejected():
+    with pytest.raises(ValueError, match="duplicate"):
+        team_draft(("a", "a"), ("b",), 2, np.random.default_rng(0))
+
+
+def test_unknown_method_is_rejected():
+    assert interleaver() is team_draft
+    assert interleaver("probabilistic") is probabilistic
+    with pytest.raises(ValueError, match="team_draft"):
+        interleaver("balanced")
+
+
+def test_credit_counts_clicks_per_team():
+    assert credit((0, 1, 1, 0), [0, 2, 3]) == (2, 1)
+    assert credit((0, 1, 1, 0), [2, 2]) == (0, 1)
+    assert credit((0, 1), []) == (0, 0)
+    with pytest.raises(ValueError, match="outside"):
+        credit((0, 1), [2])
+
+
+def test_interleaved_rejects_mismatched_lengths():
+    with pytest.raises(ValueError):
+        Interleaved(("a", "b"), (0,))
+
+
+def test_sign_test_matches_the_binomial():
+    assert sign_test_p(9, 1) == pytest.approx(2 * 11 / 1024)
+    assert sign_test_p(1, 9) == pytest.approx(2 * 11 / 1024)
+    assert sign_test_p(5, 5) == 1.0
+    assert sign_test_p(0, 0) == 1.0
+    assert sign_test_p(600, 400) < 1e-9
+
+
+def test_round_outcome_counts_and_verdict():
+    explore_wins = [((0, 1), [1])] * 30 + [((0, 1), [0])] * 5 + [((0, 1), [0, 1])] * 10 + [((0, 1), [])] * 10
+    outcome = round_outcome(explore_wins, min_impressions=50, min_clicks=10)
+    assert (outcome.impressions, outcome.wins_a, outcome.wins_b, outcome.ties) == (55, 5, 30, 20)
+    assert (outcome.clicks_a, outcome.clicks_b) == (15, 40)
+    assert outcome.winner == "explore" and outcome.explore_won
+    assert outcome.method == "team_draft"
+
+
+def test_round_outcome_ties_when_the_difference_is_not_significant():
+    close = [((0, 1), [1])] * 12 + [((0, 1), [0])] * 10 + [((0, 1), [])] * 40
+    assert round_outcome(close).winner == "tie"
+    assert round_outcome(close, significance=1.0).winner == "explore"  # plain majority
+
+
+def test_round_outcome_says_when_feedback_is_insufficient():
+    few = [((0, 1), [1])] * 20
+    assert round_outcome(few, min_impressions=50).winner == "insufficient"
+    no_clicks = [((0, 1), [])] * 500
+    assert round_outcome(no_clicks, min_clicks=10).winner == "insufficient"
+    assert round_outcome(few, min_impressions=20, min_clicks=20).winner == "explore"
+
+
+def test_round_outcome_rejects_unknown_method():
+    with pytest.raises(ValueError):
+        round_outcome([], "balanced")

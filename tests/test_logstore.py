@@ -1,0 +1,276 @@
+"""The log store on SQLite and on PostgreSQL: round trips, refusals, rounds, ordered streaming reads, durability,
+concurrent writers. PostgreSQL tests run in a fresh schema each and skip when no server answers."""
+from __future__ import annotations
+
+import os
+import sqlite3
+import subprocess
+import sys
+import threading
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+
+from drn.logstore import (EXPLOIT, EXPLORE, NO_TEAM, ClickNotServed, DuplicateImpression, ImpressionRecord, LogStore,
+                          RoundClosed, UnknownImpression, UnknownRound)
+from drn.mind import Impression
+
+PG_URL = os.environ.get("DRN_TEST_PG_URL", "postgresql+psycopg://127.0.0.1:5432/test")
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _pg_admin() -> sa.Engine:
+    """An engine on the test server (as the OS user, else as postgres), or a skip that says why not."""
+    errors = []
+    for user in (None, "postgres"):
+        url = sa.make_url(PG_URL)
+        url = url.set(username=user) if user else url
+        engine = sa.create_engine(url, connect_args={"connect_timeout": 3}, isolation_level="AUTOCOMMIT")
+        try:
+            with engine.connect():
+                return engine
+        except sa.exc.OperationalError as err:
+            errors.append(str(err.orig).strip().splitlines()[0])
+            engine.dispose()
+    pytest.skip(f"PostgreSQL not reachable at {PG_URL} (set DRN_TEST_PG_URL): {'; '.join(errors)}")
+
+
+@pytest.fixture(scope="module")
+def pg_admin():
+    engine = _pg_admin()
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def url(request, tmp_path):
+    """A database no other test sees: a fresh file, or a fresh schema reached through the URL's search_path."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'logs.db'}"
+        return
+    admin = request.getfixturevalue("pg_admin")
+    schema = f"logstore_{uuid.uuid4().hex[:12]}"
+    with admin.connect() as conn:
+        conn.exec_driver_sql(f"CREATE SCHEMA {schema}")
+    try:
+        yield admin.url.update_query_dict({"options": f"-csearch_path={schema}"}).render_as_string(hide_password=False)
+    finally:
+        with admin.connect() as conn:
+            conn.exec_driver_sql(f"DROP SCHEMA {schema} CASCADE")
+
+
+@pytest.fixture
+def store(url):
+    with LogStore(url) as s:
+        yield s
+
+
+def rec(impression_id: str, time: float, served=("n1", "n2"), round_id=None, user="u1") -> ImpressionRecord:
+    teams = tuple(EXPLOIT if i % 2 == 0 else EXPLORE for i in range(len(served)))
+    return ImpressionRecord(impression_id, user, time, ("n0",) + tuple(served), tuple(served), teams, "v1",
+                            round_id, None if round_id is None else 7)
+
+
+def ids(logged) -> list[str]:
+    return [li.record.impression_id for li in logged]
+
+
+def test_round_trip(store, url):
+    r = store.open_round("v1", seed=7, alpha=0.1, time=5.0)
+    record = ImpressionRecord("i1", "u1", 10.25, ("n0", "n1", "n2", "n3"), ("n2", "n1", "n3"),
+                              (EXPLOIT, EXPLORE, NO_TEAM), "v1", r.round_id, 2**40)
+    store.log_impression(record)
+    assert store.log_click("i1", "n1", 11.5) is True
+    store.log_return("u1", 12.0)
+
+    assert store.impression("i1") == record
+    assert store.impression("nope") is None
+    [logged] = list(store.window())
+    assert logged.record == record and [(c.news_id, c.time) for c in logged.clicks] == [("n1", 11.5)]
+    assert logged.to_impression(history=("h1",)) == Impression("i1", "u1", 10.25, ("h1",), ("n2", "n1", "n3"),
+                                                                 (0, 1, 0))
+    assert store.returns() == [("u1", 12.0)]
+    assert store.counts() == {"impressions": 1, "clicks": 1, "returns": 1, "rounds": 1}
+    assert store.time_range() == (10.25, 12.0)
+    assert "logs.db" in repr(store) or "postgresql" in repr(store)
+
+
+def test_bad_impressions_refused(store):
+    store.log_impression(rec("i1", 1.0))
+    with pytest.raises(DuplicateImpression):
+        store.log_impression(rec("i1", 2.0, served=("n3",)))
+    with pytest.raises(UnknownRound):
+        store.log_impression(rec("i2", 2.0, round_id=99))
+    with pytest.raises(ValueError, match="teams"):
+        store.log_impression(ImpressionRecord("i3", "u", 3.0, ("a", "b"), ("a", "b"), (0,), "v1"))
+    with pytest.raises(ValueError, match="not candidates"):
+        store.log_impression(ImpressionRecord("i4", "u", 3.0, ("a",), ("a", "z"), (0, 1), "v1"))
+    assert store.impression("i1") == rec("i1", 1.0)
+    assert store.counts()["impressions"] == 1
+
+
+def test_clicks_are_idempotent(store):
+    store.log_impression(rec("i1", 1.0))
+    assert store.log_click("i1", "n2", 2.0) is True
+    assert store.log_click("i1", "n2", 3.0) is False
+    assert store.log_click("i1", "n1", 4.0) is True
+    assert store.counts()["clicks"] == 2
+    [logged] = list(store.window())
+    assert [(c.news_id, c.time) for c in logged.clicks] == [("n2", 2.0), ("n1", 4.0)]
+    assert logged.to_impression().labels == (1, 1)
+
+
+def test_bad_clicks_refused_and_nothing_written(store):
+    store.log_impression(rec("i1", 1.0, served=("n1",)))  # n0 was a candidate, but not shown
+    before = store.counts()
+    with pytest.raises(UnknownImpression):
+        store.log_click("nope", "n1", 2.0)
+    with pytest.raises(ClickNotServed):
+        store.log_click("i1", "n0", 2.0)
+    assert store.counts() == before
+    assert list(store.window())[0].clicks == ()
+    assert store.time_range() == (1.0, 1.0)
+
+
+def test_rounds_open_close_current(store):
+    assert store.current_round() is None and store.rounds() == []
+    first = store.open_round("v1", seed=11, alpha=0.1, time=100.0)
+    assert store.current_round() == first and first.is_open
+    second = store.open_round("v2", seed=12, alpha=0.2, time=200.0)
+    assert second.round_id != first.round_id and store.current_round() == second
+    store.close_round(second.round_id, {"wins": 3, "losses": 1}, time=300.0)
+    assert store.current_round() is None
+    superseded, scored = store.rounds()
+    assert (superseded.round_id, superseded.closed_at, superseded.outcome) == (first.round_id, 200.0, None)
+    assert (scored.model_version, scored.seed, scored.alpha, scored.opened_at) == ("v2", 12, 0.2, 200.0)
+    assert (scored.closed_at, scored.outcome) == (300.0, {"wins": 3, "losses": 1})
+    with pytest.raises(RoundClosed):
+        store.close_round(first.round_id, {"wins": 0}, time=400.0)
+    with pytest.raises(UnknownRound):
+        store.close_round(999, {}, time=400.0)
+    assert store.rounds() == [superseded, scored]
+
+
+def test_round_feedback(store):
+    r1 = store.open_round("v1", 1, 0.1, 0.0)
+    for i, t in enumerate([30.0, 10.0, 20.0]):  # logged out of time order
+        store.log_impression(rec(f"a{i}", t, round_id=r1.round_id))
+    store.log_impression(rec("none", 15.0))
+    r2 = store.open_round("v2", 2, 0.1, 40.0)
+    store.log_impression(rec("b0", 50.0, round_id=r2.round_id))
+    store.log_click("a1", "n2", 13.0)
+    store.log_click("a1", "n1", 12.0)
+
+    feedback = store.round_feedback(r1.round_id)
+    assert ids(feedback) == ["a1", "a2", "a0"]
+    assert [c.news_id for c in feedback[0].clicks] == ["n1", "n2"]
+    assert ids(store.round_feedback(r2.round_id)) == ["b0"]
+    assert store.round_feedback(999) == []
+
+
+def test_window_order_and_bounds(store):
+    for name, t in [("c", 3.0), ("a", 1.0), ("d", 4.0), ("b1", 2.0), ("b2", 2.0), ("e", 5.0)]:
+        store.log_impression(rec(name, t))
+    for user, t in [("u2", 2.5), ("u1", 0.5), ("u3", 5.0)]:
+        store.log_return(user, t)
+    store.log_click("e", "n1", 9.0)
+
+    assert ids(store.window()) == ["a", "b1", "b2", "c", "d", "e"]  # equal times keep log order
+    assert ids(store.window(2.0, 4.0)) == ["b1", "b2", "c"]  # half-open
+    assert ids(store.window(start=4.0)) == ["d", "e"]
+    assert ids(store.window(end=2.0)) == ["a"]
+    assert ids(store.window(2.0, 4.0, batch=1)) == ["b1", "b2", "c"]
+    assert ids(store.window(batch=2)) == ids(store.window(batch=1000))
+    assert store.returns() == [("u1", 0.5), ("u2", 2.5), ("u3", 5.0)]
+    assert store.returns(1.0, 5.0) == [("u2", 2.5)]
+    assert store.time_range() == (0.5, 9.0)
+
+
+def test_window_streams_in_batches(store):
+    for i in range(6):
+        store.log_impression(rec(f"i{i}", float(i)))
+    stream = store.window(batch=2)
+    assert next(stream).record.impression_id == "i0"
+    store.log_click("i4", "n1", 10.0)  # after the read began: only a lazily streamed window can see it
+    store.log_impression(rec("late", 4.5))
+    rest = list(stream)
+    assert ids(rest) == ["i1", "i2", "i3", "i4", "late", "i5"]
+    assert rest[3].clicked == {"n1"}
+
+
+WRITER = """
+import os, sys
+from drn.logstore import ImpressionRecord, LogStore
+store = LogStore(sys.argv[1])
+r = store.open_round("v1", 5, 0.1, 1.0)
+for i in range(20):
+    store.log_impression(ImpressionRecord(f"i{i}", "u", float(i), ("a", "b"), ("a", "b"), (0, 1), "v1", r.round_id, 5))
+store.log_click("i3", "b", 30.0)
+store.log_return("u", 31.0)
+print("acknowledged", flush=True)
+os._exit(0)  # no close, no clean shutdown: only what was acknowledged may be relied on
+"""
+
+
+def test_durable_across_processes(url):
+    done = subprocess.run([sys.executable, "-c", WRITER, url], cwd=ROOT, capture_output=True, text=True, timeout=30)
+    assert done.returncode == 0 and "acknowledged" in done.stdout, done.stderr
+    with LogStore(url) as fresh:
+        assert fresh.counts() == {"impressions": 20, "clicks": 1, "returns": 1, "rounds": 1}
+        assert ids(fresh.window()) == [f"i{i}" for i in range(20)]
+        assert fresh.impression("i3").explore_seed == 5
+        assert fresh.round_feedback(fresh.current_round().round_id)[3].clicked == {"b"}
+
+
+@pytest.mark.parametrize("shared", [True, False], ids=["one-instance", "two-instances"])
+def test_concurrent_writers_lose_nothing(url, shared):
+    n = 25
+    stores = [LogStore(url)] * 2 if shared else [LogStore(url), LogStore(url)]
+    barrier = threading.Barrier(2)
+
+    def work(name: str, store: LogStore) -> int:
+        for i in range(n):
+            store.log_impression(rec(f"{name}{i}", float(i), user=name))
+            store.log_return(name, float(i))
+        barrier.wait()  # then both click every impression: each click must be counted exactly once
+        return sum(store.log_click(f"{who}{i}", "n1", 100.0) for who in "ab" for i in range(n))
+
+    try:
+        with ThreadPoolExecutor(2) as pool:
+            futures = [pool.submit(work, name, s) for name, s in zip("ab", stores)]
+            recorded = [f.result(timeout=60) for f in futures]
+        assert sum(recorded) == 2 * n
+        assert stores[0].counts() == {"impressions": 2 * n, "clicks": 2 * n, "returns": 2 * n, "rounds": 0}
+        assert all(li.clicked == {"n1"} for li in stores[1].window())
+    finally:
+        for s in set(stores):
+            s.close()
+
+
+@pytest.mark.timeout(20)
+def test_sqlite_readers_do_not_block_the_writer(tmp_path):
+    store = LogStore.at(tmp_path / "data")
+    path = tmp_path / "data" / "logs.db"
+    store.log_impression(rec("i0", 0.0))
+    reader = sqlite3.connect(path, isolation_level=None)
+    try:
+        assert reader.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+        reader.execute("BEGIN")
+        assert reader.execute("SELECT count(*) FROM log_impressions").fetchone() == (1,)  # holds a read snapshot
+        store.log_impression(rec("i1", 1.0))  # a rollback journal would wait here for the reader
+        assert store.log_click("i1", "n1", 2.0)
+        assert reader.execute("SELECT count(*) FROM log_impressions").fetchone() == (1,)
+        reader.execute("COMMIT")
+    finally:
+        reader.close()
+        store.close()
+    with LogStore.at(tmp_path / "data") as again:
+        assert again.counts()["impressions"] == 2
+
+
+def test_rejects_other_databases():
+    with pytest.raises(ValueError, match="sqlite or postgresql"):
+        LogStore("mysql://localhost/x")
