@@ -1,4 +1,5 @@
-"""The `drn` command line. JSON on stdout, progress on stderr, one clear line and exit 2 on bad input.
+"""The `drn` command line (its own room: it may call drn, flows and serving). JSON on stdout, progress on stderr,
+one clear line and exit 2 on bad input.
 
 Heavy libraries (torch, MLflow, Prefect) are imported inside the commands that need them, so `drn --help`
 and the data commands start fast.

@@ -1,0 +1,87 @@
+"""The dueling Q-network of DRN: Q(s, a) = V(s) + A(s, a).
+
+V reads the state (user + context); A reads the state and the candidate (news, user-news, freshness). A request's
+candidates are scored in one batched forward pass. The network is rebuilt from a JSON-able `NetworkConfig`, so a
+model version is plain weights plus that config (no pickled code).
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from drn.features import SCHEMA, FeatureBatch
+
+HIDDEN = (128, 64)  # two hidden layers per tower, as in the paper's figure (it gives no widths)
+AGGREGATIONS = ("sum", "mean")  # paper: V + A; option: V + A - mean(A) over the request's candidates (Wang 2016)
+
+
+@dataclass(frozen=True)
+class NetworkConfig:
+    state_dim: int = SCHEMA.state_dim
+    action_dim: int = SCHEMA.action_dim
+    hidden: tuple[int, ...] = HIDDEN
+    aggregation: str = "sum"
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "hidden": list(self.hidden)}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "NetworkConfig":
+        return cls(int(data["state_dim"]), int(data["action_dim"]), tuple(int(h) for h in data["hidden"]),
+                   str(data["aggregation"]))
+
+
+def _tower(inputs: int, hidden: tuple[int, ...]) -> nn.Sequential:
+    layers: list[nn.Module] = []
+    for width in hidden:
+        layers += [nn.Linear(inputs, width), nn.ReLU()]
+        inputs = width
+    return nn.Sequential(*layers, nn.Linear(inputs, 1))
+
+
+class DuelingQNetwork(nn.Module):
+    def __init__(self, config: NetworkConfig = NetworkConfig()):
+        super().__init__()
+        if config.aggregation not in AGGREGATIONS:
+            raise ValueError(f"aggregation must be one of {AGGREGATIONS}, got {config.aggregation!r}")
+        self.config = config
+        self.value = _tower(config.state_dim, config.hidden)
+        self.advantage = _tower(config.state_dim + config.action_dim, config.hidden)
+
+    def forward(self, state: torch.Tensor, action: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Q of every candidate: state (B, ds), action (B, n, da), mask (B, n) of real candidates -> (B, n)."""
+        value = self.value(state)  # (B, 1)
+        paired = torch.cat([state.unsqueeze(1).expand(-1, action.shape[1], -1), action], dim=-1)
+        advantage = self.advantage(paired).squeeze(-1)  # (B, n)
+        if self.config.aggregation == "mean":
+            weights = torch.ones_like(advantage) if mask is None else mask.to(advantage.dtype)
+            mean = (advantage * weights).sum(-1, keepdim=True) / weights.sum(-1, keepdim=True).clamp_min(1.0)
+            advantage = advantage - mean
+        return value + advantage
+
+    @torch.no_grad()
+    def score(self, batch: FeatureBatch) -> np.ndarray:
+        """Q of a request's candidates in one forward pass."""
+        state = torch.from_numpy(batch.state).unsqueeze(0)
+        action = torch.from_numpy(batch.action).unsqueeze(0)
+        return self(state, action)[0].numpy()
+
+
+def build_network(config: NetworkConfig = NetworkConfig(), seed: int = 0) -> DuelingQNetwork:
+    """A freshly initialised network; the seed makes initial weights reproducible."""
+    generator_state = torch.random.get_rng_state()
+    torch.manual_seed(seed)
+    network = DuelingQNetwork(config)
+    torch.random.set_rng_state(generator_state)
+    return network
+
+
+def network_from_weights(config: dict | NetworkConfig, weights: dict[str, torch.Tensor]) -> DuelingQNetwork:
+    config = config if isinstance(config, NetworkConfig) else NetworkConfig.from_dict(config)
+    network = DuelingQNetwork(config)
+    network.load_state_dict(weights)
+    network.eval()
+    return network

@@ -1,0 +1,524 @@
+"""The MLflow registry adapter: the only module in the project that imports mlflow.
+
+A model version is a :class:`ModelBundle` (a torch ``state_dict``, the JSON network config that rebuilds the
+module, the JSON feature schema) stored as plain artifacts of an MLflow run under ``model/``::
+
+    model/weights.pt           torch.save(state_dict); read back only with torch.load(weights_only=True)
+    model/config.json
+    model/feature_schema.json
+    model/manifest.json        sha256 + size of each file above
+
+and registered as a version of one registered model (default ``drn``). No pickled flavor, no MLmodel file:
+loading never executes code. The sha256 of ``manifest.json`` is also kept as a version tag, so the
+database anchors the manifest and the manifest anchors the files.
+
+Crash safety: the run's artifacts are written and read back and checked *before* the model version is created
+(one database transaction, tags included), so a half-written version is never visible. Promotion is a
+separate, explicit call, which checks the version again before moving it to stage Production.
+
+What is served = the version in stage ``Production`` (what engineers roll back with in the MLflow UI). The
+alias ``champion`` is kept on the same version; if they disagree (a stage change made by hand), Production
+wins and :meth:`Registry.reconcile` records the change and moves the alias. Every promotion / rollback is kept
+as version tags (``promoted_at``, ``promoted_by``, ``promotion_reason``, ``previous_version``,
+``promotion_action``) and as an append-only history: one registered-model tag per record,
+``history/<time_ns>-v<version>`` -> JSON.
+
+mlflow is imported lazily (4-6 s) inside :class:`Registry`; importing this module costs only torch.
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+import time
+import urllib.parse
+import urllib.request
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, Mapping
+
+import torch
+
+DEFAULT_MODEL_NAME = "drn"
+CHAMPION = "champion"
+PRODUCTION = "Production"
+KINDS = ("offline", "minor", "major", "rollback")
+BUNDLE_DIR = "model"
+WEIGHTS, CONFIG, SCHEMA, MANIFEST = "weights.pt", "config.json", "feature_schema.json", "manifest.json"
+BUNDLE_FILES = (WEIGHTS, CONFIG, SCHEMA)
+BUNDLE_FORMAT = "drn-bundle/1"
+HISTORY_PREFIX = "history/"
+NONE_TAG = "none"  # tag value for "no parent" / "no data window"
+
+# version tags written by this module
+TAG_KIND, TAG_PARENT, TAG_WINDOW, TAG_CODE = "kind", "parent", "data_window", "code_version"
+TAG_MANIFEST_SHA = "manifest_sha256"
+TAG_PROMOTED_AT, TAG_PROMOTED_BY = "promoted_at", "promoted_by"
+TAG_PROMOTION_REASON, TAG_PREVIOUS, TAG_ACTION = "promotion_reason", "previous_version", "promotion_action"
+RESERVED_TAGS = frozenset({TAG_KIND, TAG_PARENT, TAG_WINDOW, TAG_CODE, TAG_MANIFEST_SHA, TAG_PROMOTED_AT,
+                           TAG_PROMOTED_BY, TAG_PROMOTION_REASON, TAG_PREVIOUS, TAG_ACTION})
+
+
+class RegistryError(RuntimeError):
+    """A registry operation that cannot be done (unknown version, nothing to roll back to...)."""
+
+
+class CorruptModelError(RegistryError):
+    """A stored model version is incomplete, fails its checksums, or holds something other than plain tensors.
+
+    Raised before anything is returned: a version is loaded whole or not at all."""
+
+
+@dataclass
+class ModelBundle:
+    weights: dict[str, torch.Tensor]  # a state_dict
+    config: dict  # JSON-able hyper-parameters that rebuild the network
+    feature_schema: dict  # JSON-able
+
+
+@dataclass
+class VersionInfo:
+    version: str
+    kind: str
+    parent: str | None
+    stage: str
+    aliases: list[str]
+    metrics: dict[str, float]
+    created_at: float  # epoch seconds
+    promoted_at: float | None  # last promotion / rollback to this version, epoch seconds
+    tags: dict[str, str] = field(default_factory=dict)
+    run_id: str = ""
+    data_window: tuple[float, float] | None = None
+
+    @property
+    def served(self) -> bool:
+        return self.stage == PRODUCTION
+
+
+# ----------------------------------------------------------------------------------------------- bundle files
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _json_bytes(obj: Any, what: str) -> bytes:
+    try:
+        return json.dumps(obj, sort_keys=True, indent=1, allow_nan=False).encode()
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{what} must be JSON-serialisable: {e}") from e
+
+
+def write_bundle(bundle: ModelBundle, folder: str | os.PathLike) -> str:
+    """Write the bundle files and manifest into ``folder``; return the manifest's sha256."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    if not isinstance(bundle.weights, Mapping) or not all(
+        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in bundle.weights.items()
+    ):
+        raise ValueError("bundle.weights must be a state_dict: dict[str, torch.Tensor]")
+    weights = {k: v.detach().cpu().contiguous() for k, v in bundle.weights.items()}
+    torch.save(weights, folder / WEIGHTS)
+    (folder / CONFIG).write_bytes(_json_bytes(bundle.config, "config"))
+    (folder / SCHEMA).write_bytes(_json_bytes(bundle.feature_schema, "feature_schema"))
+    manifest = {
+        "format": BUNDLE_FORMAT,
+        "files": {n: {"sha256": _sha256(folder / n), "bytes": (folder / n).stat().st_size} for n in BUNDLE_FILES},
+    }
+    (folder / MANIFEST).write_bytes(_json_bytes(manifest, "manifest"))
+    return _sha256(folder / MANIFEST)
+
+
+def read_bundle(folder: str | os.PathLike, manifest_sha256: str | None = None) -> ModelBundle:
+    """Check a bundle folder completely, then load it. Raises CorruptModelError on any defect."""
+    folder = Path(folder)
+    mpath = folder / MANIFEST
+    if not mpath.is_file():
+        raise CorruptModelError(f"incomplete model: {MANIFEST} is missing in {folder}")
+    if manifest_sha256 is not None and _sha256(mpath) != manifest_sha256:
+        raise CorruptModelError(f"{MANIFEST} does not match the checksum recorded in the registry")
+    try:
+        manifest = json.loads(mpath.read_bytes())
+        files = manifest["files"]
+        if manifest.get("format") != BUNDLE_FORMAT:
+            raise ValueError(f"unknown bundle format {manifest.get('format')!r}")
+    except (ValueError, KeyError, TypeError) as e:
+        raise CorruptModelError(f"unreadable {MANIFEST}: {e}") from e
+    missing = [n for n in BUNDLE_FILES if n not in files or not (folder / n).is_file()]
+    if missing:
+        raise CorruptModelError(f"incomplete model: missing {', '.join(missing)}")
+    for name in BUNDLE_FILES:
+        p, want = folder / name, files[name]
+        if p.stat().st_size != want.get("bytes") or _sha256(p) != want.get("sha256"):
+            raise CorruptModelError(f"checksum mismatch for {name}: the file is corrupt or was altered")
+    try:
+        # weights_only=True: the restricted unpickler; tensors and plain containers only, never code
+        weights = torch.load(folder / WEIGHTS, map_location="cpu", weights_only=True)
+    except Exception as e:  # UnpicklingError for pickled objects, RuntimeError for truncated zips, ...
+        raise CorruptModelError(f"{WEIGHTS} is not a plain tensor state_dict: {type(e).__name__}: {e}") from e
+    if not isinstance(weights, dict) or not all(
+        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in weights.items()
+    ):
+        raise CorruptModelError(f"{WEIGHTS} does not hold a dict[str, Tensor]")
+    try:
+        config = json.loads((folder / CONFIG).read_bytes())
+        schema = json.loads((folder / SCHEMA).read_bytes())
+    except ValueError as e:
+        raise CorruptModelError(f"unreadable JSON in model: {e}") from e
+    return ModelBundle(weights=weights, config=config, feature_schema=schema)
+
+
+# ------------------------------------------------------------------------------------------------- helpers
+_CODE_VERSION: str | None = None
+
+
+def code_version() -> str:
+    """Git sha of the source tree (``+dirty`` if modified) when available, else the package version."""
+    global _CODE_VERSION
+    if _CODE_VERSION is None:
+        here = Path(__file__).resolve().parent
+        try:
+            sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True,
+                                 timeout=5, check=True).stdout.strip()
+            dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
+                                   capture_output=True, text=True, timeout=5).stdout.strip()
+            _CODE_VERSION = sha + ("+dirty" if dirty else "")
+        except Exception:
+            try:
+                from importlib.metadata import version
+                _CODE_VERSION = "drn-pipeline==" + version("drn-pipeline")
+            except Exception:
+                _CODE_VERSION = "unknown"
+    return _CODE_VERSION
+
+
+def _flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
+    out: dict[str, str] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, Mapping):
+            out.update(_flatten(v, key + "."))
+        else:
+            out[key] = v if isinstance(v, str) else json.dumps(v, default=str)
+    return out
+
+
+def _sqlite_path(uri: str) -> Path | None:
+    if not uri.startswith("sqlite:///"):
+        return None
+    p = uri[len("sqlite:///"):].split("?", 1)[0]
+    return None if p in ("", ":memory:") else Path(p)
+
+
+@contextlib.contextmanager
+def _file_lock(path: Path) -> Iterator[None]:
+    """Inter-process lock (POSIX); serialises the first use of a fresh SQLite store (its migrations)."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - non-POSIX
+        yield
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """Silence the deprecation warnings we trigger on purpose (model stages are deprecated, still supported)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        warnings.simplefilter("ignore", DeprecationWarning)
+        yield
+
+
+# ------------------------------------------------------------------------------------------------ registry
+class Registry:
+    """Model versions of one registered model in an MLflow tracking + registry store.
+
+    ``tracking_uri``: e.g. ``sqlite:////abs/data/mlflow.db`` (artifacts then default to ``/abs/data/mlartifacts``)
+    or ``http://mlflow:5000``. The experiment (named after the model) and the registered model are created if
+    missing; first use of a fresh SQLite file is serialised with a file lock.
+    """
+
+    def __init__(self, tracking_uri: str, model_name: str = DEFAULT_MODEL_NAME, artifact_root: str | None = None,
+                 experiment_name: str | None = None):
+        from mlflow import MlflowClient
+        from mlflow.exceptions import MlflowException
+
+        self.tracking_uri, self.model_name = tracking_uri, model_name
+        self.experiment_name = experiment_name or model_name
+        self._MlflowException = MlflowException
+        db = _sqlite_path(tracking_uri)
+        if artifact_root is None and db is not None:
+            artifact_root = str(db.resolve().parent / "mlartifacts")
+        self.artifact_root = artifact_root
+        lock = _file_lock(Path(str(db) + ".lock")) if db is not None else contextlib.nullcontext()
+        with lock:
+            self.client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+            exp = self.client.get_experiment_by_name(self.experiment_name)
+            if exp is None:
+                location = None
+                if artifact_root is not None:
+                    location = Path(artifact_root).resolve().as_uri() if "://" not in artifact_root else artifact_root
+                try:
+                    self.experiment_id = self.client.create_experiment(self.experiment_name,
+                                                                       artifact_location=location)
+                except MlflowException:  # created meanwhile by another process
+                    self.experiment_id = self.client.get_experiment_by_name(self.experiment_name).experiment_id
+            else:
+                self.experiment_id = exp.experiment_id
+            try:
+                self.client.get_registered_model(model_name)
+            except MlflowException:
+                try:
+                    self.client.create_registered_model(
+                        model_name, description="DRN news recommender. Served = stage Production (alias champion).")
+                except MlflowException:
+                    pass  # created meanwhile
+
+    # ------------------------------------------------------------------------------------------- register
+    def register(self, bundle: ModelBundle, *, kind: str, parent: str | None,
+                 data_window: tuple[float, float] | None, params: Mapping[str, Any],
+                 metrics: Mapping[str, float], tags: Mapping[str, str] | None = None,
+                 plots: Mapping[str, Any] | None = None, description: str | None = None) -> str:
+        """Store the bundle as run artifacts, check them, then create the model version. Returns the version.
+
+        Never promotes. ``plots``: name -> matplotlib Figure or a file path (stored under the run's ``plots/``).
+        ``tags`` go on the version (e.g. interleaving outcome, evaluation against the parent); keys reserved by
+        this module are refused. Params / metrics go on the run."""
+        if kind not in KINDS:
+            raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+        tags = {str(k): str(v) for k, v in (tags or {}).items()}
+        clash = RESERVED_TAGS.intersection(tags)
+        if clash:
+            raise ValueError(f"tags {sorted(clash)} are set by the registry itself")
+        parent = None if parent is None else str(parent)
+        if parent is not None:
+            self.version(parent)  # the parent must exist
+        window = None if data_window is None else [float(data_window[0]), float(data_window[1])]
+        version_tags = {
+            TAG_KIND: kind,
+            TAG_PARENT: parent if parent is not None else NONE_TAG,
+            TAG_WINDOW: json.dumps(window) if window is not None else NONE_TAG,
+            TAG_CODE: code_version(),
+            **tags,
+        }
+        from mlflow.entities import Metric, Param, RunTag
+
+        run = self.client.create_run(
+            self.experiment_id,
+            run_name=f"{kind}" + (f"-from-v{parent}" if parent else ""),
+            tags={"drn.kind": kind, "drn.parent": version_tags[TAG_PARENT], "drn.data_window": version_tags[TAG_WINDOW],
+                  "mlflow.source.git.commit": version_tags[TAG_CODE]},
+        )
+        run_id = run.info.run_id
+        try:
+            now_ms = int(time.time() * 1000)
+            flat = _flatten(params)
+            plist = [Param(k, v) for k, v in flat.items()]
+            mlist = [Metric(k, float(v), now_ms, 0) for k, v in metrics.items()]
+            for i in range(0, max(len(plist), len(mlist), 1), 100):
+                self.client.log_batch(run_id, metrics=mlist[i:i + 100], params=plist[i:i + 100])
+            self.client.log_batch(run_id, tags=[RunTag(f"drn.tag.{k}", v) for k, v in tags.items()])
+            for name, plot in (plots or {}).items():
+                if isinstance(plot, (str, os.PathLike)):
+                    self.client.log_artifact(run_id, str(plot), "plots")
+                else:  # a matplotlib Figure
+                    self.client.log_figure(run_id, plot, f"plots/{name}.png")
+            with tempfile.TemporaryDirectory(prefix="drn-bundle-") as tmp:
+                manifest_sha = write_bundle(bundle, tmp)
+                self.client.log_artifacts(run_id, tmp, BUNDLE_DIR)
+            source = f"{run.info.artifact_uri.rstrip('/')}/{BUNDLE_DIR}"
+            self._fetch_and_read(source, manifest_sha)  # read back what the store holds before it is visible
+            version_tags[TAG_MANIFEST_SHA] = manifest_sha
+            mv = self.client.create_model_version(  # one transaction, tags included: the visibility point
+                self.model_name, source=source, run_id=run_id, tags=version_tags,
+                description=description or f"{kind} update" + (f" of v{parent}" if parent else ""))
+        except BaseException:
+            with contextlib.suppress(Exception):
+                self.client.set_terminated(run_id, "FAILED")
+            raise
+        self.client.set_terminated(run_id, "FINISHED")
+        return str(mv.version)
+
+    # --------------------------------------------------------------------------------------------- load
+    def _fetch_and_read(self, source: str, manifest_sha: str | None) -> ModelBundle:
+        parsed = urllib.parse.urlparse(source)
+        if parsed.scheme in ("", "file"):  # local store: read in place, no copy
+            local = Path(urllib.request.url2pathname(parsed.path)) if parsed.scheme else Path(source)
+            if not local.is_dir():
+                raise CorruptModelError(f"model artifacts are missing: {local}")
+            return read_bundle(local, manifest_sha)
+        from mlflow.artifacts import download_artifacts
+        tmp = tempfile.mkdtemp(prefix="drn-load-")
+        try:
+            try:
+                local = download_artifacts(artifact_uri=source, dst_path=tmp, tracking_uri=self.tracking_uri)
+            except Exception as e:
+                raise CorruptModelError(f"cannot fetch model artifacts from {source}: {e}") from e
+            return read_bundle(local, manifest_sha)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+    def load(self, version: str) -> ModelBundle:
+        """The bundle of ``version``, after checking it whole (manifest checksum from the registry, every file's
+        checksum, plain-tensor weights). Raises CorruptModelError on any defect; never returns a partial bundle."""
+        mv = self._mv(version)
+        sha = mv.tags.get(TAG_MANIFEST_SHA)
+        if not sha:
+            raise CorruptModelError(f"version {version} has no {TAG_MANIFEST_SHA} tag: not written by drn")
+        return self._fetch_and_read(mv.source, sha)
+
+    # ---------------------------------------------------------------------------------------- promotion
+    def promote(self, version: str, *, who: str, why: str) -> None:
+        """Check ``version`` loads, then move it to stage Production (archiving the others) with alias champion,
+        and record the promotion (version tags + history). A corrupt version raises and changes nothing."""
+        self._promote(str(version), who=who, why=why, action="promote")
+
+    def rollback(self, to: str | None = None, *, who: str, why: str) -> str:
+        """Serve ``to`` or, by default, the version that was served before the current one was promoted.
+        Recorded like a promotion (action ``rollback``). Returns the version now served."""
+        self.reconcile()  # a stage change by hand first becomes a history record
+        current = self.served()
+        if to is None:
+            if current is None:
+                raise RegistryError("nothing is served: nothing to roll back from")
+            to = self._rollback_target(current.version)
+        to = str(to)
+        if current is not None and to == current.version:
+            raise RegistryError(f"version {to} is already served")
+        self._promote(to, who=who, why=why, action="rollback")
+        return to
+
+    def _rollback_target(self, current: str) -> str:
+        hist = self.history()
+        for rec in reversed(hist):  # what was served before `current` was (last) promoted
+            if rec["version"] == current and rec["action"] != "rollback":
+                if rec.get("previous_version"):
+                    return rec["previous_version"]
+                break
+        for rec in reversed(hist):  # fallback: the latest other version that was served
+            if rec["version"] != current and rec["action"] != "rollback":
+                return rec["version"]
+        raise RegistryError(f"no previously promoted version to roll back to from version {current}")
+
+    def _promote(self, version: str, *, who: str, why: str, action: str) -> None:
+        mv = self._mv(version)
+        self.load(version)  # fully written and checked, or CorruptModelError before anything changes
+        current = self.served()
+        if current is not None and current.version == version:
+            self.client.set_registered_model_alias(self.model_name, CHAMPION, version)
+            return  # already served: nothing to record
+        with _quiet():  # the commit point: serving follows the stage
+            self.client.transition_model_version_stage(self.model_name, mv.version, PRODUCTION,
+                                                       archive_existing_versions=True)
+        self.client.set_registered_model_alias(self.model_name, CHAMPION, version)
+        self._record(version, action=action, who=who, why=why,
+                     previous=current.version if current is not None else None)
+
+    def _record(self, version: str, *, action: str, who: str, why: str, previous: str | None) -> None:
+        now = time.time()
+        for k, v in {TAG_PROMOTED_AT: repr(now), TAG_PROMOTED_BY: who, TAG_PROMOTION_REASON: why,
+                     TAG_PREVIOUS: previous if previous is not None else NONE_TAG, TAG_ACTION: action}.items():
+            self.client.set_model_version_tag(self.model_name, version, k, v)
+        rec = {"at": now, "action": action, "version": version, "previous_version": previous,
+               "who": who, "why": why}
+        self.client.set_registered_model_tag(self.model_name, f"{HISTORY_PREFIX}{time.time_ns():020d}-v{version}",
+                                             json.dumps(rec, sort_keys=True))
+
+    def reconcile(self, who: str = "mlflow-ui") -> bool:
+        """If the Production stage was changed outside this module (the MLflow UI), record it as a rollback
+        (action ``stage_change``) and move alias champion onto the served version. Returns True if it did."""
+        served = self.served()
+        if served is None:
+            return False
+        champion = self._alias_version(CHAMPION)
+        if champion == served.version:
+            return False
+        self.client.set_registered_model_alias(self.model_name, CHAMPION, served.version)
+        self._record(served.version, action="stage_change", who=who,
+                     why="stage Production changed outside drn", previous=champion)
+        return True
+
+    # ------------------------------------------------------------------------------------------- queries
+    def served(self) -> VersionInfo | None:
+        """The version in stage Production (the most recently moved there if several); None if none.
+        Production wins over alias champion."""
+        prod = [mv for mv in self._all_mvs() if mv.current_stage == PRODUCTION]
+        if not prod:
+            return None
+        mv = max(prod, key=lambda m: (m.last_updated_timestamp or 0, int(m.version)))
+        return self._info(mv, self._aliases_by_version())
+
+    def versions(self) -> list[VersionInfo]:
+        """Every version, oldest first (for a ``drn models`` table)."""
+        aliases = self._aliases_by_version()
+        return [self._info(mv, aliases) for mv in sorted(self._all_mvs(), key=lambda m: int(m.version))]
+
+    def version(self, v: str) -> VersionInfo:
+        return self._info(self._mv(str(v)), self._aliases_by_version())
+
+    def history(self) -> list[dict]:
+        """Promotion / rollback / stage-change records, oldest first: {at, action, version, previous_version,
+        who, why}."""
+        tags = self.client.get_registered_model(self.model_name).tags
+        return [json.loads(tags[k]) for k in sorted(k for k in tags if k.startswith(HISTORY_PREFIX))]
+
+    # ------------------------------------------------------------------------------------------ internals
+    def _mv(self, version: str):
+        try:
+            return self.client.get_model_version(self.model_name, str(version))
+        except self._MlflowException as e:
+            raise RegistryError(f"model {self.model_name!r} has no version {version!r}") from e
+
+    def _all_mvs(self) -> list:
+        out, token = [], None
+        while True:
+            page = self.client.search_model_versions(f"name = '{self.model_name}'", max_results=10000,
+                                                     page_token=token)
+            out.extend(page)
+            token = page.token
+            if not token:
+                return out
+
+    def _aliases_by_version(self) -> dict[str, list[str]]:
+        out: dict[str, list[str]] = {}
+        for alias, v in self.client.get_registered_model(self.model_name).aliases.items():
+            out.setdefault(str(v), []).append(alias)
+        return out
+
+    def _alias_version(self, alias: str) -> str | None:
+        try:
+            return str(self.client.get_model_version_by_alias(self.model_name, alias).version)
+        except self._MlflowException:
+            return None
+
+    def _info(self, mv, aliases: Mapping[str, list[str]]) -> VersionInfo:
+        tags = dict(mv.tags or {})
+        metrics: dict[str, float] = {}
+        if mv.run_id:
+            with contextlib.suppress(self._MlflowException):
+                metrics = dict(self.client.get_run(mv.run_id).data.metrics)
+        parent = tags.get(TAG_PARENT)
+        window = tags.get(TAG_WINDOW)
+        promoted = tags.get(TAG_PROMOTED_AT)
+        return VersionInfo(
+            version=str(mv.version), kind=tags.get(TAG_KIND, "unknown"),
+            parent=None if parent in (None, NONE_TAG, "") else parent,
+            stage=mv.current_stage or "None", aliases=sorted(aliases.get(str(mv.version), [])),
+            metrics=metrics, created_at=(mv.creation_timestamp or 0) / 1000.0,
+            promoted_at=float(promoted) if promoted else None, tags=tags, run_id=mv.run_id or "",
+            data_window=tuple(json.loads(window)) if window not in (None, NONE_TAG, "") else None,
+        )

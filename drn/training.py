@@ -1,0 +1,202 @@
+"""Double DQN with a target network and experience replay: offline training and the major update.
+
+Samples stream from the logs through the online feature state (`features.replay`) into a replay buffer of
+bounded size, so memory stays flat however long the log is. A transition is one impression:
+  s   = the user's state at the request,      a = the kept candidates (clicked ones + sampled negatives),
+  r_a = click(a) + beta * activeness reward   (the user's activeness right after their next return),
+  s'  = the user's next impression (its state and kept candidates), or terminal when the user does not come
+        back within `next_state_horizon_s` or the log ends.
+Target (double DQN): y = r + gamma * Q(s', argmax_a' Q(s', a'; W); W'), W' refreshed every `target_every` steps.
+"""
+from __future__ import annotations
+
+import copy
+import sys
+from collections import OrderedDict
+from dataclasses import asdict, dataclass
+from typing import Callable, Iterable
+
+import numpy as np
+import torch
+from torch import nn
+
+from drn.activeness import BETA, UserActiveness, survival
+from drn.features import FeatureState, Sample, replay
+from drn.mind import Dataset, Impression, NewsItem
+from drn.model import DuelingQNetwork
+
+ProgressFn = Callable[[int, int], None]
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    gamma: float = 0.4  # DRN.md discount of future reward; 0 gives the paper's "DN" (no future reward)
+    beta: float = BETA  # weight of the activeness reward in r = r_click + beta * r_active
+    learning_rate: float = 1e-3  # Adam step size
+    weight_decay: float = 1e-5  # L2 on weights: the features are sparse and MIND-sized logs are small
+    batch_impressions: int = 32  # transitions (impressions) per gradient step
+    train_every: int = 4  # a gradient step after this many new impressions enter the buffer
+    buffer_impressions: int = 4096  # replay capacity: bounds memory however long the log is
+    epochs: int = 3  # passes over the log (the buffer keeps filling across passes)
+    target_every: int = 50  # gradient steps between copies of W into the target network W'
+    max_positives: int = 4  # clicked candidates kept per impression
+    negatives: int = 8  # unclicked candidates sampled per impression (the rest carry no extra signal per step)
+    next_state_horizon_s: float = 7 * 86400.0  # a user not back within this is a terminal transition
+    seed: int = 0
+
+    @property
+    def actions_per_impression(self) -> int:
+        return self.max_positives + self.negatives
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class ReplayBuffer:
+    """Fixed-size ring buffer of impression transitions, stored as padded float32 arrays."""
+
+    def __init__(self, capacity: int, state_dim: int, action_dim: int, actions: int):
+        self.capacity, self.size, self.next = capacity, 0, 0
+        self.state = np.zeros((capacity, state_dim), np.float32)
+        self.action = np.zeros((capacity, actions, action_dim), np.float32)
+        self.mask = np.zeros((capacity, actions), np.float32)
+        self.reward = np.zeros((capacity, actions), np.float32)
+        self.next_state = np.zeros((capacity, state_dim), np.float32)
+        self.next_action = np.zeros((capacity, actions, action_dim), np.float32)
+        self.next_mask = np.zeros((capacity, actions), np.float32)
+        self.done = np.zeros(capacity, np.float32)
+
+    def add(self, step: "_Step", reward: np.ndarray, following: "_Step | None") -> None:
+        i, m = self.next, len(step.rows)
+        self.state[i], self.action[i, :m], self.action[i, m:] = step.state, step.action, 0.0
+        self.mask[i] = 0.0
+        self.mask[i, :m] = 1.0
+        self.reward[i] = 0.0
+        self.reward[i, :m] = reward
+        self.done[i] = float(following is None)
+        self.next_mask[i] = 0.0
+        if following is not None:
+            n = len(following.rows)
+            self.next_state[i], self.next_action[i, :n], self.next_action[i, n:] = following.state, following.action, 0.0
+            self.next_mask[i, :n] = 1.0
+        self.next = (i + 1) % self.capacity
+        self.size = min(self.size + 1, self.capacity)
+
+    def sample(self, rng: np.random.Generator, size: int) -> dict[str, torch.Tensor]:
+        idx = rng.integers(0, self.size, size=min(size, self.size))
+        return {name: torch.from_numpy(getattr(self, name)[idx]) for name in
+                ("state", "action", "mask", "reward", "next_state", "next_action", "next_mask", "done")}
+
+    @property
+    def nbytes(self) -> int:
+        return sum(a.nbytes for a in vars(self).values() if isinstance(a, np.ndarray))
+
+
+@dataclass
+class _Step:
+    """One impression reduced to what a transition needs."""
+
+    time: float
+    state: np.ndarray
+    action: np.ndarray
+    clicks: np.ndarray
+    rows: np.ndarray
+
+
+def _keep(sample: Sample, config: TrainConfig, rng: np.random.Generator) -> _Step:
+    labels = np.asarray(sample.impression.labels or (0,) * len(sample.impression.candidates))
+    positives, negatives = np.flatnonzero(labels == 1), np.flatnonzero(labels == 0)
+    if len(positives) > config.max_positives:
+        positives = rng.choice(positives, config.max_positives, replace=False)
+    if len(negatives) > config.negatives:
+        negatives = rng.choice(negatives, config.negatives, replace=False)
+    rows = np.sort(np.concatenate([positives, negatives]))
+    return _Step(sample.impression.time, sample.batch.state, sample.batch.action[rows], labels[rows].astype(np.float32), rows)
+
+
+def double_dqn_targets(batch: dict[str, torch.Tensor], online: nn.Module, target: nn.Module, gamma: float) -> torch.Tensor:
+    """y = r + gamma * Q(s', argmax_a' Q(s', a'; W); W') for every kept action (zero future when terminal)."""
+    with torch.no_grad():
+        invalid = batch["next_mask"] == 0
+        chooser = online(batch["next_state"], batch["next_action"], batch["next_mask"]).masked_fill(invalid, -torch.inf)
+        best = chooser.argmax(dim=1, keepdim=True)
+        evaluated = target(batch["next_state"], batch["next_action"], batch["next_mask"]).gather(1, best).squeeze(1)
+        future = torch.where(batch["done"] > 0, torch.zeros_like(evaluated), evaluated)
+        return batch["reward"] + gamma * future.unsqueeze(1)
+
+
+class Trainer:
+    """Streams logs into the replay buffer and takes double-DQN steps; warm-starts from given weights."""
+
+    def __init__(self, network: DuelingQNetwork, config: TrainConfig = TrainConfig(),
+                 progress: ProgressFn | None = None):
+        self.config, self.network, self.progress = config, network, progress
+        self.target = copy.deepcopy(network)
+        self.optimizer = torch.optim.Adam(network.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
+        self.rng = np.random.default_rng(config.seed)
+        self.buffer = ReplayBuffer(config.buffer_impressions, network.config.state_dim, network.config.action_dim,
+                                   config.actions_per_impression)
+        self.steps, self.losses = 0, []
+
+    def fit(self, impressions: list[Impression], news: dict[str, NewsItem]) -> dict:
+        """Train on time-ordered logs for `epochs` passes; returns a summary of what happened."""
+        torch.manual_seed(self.config.seed)
+        total = len(impressions) * self.config.epochs
+        for epoch in range(self.config.epochs):
+            self._stream(impressions, news, done_before=epoch * len(impressions), total=total)
+        self.network.eval()
+        recent = self.losses[-100:]
+        return {"steps": self.steps, "loss": float(np.mean(recent)) if recent else float("nan"),
+                "buffer_bytes": self.buffer.nbytes, "impressions": len(impressions)}
+
+    def _stream(self, impressions: Iterable[Impression], news: dict[str, NewsItem], done_before: int, total: int) -> None:
+        activeness = UserActiveness()
+        pending: OrderedDict[str, _Step] = OrderedDict()  # each user's last step, waiting for their next one
+        for count, sample in enumerate(replay(impressions, FeatureState(news)), start=1):
+            user, now = sample.impression.user, sample.impression.time
+            self._expire(pending, activeness, now)
+            step = _keep(sample, self.config, self.rng)
+            previous = pending.pop(user, None)
+            if previous is not None:
+                returned = activeness.reward(user, previous.time, now)
+                self.buffer.add(previous, previous.clicks + self.config.beta * returned, step)
+            activeness.observe_return(user, now)
+            pending[user] = step
+            if count % self.config.train_every == 0:
+                self._gradient_step()
+            if self.progress:
+                self.progress(done_before + count, total)
+        self._expire(pending, activeness, float("inf"))
+
+    def _expire(self, pending: OrderedDict, activeness: UserActiveness, now: float) -> None:
+        """Users not back within the horizon (or at the log's end) close with a terminal transition."""
+        horizon = self.config.next_state_horizon_s
+        while pending:
+            user, step = next(iter(pending.items()))
+            if now - step.time <= horizon:
+                break
+            pending.popitem(last=False)
+            away = activeness.activeness(user, step.time) * survival(horizon)
+            self.buffer.add(step, step.clicks + self.config.beta * away, None)
+
+    def _gradient_step(self) -> None:
+        if self.buffer.size < min(self.config.batch_impressions, self.buffer.capacity):
+            return
+        self.network.train()
+        batch = self.buffer.sample(self.rng, self.config.batch_impressions)
+        targets = double_dqn_targets(batch, self.network, self.target, self.config.gamma)
+        q = self.network(batch["state"], batch["action"], batch["mask"])
+        loss = (((q - targets) ** 2) * batch["mask"]).sum() / batch["mask"].sum()
+        self.optimizer.zero_grad()
+        loss.backward()
+        self.optimizer.step()
+        self.steps += 1
+        self.losses.append(loss.item())
+        if self.steps % self.config.target_every == 0:
+            self.target.load_state_dict(self.network.state_dict())
+
+
+def train(network: DuelingQNetwork, data: Dataset, config: TrainConfig = TrainConfig(),
+          progress: ProgressFn | None = None) -> dict:
+    """Offline training / major update entry point: warm start = pass a network holding the given weights."""
+    return Trainer(network, config, progress).fit(data.impressions, data.news)

@@ -1,0 +1,285 @@
+"""drn.registry against a real MLflow store (SQLite + local artifacts), one store for the whole module."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+import urllib.parse
+import urllib.request
+from pathlib import Path
+
+import pytest
+import torch
+
+from drn.registry import CHAMPION, PRODUCTION, CorruptModelError, ModelBundle, Registry, RegistryError, _sha256
+
+pytestmark = pytest.mark.integration
+
+TIMINGS: dict[str, list[float]] = {}
+
+
+def _timed(name, fn, *a, **kw):
+    t = time.perf_counter()
+    out = fn(*a, **kw)
+    TIMINGS.setdefault(name, []).append(time.perf_counter() - t)
+    return out
+
+
+def _bundle(seed: int = 0) -> ModelBundle:
+    g = torch.Generator().manual_seed(seed)
+    return ModelBundle(
+        weights={"layer.weight": torch.randn(16, 8, generator=g), "layer.bias": torch.randn(16, generator=g),
+                 "steps": torch.tensor([seed], dtype=torch.int64), "half": torch.randn(4, generator=g).half()},
+        config={"hidden": [16, 8], "dueling": True, "seed": seed},
+        feature_schema={"user": ["clicks_1h", "clicks_1d"], "news": ["age_s", "ctr"], "version": 1},
+    )
+
+
+def _register(reg: Registry, seed: int = 0, **kw) -> str:
+    args = dict(kind="offline", parent=None, data_window=(1000.0, 2000.0), params={"lr": 0.01},
+                metrics={"auc": 0.6 + seed / 1000})
+    args.update(kw)
+    return _timed("register", reg.register, _bundle(seed), **args)
+
+
+def _folder(reg: Registry, version: str) -> Path:
+    src = reg.client.get_model_version(reg.model_name, version).source
+    return Path(urllib.request.url2pathname(urllib.parse.urlparse(src).path))
+
+
+@pytest.fixture(scope="module")
+def reg(tmp_path_factory) -> Registry:
+    d = tmp_path_factory.mktemp("mlflow")
+    r = _timed("init (import + new db)", Registry, f"sqlite:///{d}/mlflow.db")
+    yield r
+    print("\nregistry timings (s):", {k: f"max {max(v):.3f} mean {sum(v) / len(v):.3f} n={len(v)}"
+                                       for k, v in TIMINGS.items()})
+
+
+def test_register_load_roundtrip(reg):
+    b = _bundle(1)
+    v = _register(reg, 1)
+    got = _timed("load", reg.load, v)
+    assert set(got.weights) == set(b.weights)
+    for k, t in b.weights.items():
+        assert got.weights[k].dtype == t.dtype and torch.equal(got.weights[k], t), k
+    assert got.config == b.config and got.feature_schema == b.feature_schema
+    # stored as plain artifacts, no pickled flavor
+    assert sorted(p.name for p in _folder(reg, v).iterdir()) == [
+        "config.json", "feature_schema.json", "manifest.json", "weights.pt"]
+
+
+def test_version_tags_params_metrics_plots(reg, tmp_path):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    parent = _register(reg, 2)
+    fig, ax = plt.subplots()
+    ax.plot([0, 1], [0, 1])
+    png = tmp_path / "curve.png"
+    fig.savefig(png)
+    v = _register(reg, 3, kind="minor", parent=parent, data_window=(10.0, 20.0),
+                  params={"alpha": 0.1, "net": {"hidden": 16}}, metrics={"ctr": 0.12, "auc": 0.7},
+                  tags={"interleaving_outcome": "explore_wins 12:7"}, plots={"ctr": fig, "curve": str(png)})
+    plt.close(fig)
+    info = reg.version(v)
+    assert (info.kind, info.parent, info.data_window) == ("minor", parent, (10.0, 20.0))
+    assert info.tags["kind"] == "minor" and info.tags["parent"] == parent
+    assert json.loads(info.tags["data_window"]) == [10.0, 20.0]
+    assert info.tags["code_version"] and info.tags["code_version"] != "unknown"
+    assert info.tags["interleaving_outcome"] == "explore_wins 12:7"
+    assert info.metrics == {"ctr": 0.12, "auc": 0.7}
+    assert info.stage == "None" and info.aliases == [] and info.promoted_at is None
+    run = reg.client.get_run(info.run_id)
+    assert run.data.params == {"alpha": "0.1", "net.hidden": "16"} and run.info.status == "FINISHED"
+    plots = {a.path for a in reg.client.list_artifacts(info.run_id, "plots")}
+    assert plots == {"plots/ctr.png", "plots/curve.png"}
+    root = reg.version(parent)
+    assert root.parent is None and root.kind == "offline"
+    assert [x.version for x in reg.versions()][-2:] == [parent, v]
+
+
+def test_register_refuses_bad_input(reg):
+    n = len(reg.versions())
+    with pytest.raises(ValueError, match="kind"):
+        _register(reg, kind="retrain")
+    with pytest.raises(ValueError, match="set by the registry"):
+        _register(reg, tags={"promoted_by": "me"})
+    with pytest.raises(RegistryError):
+        _register(reg, parent="9999")
+    with pytest.raises(ValueError, match="JSON"):
+        reg.register(ModelBundle(_bundle().weights, {"f": object()}, {}), kind="offline", parent=None,
+                     data_window=None, params={}, metrics={})
+    assert len(reg.versions()) == n
+
+
+def test_crash_mid_register_leaves_no_version(reg, monkeypatch):
+    n = len(reg.versions())
+    real = reg.client.log_artifacts
+    runs = []
+
+    def crash_after_partial_upload(run_id, local_dir, artifact_path=None):
+        runs.append(run_id)
+        reg.client.log_artifact(run_id, str(Path(local_dir) / "weights.pt"), artifact_path)  # half written
+        raise OSError("disk full")
+
+    monkeypatch.setattr(reg.client, "log_artifacts", crash_after_partial_upload)
+    with pytest.raises(OSError, match="disk full"):
+        _register(reg, 4)
+    monkeypatch.setattr(reg.client, "log_artifacts", real)
+    assert len(reg.versions()) == n  # nothing visible
+    assert reg.client.get_run(runs[0]).info.status == "FAILED"
+
+    def silently_partial_upload(run_id, local_dir, artifact_path=None):
+        runs.append(run_id)
+        for name in ("weights.pt", "manifest.json"):  # a store that lost files without an error
+            reg.client.log_artifact(run_id, str(Path(local_dir) / name), artifact_path)
+
+    monkeypatch.setattr(reg.client, "log_artifacts", silently_partial_upload)
+    with pytest.raises(CorruptModelError, match="incomplete"):
+        _register(reg, 4)
+    monkeypatch.setattr(reg.client, "log_artifacts", real)
+    assert len(reg.versions()) == n
+    assert reg.client.get_run(runs[1]).info.status == "FAILED"
+
+
+def test_promote_sets_production_and_champion_and_archives_previous(reg):
+    a, b = _register(reg, 5), _register(reg, 6)
+    _timed("promote", reg.promote, a, who="alice", why="offline baseline")
+    before = reg.served()
+    assert before.version == a and before.stage == PRODUCTION and before.aliases == [CHAMPION]
+    _timed("promote", reg.promote, b, who="bob", why="major update beats parent")
+    va, vb = reg.version(a), reg.version(b)
+    assert (vb.stage, vb.aliases) == (PRODUCTION, [CHAMPION])
+    assert (va.stage, va.aliases) == ("Archived", [])
+    assert str(reg.client.get_model_version_by_alias(reg.model_name, CHAMPION).version) == b
+    assert sum(x.stage == PRODUCTION for x in reg.versions()) == 1
+    assert reg.served().version == b
+    t = vb.tags
+    assert (t["promoted_by"], t["promotion_reason"], t["previous_version"], t["promotion_action"]) == (
+        "bob", "major update beats parent", a, "promote")
+    assert vb.promoted_at and abs(vb.promoted_at - time.time()) < 60
+    last = reg.history()[-1]
+    assert {k: last[k] for k in ("action", "version", "previous_version", "who", "why")} == {
+        "action": "promote", "version": b, "previous_version": a, "who": "bob", "why": "major update beats parent"}
+
+
+def test_rollback_to_previous_and_to_named_version(reg):
+    a, b, c = _register(reg, 7), _register(reg, 8), _register(reg, 9)
+    for v in (a, b, c):
+        reg.promote(v, who="ci", why=f"promote {v}")
+    n = len(reg.history())
+    assert _timed("rollback", reg.rollback, who="oncall", why="ctr dropped") == b
+    assert reg.served().version == b and reg.version(b).aliases == [CHAMPION]
+    assert reg.version(c).stage == "Archived"
+    assert reg.rollback(who="oncall", why="still bad") == a  # again: what was served before b
+    assert reg.rollback(to=c, who="oncall", why="false alarm") == c
+    assert reg.served().version == c
+    recs = reg.history()[n:]
+    assert [(r["action"], r["version"], r["previous_version"], r["who"]) for r in recs] == [
+        ("rollback", b, c, "oncall"), ("rollback", a, b, "oncall"), ("rollback", c, a, "oncall")]
+    assert reg.version(c).tags["promotion_action"] == "rollback"
+    assert reg.version(c).tags["promotion_reason"] == "false alarm"
+    with pytest.raises(RegistryError, match="already served"):
+        reg.rollback(to=c, who="oncall", why="noop")
+
+
+def test_stage_change_in_ui_changes_served(reg):
+    from mlflow import MlflowClient
+
+    a, b = _register(reg, 10), _register(reg, 11)
+    reg.promote(a, who="ci", why="a")
+    reg.promote(b, who="ci", why="b")
+    ui = MlflowClient(tracking_uri=reg.tracking_uri, registry_uri=reg.tracking_uri)  # what the UI does
+    with pytest.warns(FutureWarning):
+        ui.transition_model_version_stage(reg.model_name, a, "Production", archive_existing_versions=True)
+    served = reg.served()
+    assert served.version == a  # Production wins over the alias, which still names b
+    assert str(reg.client.get_model_version_by_alias(reg.model_name, CHAMPION).version) == b
+    n = len(reg.history())
+    assert reg.reconcile() is True and reg.reconcile() is False
+    assert reg.version(a).aliases == [CHAMPION]
+    rec = reg.history()[n]
+    assert (rec["action"], rec["version"], rec["previous_version"]) == ("stage_change", a, b)
+    # rolling back undoes the hand-made change
+    assert reg.rollback(who="oncall", why="undo ui change") == b
+    assert (reg.served().version, reg.version(a).stage) == (b, "Archived")
+    # the UI can also put a second version in Production without archiving: the latest move wins
+    with pytest.warns(FutureWarning):
+        ui.transition_model_version_stage(reg.model_name, b, "Production", archive_existing_versions=False)
+    assert reg.served().version == b
+
+
+def test_corrupt_or_incomplete_version_is_refused_and_served_unchanged(reg):
+    good, bad, gone = _register(reg, 12), _register(reg, 13), _register(reg, 14)
+    reg.promote(good, who="ci", why="good")
+    w = _folder(reg, bad) / "weights.pt"
+    data = bytearray(w.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    w.write_bytes(bytes(data))
+    with pytest.raises(CorruptModelError, match="checksum mismatch for weights.pt"):
+        reg.load(bad)
+    (_folder(reg, gone) / "config.json").unlink()
+    with pytest.raises(CorruptModelError, match="incomplete.*config.json"):
+        reg.load(gone)
+    n = len(reg.history())
+    for v in (bad, gone):
+        with pytest.raises(CorruptModelError):
+            reg.promote(v, who="ci", why="should fail")
+        with pytest.raises(CorruptModelError):
+            reg.rollback(to=v, who="ci", why="should fail")
+        assert reg.version(v).stage == "None" and reg.version(v).aliases == []
+    served = reg.served()
+    assert served.version == good and served.aliases == [CHAMPION]
+    assert len(reg.history()) == n
+    # a rewritten manifest does not help: the registry holds the manifest's checksum
+    m = _folder(reg, bad) / "manifest.json"
+    man = json.loads(m.read_text())
+    man["files"]["weights.pt"] = {"sha256": _sha256(w), "bytes": w.stat().st_size}
+    m.write_text(json.dumps(man))
+    with pytest.raises(CorruptModelError, match="manifest.json does not match"):
+        reg.load(bad)
+
+
+class _Payload:
+    """An object whose unpickling runs code (writes a marker file)."""
+
+    def __init__(self, marker: str):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.write_text, (Path(self.marker), "pwned"))
+
+
+def test_loading_never_executes_pickled_code(reg, tmp_path):
+    v = _register(reg, 15)
+    folder = _folder(reg, v)
+    marker = tmp_path / "pwned"
+    # an attacker with write access to artifacts *and* the registry: files, manifest and tag all consistent
+    torch.save({"layer.weight": _Payload(str(marker))}, folder / "weights.pt")
+    man = json.loads((folder / "manifest.json").read_text())
+    man["files"]["weights.pt"] = {"sha256": _sha256(folder / "weights.pt"),
+                                  "bytes": (folder / "weights.pt").stat().st_size}
+    (folder / "manifest.json").write_text(json.dumps(man))
+    reg.client.set_model_version_tag(reg.model_name, v, "manifest_sha256", _sha256(folder / "manifest.json"))
+    with pytest.raises(CorruptModelError, match="not a plain tensor state_dict"):
+        reg.load(v)
+    assert not marker.exists()
+    # the payload is live: an unrestricted load would have run it
+    torch.load(folder / "weights.pt", weights_only=False)
+    assert marker.read_text() == "pwned"
+
+
+def test_importing_registry_does_not_import_mlflow():
+    code = "import sys, drn.registry; assert 'mlflow' not in sys.modules, 'mlflow imported eagerly'"
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+def test_timings_are_reasonable(reg):
+    v = _register(reg, 16)
+    _timed("load", reg.load, v)
+    _timed("promote", reg.promote, v, who="ci", why="timing")
+    _timed("served", reg.served)
+    assert max(TIMINGS["register"]) < 10 and max(TIMINGS["promote"]) < 5 and max(TIMINGS["load"]) < 2
