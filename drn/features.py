@@ -175,6 +175,9 @@ class FeatureState:
     def __init__(self, news: Mapping[str, NewsItem] | None = None):
         self._items: dict[str, _ItemState] = {}
         self._users: dict[str, _UserState] = {}
+        self.now = float("-inf")  # time of the latest request seen; later clicks wait in `_pending` until due
+        self._pending: list[tuple[float, int, str, str]] = []  # heap of (click time, arrival order, user, news id)
+        self._arrivals = 0
         for item in (news or {}).values():
             self.add_news(item)
 
@@ -198,6 +201,7 @@ class FeatureState:
 
     def record_impression(self, user: str, shown: Sequence[str], time: float) -> None:
         """The list shown to the user at `time` (after its features were taken)."""
+        self.advance(time)
         user_state = self._users.setdefault(user, _UserState())
         insort(user_state.impression_times, time)
         _prune(user_state.impression_times, time - WINDOWS[-1][1])
@@ -210,6 +214,21 @@ class FeatureState:
             user_state.shown[news_id] = user_state.shown.get(news_id, 0) + 1
 
     def record_click(self, user: str, news_id: str, time: float) -> None:
+        """A click at `time`; one stamped after the latest request (a simulator's answer) waits until it is due."""
+        if time > self.now:
+            heapq.heappush(self._pending, (time, self._arrivals, user, news_id))
+            self._arrivals += 1
+            return
+        self._apply_click(user, news_id, time)
+
+    def advance(self, time: float) -> None:
+        """Move the clock to `time`, applying the clicks that happened by then (in time order)."""
+        while self._pending and self._pending[0][0] <= time:
+            due, _, user, news_id = heapq.heappop(self._pending)
+            self._apply_click(user, news_id, due)
+        self.now = max(self.now, time)
+
+    def _apply_click(self, user: str, news_id: str, time: float) -> None:
         user_state = self._users.setdefault(user, _UserState())
         item = self._item(news_id)
         insort(item.click_times, time)
@@ -220,7 +239,8 @@ class FeatureState:
 
     # ---- features -----------------------------------------------------------------------------------------
     def features(self, user: str, candidates: Sequence[str], time: float) -> FeatureBatch:
-        """Features of a request at `time`, from events recorded so far only. Does not change the state."""
+        """Features of a request at `time`, from events up to `time` only (advances the clock, nothing else)."""
+        self.advance(time)
         user_state = self._users.get(user) or _UserState()
         items = [self._items.get(c) or _ItemState(np.zeros(METADATA_DIM, np.float32), False) for c in candidates]
         profiles, user_block = self._user_block(user_state, time)
@@ -296,23 +316,13 @@ class Sample:
 def replay(impressions: Iterable[Impression], state: FeatureState) -> Iterator[Sample]:
     """Replay logs in time order through the online code path, yielding each impression's features first.
 
-    Clicks are applied at their own times, merged with the impressions (a click logged at 10:30 is not seen by
-    a 10:10 request of another user), exactly as serving would have met them. An impression's events are
-    recorded only when the consumer asks for the next sample, so scoring before advancing is progressive
-    validation.
+    Clicks are applied at their own times (a click logged at 10:30 is not seen by a 10:10 request of another
+    user), exactly as serving met them. An impression's events are recorded only when the consumer asks for
+    the next sample, so scoring before advancing is progressive validation.
     """
-    pending: list[tuple[float, int, str, str]] = []  # heap of (click time, order, user, news id)
-    order = 0
     for impression in impressions:
-        while pending and pending[0][0] <= impression.time:
-            time, _, user, news_id = heapq.heappop(pending)
-            state.record_click(user, news_id, time)
         state.see_history(impression.user, impression.history)
         yield Sample(impression, state.features(impression.user, impression.candidates, impression.time))
         state.record_impression(impression.user, impression.candidates, impression.time)
         for time, news_id in impression.timed_clicks():
-            heapq.heappush(pending, (max(time, impression.time), order, impression.user, news_id))
-            order += 1
-    while pending:
-        time, _, user, news_id = heapq.heappop(pending)
-        state.record_click(user, news_id, time)
+            state.record_click(impression.user, news_id, time)
