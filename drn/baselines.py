@@ -9,8 +9,8 @@ from drn.features import SCHEMA, FeatureBatch
 from drn.mind import Impression
 from drn.policy import Policy, top_k
 
-# Popularity ranks by recent clicks; longer windows and exposure only break ties among items with equal counts.
-POPULARITY_WEIGHTS = {"news.clicks_24h": 1.0, "news.clicks_1w": 0.1, "news.impressions_24h": 0.01}
+# Popularity ranks by the last hour's clicks (news goes stale within hours); the 6 h and 24 h counts break ties.
+POPULARITY_WEIGHTS = {"news.clicks_1h": 1.0, "news.clicks_6h": 0.1, "news.clicks_24h": 0.01}
 LINUCB_ALPHA = 0.5  # width of the upper confidence bound (Li et al. 2010): larger explores more
 LINUCB_RIDGE = 1.0  # prior precision of the ridge regression: keeps A invertible before any feedback
 
@@ -28,7 +28,7 @@ class RandomPolicy(Policy):
 
 
 class PopularityPolicy(Policy):
-    """Most clicked in the last 24 hours first (counts from the online feature state, so it follows the news)."""
+    """Most clicked in the last hour first (counts from the online feature state, so it follows the news)."""
 
     name = "popularity"
 
@@ -47,36 +47,31 @@ class LinUCBPolicy(Policy):
 
     def __init__(self, alpha: float = LINUCB_ALPHA, ridge: float = LINUCB_RIDGE, dim: int = SCHEMA.action_dim):
         self.alpha = alpha
-        self.a = ridge * np.eye(dim + 1)
+        self.a_inv = np.eye(dim + 1) / ridge  # inverse of A = ridge * I + sum x x^T, kept current by Woodbury
         self.b = np.zeros(dim + 1)
-        self._solved: tuple[np.ndarray, np.ndarray] | None = None
+        self.theta = np.zeros(dim + 1)
 
     @staticmethod
     def _design(batch: FeatureBatch) -> np.ndarray:
         return np.hstack([batch.action.astype(np.float64), np.ones((len(batch.candidates), 1))])
 
-    def _solve(self) -> tuple[np.ndarray, np.ndarray]:
-        if self._solved is None:
-            a_inv = np.linalg.inv(self.a)
-            self._solved = (a_inv, a_inv @ self.b)
-        return self._solved
-
     def scores(self, batch: FeatureBatch) -> np.ndarray:
-        return self._design(batch) @ self._solve()[1]
+        return self._design(batch) @ self.theta
 
     def upper_bounds(self, batch: FeatureBatch) -> np.ndarray:
         x = self._design(batch)
-        a_inv, theta = self._solve()
-        return x @ theta + self.alpha * np.sqrt(np.einsum("ij,jk,ik->i", x, a_inv, x))
+        return x @ self.theta + self.alpha * np.sqrt(np.einsum("ij,jk,ik->i", x, self.a_inv, x))
 
     def recommend(self, batch: FeatureBatch, k: int) -> list[int]:
         return top_k(self.upper_bounds(batch), k)
 
     def learn(self, batch: FeatureBatch, shown: Sequence[int], clicked: Sequence[bool], impression: Impression) -> None:
+        """Rank-k Woodbury update of A^-1 (k = items shown): far cheaper than inverting A per request."""
         x = self._design(batch)[list(shown)]
-        self.a += x.T @ x
+        ax = self.a_inv @ x.T
+        self.a_inv -= ax @ np.linalg.solve(np.eye(len(x)) + x @ ax, ax.T)
         self.b += x.T @ np.asarray(clicked, dtype=np.float64)
-        self._solved = None
+        self.theta = self.a_inv @ self.b
 
 
 BASELINES = {"random": RandomPolicy, "popularity": PopularityPolicy, "linucb": LinUCBPolicy}

@@ -14,13 +14,13 @@ import copy
 import sys
 from collections import OrderedDict
 from dataclasses import asdict, dataclass
-from typing import Callable, Iterable
+from typing import Callable
 
 import numpy as np
 import torch
 from torch import nn
 
-from drn.activeness import BETA, UserActiveness, survival
+from drn.activeness import BETA, LAMBDA0, SA, UserActiveness, survival
 from drn.features import FeatureState, Sample, replay
 from drn.mind import Dataset, Impression, NewsItem
 from drn.model import DuelingQNetwork
@@ -42,6 +42,8 @@ class TrainConfig:
     max_positives: int = 4  # clicked candidates kept per impression
     negatives: int = 8  # unclicked candidates sampled per impression (the rest carry no extra signal per step)
     next_state_horizon_s: float = 7 * 86400.0  # a user not back within this is a terminal transition
+    activeness_lambda0: float = LAMBDA0  # hazard of the survival model (DRN.md); scale it with a compressed clock
+    activeness_sa: float = SA  # activeness jump on each return
     seed: int = 0
 
     @property
@@ -137,49 +139,62 @@ class Trainer:
         self.buffer = ReplayBuffer(config.buffer_impressions, network.config.state_dim, network.config.action_dim,
                                    config.actions_per_impression)
         self.steps, self.losses = 0, []
+        self.begin_pass()
 
     def fit(self, impressions: list[Impression], news: dict[str, NewsItem]) -> dict:
         """Train on time-ordered logs for `epochs` passes; returns a summary of what happened."""
         torch.manual_seed(self.config.seed)
         total = len(impressions) * self.config.epochs
         for epoch in range(self.config.epochs):
-            self._stream(impressions, news, done_before=epoch * len(impressions), total=total)
+            self.begin_pass()
+            for count, sample in enumerate(replay(impressions, FeatureState(news)), start=1):
+                self.observe(sample)
+                if count % self.config.train_every == 0:
+                    self.gradient_step()
+                if self.progress:
+                    self.progress(epoch * len(impressions) + count, total)
+            self.end_pass()
         self.network.eval()
+        return self.summary(len(impressions))
+
+    def summary(self, impressions: int) -> dict:
         recent = self.losses[-100:]
         return {"steps": self.steps, "loss": float(np.mean(recent)) if recent else float("nan"),
-                "buffer_bytes": self.buffer.nbytes, "impressions": len(impressions)}
+                "buffer_bytes": self.buffer.nbytes, "impressions": impressions}
 
-    def _stream(self, impressions: Iterable[Impression], news: dict[str, NewsItem], done_before: int, total: int) -> None:
-        activeness = UserActiveness()
-        pending: OrderedDict[str, _Step] = OrderedDict()  # each user's last step, waiting for their next one
-        for count, sample in enumerate(replay(impressions, FeatureState(news)), start=1):
-            user, now = sample.impression.user, sample.impression.time
-            self._expire(pending, activeness, now)
-            step = _keep(sample, self.config, self.rng)
-            previous = pending.pop(user, None)
-            if previous is not None:
-                returned = activeness.reward(user, previous.time, now)
-                self.buffer.add(previous, previous.clicks + self.config.beta * returned, step)
-            activeness.observe_return(user, now)
-            pending[user] = step
-            if count % self.config.train_every == 0:
-                self._gradient_step()
-            if self.progress:
-                self.progress(done_before + count, total)
-        self._expire(pending, activeness, float("inf"))
+    def begin_pass(self) -> None:
+        """Start a pass over a log: user activeness and pending next states restart with it."""
+        self._activeness = UserActiveness(lambda0=self.config.activeness_lambda0, sa=self.config.activeness_sa)
+        self._pending: OrderedDict[str, _Step] = OrderedDict()  # each user's last step, awaiting the next
 
-    def _expire(self, pending: OrderedDict, activeness: UserActiveness, now: float) -> None:
+    def observe(self, sample: Sample) -> None:
+        """Add one impression (in time order); it completes the same user's previous transition."""
+        user, now = sample.impression.user, sample.impression.time
+        self._expire(now)
+        step = _keep(sample, self.config, self.rng)
+        previous = self._pending.pop(user, None)
+        if previous is not None:
+            returned = self._activeness.reward(user, previous.time, now)
+            self.buffer.add(previous, previous.clicks + self.config.beta * returned, step)
+        self._activeness.observe_return(user, now)
+        self._pending[user] = step
+
+    def end_pass(self) -> None:
+        """The log ended: every user still waiting closes with a terminal transition."""
+        self._expire(float("inf"))
+
+    def _expire(self, now: float) -> None:
         """Users not back within the horizon (or at the log's end) close with a terminal transition."""
         horizon = self.config.next_state_horizon_s
-        while pending:
-            user, step = next(iter(pending.items()))
+        while self._pending:
+            user, step = next(iter(self._pending.items()))
             if now - step.time <= horizon:
                 break
-            pending.popitem(last=False)
-            away = activeness.activeness(user, step.time) * survival(horizon)
+            self._pending.popitem(last=False)
+            away = self._activeness.activeness(user, step.time) * survival(horizon, self.config.activeness_lambda0)
             self.buffer.add(step, step.clicks + self.config.beta * away, None)
 
-    def _gradient_step(self) -> None:
+    def gradient_step(self) -> None:
         if self.buffer.size < min(self.config.batch_impressions, self.buffer.capacity):
             return
         self.network.train()

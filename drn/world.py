@@ -243,6 +243,11 @@ class World:
         self._pending[request.request_id] = request
         return request
 
+    def push_back(self, request: Request) -> None:
+        """Withdraw an unanswered request: its user asks again at the same time (a log that ends before it)."""
+        del self._pending[request.request_id]
+        heapq.heappush(self._heap, (request.time, self._user_index[request.user]))
+
     def respond(self, request: Request, shown: Sequence[str]) -> Response:
         """Draw the user's clicks on `shown` (top first) and schedule their next request accordingly."""
         self._check_response(request, shown)
@@ -338,6 +343,32 @@ def mean_hours_to_last_click(impressions: Iterable[Impression], published: Mappi
     return float(np.mean(gaps)) / HOUR if gaps else float("nan")
 
 
+def log_random_order(world: World, end: float, order_rng: np.random.Generator,
+                     progress: Callable[[int, int], None] | None = None) -> list[Impression]:
+    """Run the world until `end` with a logging policy that shows every candidate in a random order.
+
+    Every candidate gets a label (as in MIND); click times are kept on the impressions (MIND files drop them).
+    The world is left at `end`, ready to go on live. `progress(hours_done, hours_total)` ticks per world hour.
+    """
+    start = world.now
+    impressions: list[Impression] = []
+    hours_total, hours_done = int(round((end - start) / HOUR)), 0
+    while True:
+        request = world.next_request()
+        while progress and hours_done < hours_total and request.time >= start + (hours_done + 1) * HOUR:
+            hours_done += 1
+            progress(hours_done, hours_total)
+        if request.time >= end:
+            world.push_back(request)
+            break
+        shown = tuple(request.candidates[j] for j in order_rng.permutation(len(request.candidates)))
+        clicks = dict(world.respond(request, shown).clicks)
+        impressions.append(Impression(str(len(impressions) + 1), request.user, request.time,
+                                      world.history(request.user), shown, tuple(int(n in clicks) for n in shown),
+                                      tuple(clicks[n] for n in shown if n in clicks)))
+    return impressions
+
+
 def generate_logs(out_dir: str | Path, days: int, users: int, seed: int, config: WorldConfig | None = None,
                   progress: Callable[[int, int], None] | None = None) -> dict:
     """Write `days` days of MIND logs (behaviors.tsv, news.tsv) of a random-order logging policy; return counts.
@@ -347,21 +378,8 @@ def generate_logs(out_dir: str | Path, days: int, users: int, seed: int, config:
     """
     config = replace(config or WorldConfig(), n_users=users)
     world = World(config, seed)
-    order_rng = np.random.default_rng([seed, 1])  # the logging policy's own stream
     end = config.start + days * DAY
-    impressions: list[Impression] = []
-    hours_total, hours_done = days * 24, 0
-    while True:
-        request = world.next_request()
-        while progress and hours_done < hours_total and request.time >= config.start + (hours_done + 1) * HOUR:
-            hours_done += 1
-            progress(hours_done, hours_total)
-        if request.time >= end:
-            break
-        shown = tuple(request.candidates[j] for j in order_rng.permutation(len(request.candidates)))
-        clicked = {news_id for news_id, _ in world.respond(request, shown).clicks}
-        impressions.append(Impression(str(len(impressions) + 1), request.user, request.time,
-                                      world.history(request.user), shown, tuple(int(n in clicked) for n in shown)))
+    impressions = log_random_order(world, end, np.random.default_rng([seed, 1]), progress)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     write_behaviors(out / "behaviors.tsv", impressions)

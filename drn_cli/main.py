@@ -12,6 +12,8 @@ import sys
 from pathlib import Path
 from typing import Callable
 
+from drn_cli import flows_commands
+
 Handler = Callable[[argparse.Namespace], object]
 
 
@@ -46,22 +48,40 @@ def cmd_data_split(args: argparse.Namespace) -> object:
     return write_split(Path(args.dir), Path(args.out), args.test_days)
 
 
-def build_policy(name: str, seed: int, train_dir: str | None = None):
-    """A fitted policy by name (the DRN agent trains on `train_dir` first)."""
+POLICY_NAMES = ("random", "popularity", "linucb", "drn")
+
+
+def build_policy(name: str, seed: int, epochs: int):
+    """An unfitted policy by name (`fit` on the train logs comes next; DRN trains double-DQN there)."""
     from drn.baselines import BASELINES
+    if name == "drn":
+        from drn.agent import DRNPolicy
+        from drn.online import set_threads
+        from drn.progress import Progress
+        from drn.training import TrainConfig
+        set_threads()
+        return DRNPolicy(train_config=TrainConfig(epochs=epochs, seed=seed), progress=Progress("train drn"))
     if name not in BASELINES:
-        raise UsageError(f"unknown policy {name!r} (choose from {', '.join(BASELINES)})")
-    policy = BASELINES[name](seed=seed) if name == "random" else BASELINES[name]()
-    return policy
+        raise UsageError(f"unknown policy {name!r} (choose from {', '.join(POLICY_NAMES)})")
+    return BASELINES[name](seed=seed) if name == "random" else BASELINES[name]()
 
 
 def cmd_evaluate(args: argparse.Namespace) -> object:
     from drn.evaluate import evaluate
     from drn.progress import Progress
     train, test = _load(args.train), _load(args.test)
-    policy = build_policy(args.policy, args.seed)
+    policy = build_policy(args.policy, args.seed, args.epochs)
     policy.fit(train)
     return evaluate(policy, train, test, progress=Progress(f"evaluate {args.policy}"))
+
+
+def cmd_bench_learning(args: argparse.Namespace) -> object:
+    from drn.bench import BenchConfig, bench_learning
+    if args.seeds < 1 or args.impressions < 10:
+        raise UsageError("--seeds must be >= 1 and --impressions >= 10")
+    config = BenchConfig(seeds=args.seeds, impressions=args.impressions, users=args.users, log_days=args.log_days,
+                         workers=args.workers)
+    return bench_learning(config, Path(args.out), progress=lambda line: print(line, file=sys.stderr, flush=True))
 
 
 def parser() -> argparse.ArgumentParser:
@@ -91,14 +111,28 @@ def parser() -> argparse.ArgumentParser:
     ev.add_argument("--train", required=True)
     ev.add_argument("--test", required=True)
     ev.add_argument("--seed", type=int, default=0)
+    ev.add_argument("--epochs", type=int, default=3, help="DRN training passes over the train logs")
     ev.set_defaults(handler=cmd_evaluate)
+
+    bench = sub.add_parser("bench", help="benchmarks").add_subparsers(dest="bench_command", required=True)
+    learning = bench.add_parser("learning", help="every policy side by side in the live world")
+    learning.add_argument("--seeds", type=int, default=3)
+    learning.add_argument("--impressions", type=int, default=6000, help="live requests per policy and seed")
+    learning.add_argument("--users", type=int, default=500)
+    learning.add_argument("--log-days", type=int, default=3, help="offline log days DRN trains on first")
+    learning.add_argument("--workers", type=int, default=2, help="seeds run in parallel processes")
+    learning.add_argument("--out", required=True)
+    learning.set_defaults(handler=cmd_bench_learning)
+    flows_commands.register(sub)
     return root
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
-        _print_json(args.handler(args))
+        result = args.handler(args)
+        if result is not None:  # None: the command printed its own output (a table)
+            _print_json(result)
     except (UsageError, FileNotFoundError, ValueError) as err:
         print(f"drn: error: {err}", file=sys.stderr)
         return 2

@@ -1,0 +1,162 @@
+"""`drn bench learning`: every policy in the same live world, side by side, from the same offline-trained start.
+
+Per seed: the world runs `log_days` days under a random-order logging policy; DRN is trained offline on those
+logs (and LinUCB fitted on them); then each policy serves a copy of the same world, continuing from the same
+moment with the same feature state, for `impressions` requests. CTR and user activeness are reported after a
+warm-up share of each run, as a mean over seeds with a 95% t-interval across seeds.
+"""
+from __future__ import annotations
+
+import copy
+import json
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+from scipy import stats as scipy_stats
+
+from drn.activeness import S0, UserActiveness
+from drn.baselines import LinUCBPolicy, PopularityPolicy, RandomPolicy
+from drn.features import FeatureState, replay
+from drn.mind import Dataset
+from drn.model import build_network
+from drn.online import SLATE_SIZE, LiveResult, OnlineConfig, OnlineDRN, run_live, set_threads
+from drn.policy import Policy
+from drn.training import TrainConfig, Trainer
+from drn.world import DAY, HOUR, World, WorldConfig, log_random_order
+
+POLICIES = ("random", "popularity", "linucb", "drn", "drn-major", "drn-egreedy", "drn-dbgd", "drn-dbgd-major")
+# The DRN variants: (explorer, major updates), DRN.md's table rows.
+DRN_VARIANTS = {"drn": ("none", False), "drn-major": ("none", True), "drn-egreedy": ("egreedy", True),
+                "drn-dbgd": ("dbgd", False), "drn-dbgd-major": ("dbgd", True)}
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    seeds: int = 3
+    impressions: int = 6000  # live requests per policy and seed
+    users: int = 500
+    log_days: int = 3  # offline logs each seed trains on before going live
+    slate_size: int = SLATE_SIZE
+    warmup_fraction: float = 0.2  # share of each live run left out of the reported CTR / activeness
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=2))
+    online: OnlineConfig = OnlineConfig()
+    workers: int = 2  # seeds run in parallel processes (this machine has 2 cores)
+
+
+def compressed_activeness(world: WorldConfig) -> dict:
+    """Survival-model parameters on the world's clock.
+
+    DRN.md's lambda0 means "expected return in about 24 h"; the simulated users return every few hours, which
+    would pin everyone's activeness at 1. The hazard is scaled to the world's mean return gap and Sa keeps
+    DRN.md's identity (a user returning every mean gap stays at S0).
+    """
+    lambda0 = 1.0 / (world.return_gap_hours * HOUR)
+    return {"lambda0": lambda0, "sa": S0 * (1.0 - float(np.exp(-lambda0 * world.return_gap_hours * HOUR)))}
+
+
+def _policy(name: str, network, config: BenchConfig, train: TrainConfig, seed: int) -> Policy:
+    if name == "random":
+        return RandomPolicy(seed)
+    if name == "popularity":
+        return PopularityPolicy()
+    if name == "linucb":
+        return LinUCBPolicy()
+    explorer, major = DRN_VARIANTS[name]
+    online = replace(config.online, explorer=explorer, major_updates=major, seed=seed)
+    return OnlineDRN(copy.deepcopy(network), online, train, name=name)
+
+
+def run_seed(seed: int, config: BenchConfig, progress: Callable[[str], None] | None = None) -> dict[str, LiveResult]:
+    """One seed: log, train offline, then every policy live from the same start."""
+    set_threads()
+    world_config = WorldConfig(n_users=config.users)
+    active = compressed_activeness(world_config)
+    train = replace(config.train, seed=seed, activeness_lambda0=active["lambda0"], activeness_sa=active["sa"])
+    world = World(world_config, seed)
+    logs = log_random_order(world, world.now + config.log_days * DAY, np.random.default_rng([seed, 1]))
+    news = {n: world.item(n) for imp in logs for n in imp.candidates + imp.history}
+    network = build_network(seed=seed)
+    Trainer(network, train).fit(logs, news)
+    linucb_warm = LinUCBPolicy()
+    linucb_warm.fit(Dataset(logs, news))
+    state = FeatureState(news)
+    for _ in replay(logs, state):
+        pass
+    results = {}
+    for name in POLICIES:
+        policy = copy.deepcopy(linucb_warm) if name == "linucb" else _policy(name, network, config, train, seed)
+        results[name] = run_live(policy, copy.deepcopy(world), copy.deepcopy(state), config.impressions,
+                                 config.slate_size, UserActiveness(lambda0=active["lambda0"], sa=active["sa"]))
+        if progress:
+            progress(f"seed {seed}: {name} ctr {results[name].ctr(config.warmup_fraction):.4f}")
+    return results
+
+
+def _mean_ci(values: list[float]) -> tuple[float, list[float]]:
+    mean = float(np.mean(values))
+    if len(values) < 2:
+        return mean, [mean, mean]
+    half = float(scipy_stats.t.ppf(0.975, len(values) - 1) * np.std(values, ddof=1) / np.sqrt(len(values)))
+    return mean, [mean - half, mean + half]
+
+
+def summarise(per_seed: list[dict[str, LiveResult]], config: BenchConfig) -> dict:
+    policies = {}
+    for name in POLICIES:
+        ctrs = [seed[name].ctr(config.warmup_fraction) for seed in per_seed]
+        actives = [seed[name].mean_activeness(config.warmup_fraction) for seed in per_seed]
+        ctr, ctr_ci = _mean_ci(ctrs)
+        act, act_ci = _mean_ci(actives)
+        policies[name] = {"ctr": ctr, "ctr_ci95": ctr_ci, "activeness": act, "activeness_ci95": act_ci,
+                          "ctr_per_seed": ctrs, "activeness_per_seed": actives}
+    return {"policies": policies, "config": _jsonable(config)}
+
+
+def _jsonable(config: BenchConfig) -> dict:
+    return json.loads(json.dumps(asdict(config), default=str))
+
+
+def plot_ctr(per_seed: list[dict[str, LiveResult]], path: Path, bucket_hours: float = 2.0) -> None:
+    """CTR per world-time bucket since going live, averaged over seeds, one line per policy."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(9, 5))
+    for name in POLICIES:
+        curves = []
+        for seed in per_seed:
+            result = seed[name]
+            hours = (np.asarray(result.times) - result.times[0]) / HOUR
+            bucket = (hours // bucket_hours).astype(int)
+            clicks = np.bincount(bucket, weights=result.clicks)
+            shown = np.bincount(bucket, weights=result.shown)
+            curves.append(clicks / np.maximum(shown, 1))
+        length = min(len(c) for c in curves)
+        ax.plot(np.arange(length) * bucket_hours, np.mean([c[:length] for c in curves], axis=0), label=name,
+                linewidth=2.2 if name.startswith("drn-dbgd") else 1.2)
+    ax.set_xlabel("world hours since going live")
+    ax.set_ylabel(f"CTR (clicks / shown, {bucket_hours:g} h buckets, mean over seeds)")
+    ax.set_title("Live world: CTR over time per policy")
+    ax.legend(ncol=2, fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def bench_learning(config: BenchConfig, out: Path, progress: Callable[[str], None] | None = None) -> dict:
+    out.mkdir(parents=True, exist_ok=True)
+    seeds = list(range(config.seeds))
+    if config.workers > 1 and len(seeds) > 1:
+        with ProcessPoolExecutor(min(config.workers, len(seeds))) as pool:
+            per_seed = list(pool.map(run_seed, seeds, [config] * len(seeds)))
+    else:
+        per_seed = [run_seed(seed, config, progress) for seed in seeds]
+    results = summarise(per_seed, config)
+    (out / "results.json").write_text(json.dumps(results, indent=2))
+    plot_ctr(per_seed, out / "ctr_over_time.png")
+    results["plot"] = str(out / "ctr_over_time.png")
+    return results
