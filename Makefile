@@ -16,4 +16,4 @@ test: $(STAMP)
 	$(VENV)/bin/python -m pytest -q
 
 demo: $(STAMP)
-	$(VENV)/bin/drn demo
+	$(VENV)/bin/drn bench learning --seeds 1 --impressions 2000 --out out/demo

@@ -245,13 +245,14 @@ class FeatureState:
         items = [self._items.get(c) or _ItemState(np.zeros(METADATA_DIM, np.float32), False) for c in candidates]
         profiles, user_block = self._user_block(user_state, time)
         state = np.concatenate([user_block, _context(time)]).astype(np.float32)
+        n = len(candidates)
         metadata = np.stack([item.metadata for item in items]) if items else np.zeros((0, METADATA_DIM), np.float32)
-        news = np.stack([_news_row(item, time) for item in items]) if items else np.zeros((0, 11), np.float32)
         overlap = np.add.reduceat(metadata[:, None, :] * profiles[None, :, :], SEGMENT_STARTS, axis=2)
-        personal = np.array([[c in user_state.clicked, math.log1p(user_state.shown.get(c, 0))] for c in candidates],
-                            dtype=np.float32).reshape(len(candidates), 2)
-        fresh = np.array([_freshness(item, time) for item in items], dtype=np.float32).reshape(len(candidates), 2)
-        action = np.concatenate([metadata, news, overlap.reshape(len(candidates), -1), personal, fresh], axis=1)
+        personal = np.array([[c in user_state.clicked, user_state.shown.get(c, 0)] for c in candidates],
+                            dtype=np.float64).reshape(n, 2)
+        personal[:, 1] = np.log1p(personal[:, 1])
+        action = np.concatenate([metadata, _news_block(items, time), overlap.reshape(n, -1), personal,
+                                 _freshness_block(items, time)], axis=1)
         return FeatureBatch(state, action.astype(np.float32), tuple(candidates))
 
     # ---- internals ----------------------------------------------------------------------------------------
@@ -292,17 +293,23 @@ def _context(time: float) -> np.ndarray:
     return np.concatenate([[math.sin(hour), math.cos(hour)], weekday])
 
 
-def _news_row(item: _ItemState, time: float) -> np.ndarray:
-    clicks = [_count_since(item.click_times, time - span) for _, span in WINDOWS]
-    shows = [_count_since(item.impression_times, time - span) for _, span in WINDOWS]
-    ctr = [(clicks[w] + CTR_PRIOR_CLICKS) / (shows[w] + CTR_PRIOR_IMPRESSIONS) for w in (2, 3)]
-    return np.array([float(item.known), *np.log1p(clicks), *np.log1p(shows), *ctr], dtype=np.float32)
+def _news_block(items: Sequence[_ItemState], time: float) -> np.ndarray:
+    """Known flag, log click and impression counts per window, smoothed click rates over 24 h and 1 w."""
+    spans = [span for _, span in WINDOWS]
+    counts = np.array([[_count_since(item.click_times, time - span) for span in spans]
+                       + [_count_since(item.impression_times, time - span) for span in spans] for item in items],
+                      dtype=np.float64).reshape(len(items), 2 * len(spans))
+    clicks, shows = counts[:, : len(spans)], counts[:, len(spans):]
+    ctr = (clicks[:, 2:4] + CTR_PRIOR_CLICKS) / (shows[:, 2:4] + CTR_PRIOR_IMPRESSIONS)
+    known = np.array([item.known for item in items], dtype=np.float64).reshape(len(items), 1)
+    return np.hstack([known, np.log1p(clicks), np.log1p(shows), ctr])
 
 
-def _freshness(item: _ItemState, time: float) -> tuple[float, float]:
-    born = item.published if item.published is not None else item.first_seen
-    age_h = max(time - born, 0.0) / HOUR if born is not None else 0.0
-    return math.log1p(age_h), math.exp(-age_h * HOUR / FRESHNESS_DECAY_S)
+def _freshness_block(items: Sequence[_ItemState], time: float) -> np.ndarray:
+    """log(1 + age in hours) and exp(-age / 4.1 h); age from publication, else first sight, else 0."""
+    born = [item.published if item.published is not None else item.first_seen for item in items]
+    age_h = np.array([max(time - b, 0.0) / HOUR if b is not None else 0.0 for b in born], dtype=np.float64)
+    return np.stack([np.log1p(age_h), np.exp(-age_h * HOUR / FRESHNESS_DECAY_S)], axis=1).reshape(len(items), 2)
 
 
 @dataclass
