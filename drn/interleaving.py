@@ -143,14 +143,16 @@ def interleaver(method: str = DEFAULT_METHOD) -> Interleaver:
 
 
 def credit(teams: Sequence[int], clicked_positions: Iterable[int]) -> tuple[int, int]:
-    """Clicks credited to (exploit, explore) in one impression; positions are 0-based, repeats count once."""
+    """Clicks credited to (exploit, explore) in one impression; positions are 0-based, repeats count once.
+
+    A click on a position neither team placed (a log's -1) earns no credit."""
     a = b = 0
     for pos in set(clicked_positions):
         if not 0 <= pos < len(teams):
             raise ValueError(f"clicked position {pos} outside the {len(teams)} served items")
         if teams[pos] == TEAM_EXPLOIT:
             a += 1
-        else:
+        elif teams[pos] == TEAM_EXPLORE:
             b += 1
     return a, b
 

@@ -1,5 +1,8 @@
 """The log store: what serving did (impressions, exploration rounds) and what users did (clicks, returns).
 
+It also keeps the news metadata the logs refer to (so a major update can rebuild item features from the log store
+alone) and named leases that keep two runs of one update kind from working at once, however they were started.
+
 The minor update reads one exploration round, the major update a time window; both get `LoggedImpression`s, which
 turn into `drn.mind.Impression`s so training reads logs exactly like MIND data. A SQLite file by default, PostgreSQL
 by URL. This is the only module of the project that imports SQLAlchemy.
@@ -7,14 +10,15 @@ by URL. This is the only module of the project that imports SQLAlchemy.
 from __future__ import annotations
 
 import os
+import time as clock
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 
-from drn.mind import Impression
+from drn.mind import Impression, NewsItem
 
 LOG_FILE = "logs.db"  # the SQLite file `LogStore.at` keeps under a data directory
 NO_TEAM, EXPLOIT, EXPLORE = -1, 0, 1  # `teams` values: which network (W or W~) put a served item in its position
@@ -137,6 +141,24 @@ _clicks = sa.Table(
     sa.Column("time", sa.Double, nullable=False),
     sa.UniqueConstraint("impression_id", "news_id", name="uq_log_clicks_once"),  # a click counts once
 )
+_news = sa.Table(
+    "log_news", _meta,
+    sa.Column("news_id", sa.Text, primary_key=True),
+    sa.Column("category", sa.Text, nullable=False),
+    sa.Column("subcategory", sa.Text, nullable=False),
+    sa.Column("title", sa.Text, nullable=False),
+    sa.Column("provider", sa.Text, nullable=False),
+    sa.Column("entities", sa.JSON, nullable=False),
+    sa.Column("abstract", sa.Text, nullable=False),
+    sa.Column("url", sa.Text, nullable=False),
+    sa.Column("published", sa.Double),
+)
+_leases = sa.Table(
+    "log_leases", _meta,
+    sa.Column("name", sa.Text, primary_key=True),
+    sa.Column("holder", sa.Text, nullable=False),
+    sa.Column("expires_at", sa.Double, nullable=False),  # wall-clock epoch seconds; a crashed holder's lease lapses
+)
 _returns = sa.Table(
     "log_returns", _meta,
     sa.Column("seq", _ID, primary_key=True, autoincrement=True),
@@ -255,6 +277,41 @@ class LogStore:
         with self._writer.begin() as conn:
             conn.execute(sa.insert(_returns).values(user_id=user, time=time))
 
+    def log_news(self, items: Iterable[NewsItem]) -> int:
+        """Insert or update news metadata (the newest description of an id wins); returns how many were written."""
+        rows = [dict(news_id=i.news_id, category=i.category, subcategory=i.subcategory, title=i.title,
+                     provider=i.provider, entities=list(i.entities), abstract=i.abstract, url=i.url,
+                     published=i.published) for i in items]
+        if not rows:
+            return 0
+        with self._writer.begin() as conn:
+            for start in range(0, len(rows), BATCH):
+                insert = self._insert(_news).values(rows[start:start + BATCH])
+                updated = {c.name: insert.excluded[c.name] for c in _news.columns if c.name != "news_id"}
+                conn.execute(insert.on_conflict_do_update(index_elements=["news_id"], set_=updated))
+        return len(rows)
+
+    # leases: at most one holder per name
+
+    def acquire(self, name: str, holder: str, ttl_s: float, now: float | None = None) -> bool:
+        """Take the lease `name` for `ttl_s` seconds if it is free or lapsed; True when `holder` now holds it.
+
+        One atomic upsert, so two processes asking at once cannot both win. The lease lapses after `ttl_s`, so a
+        holder that crashed without releasing blocks others for at most that long."""
+        now = clock.time() if now is None else now
+        insert = self._insert(_leases).values(name=name, holder=holder, expires_at=now + ttl_s)
+        take_over = insert.on_conflict_do_update(index_elements=["name"],
+                                                 set_=dict(holder=holder, expires_at=now + ttl_s),
+                                                 where=_leases.c.expires_at <= now)
+        with self._writer.begin() as conn:
+            return conn.execute(take_over.returning(_leases.c.name)).first() is not None
+
+    def release(self, name: str, holder: str) -> bool:
+        """Give the lease back; False when `holder` no longer held it (it lapsed and another took it)."""
+        with self._writer.begin() as conn:
+            gone = conn.execute(sa.delete(_leases).where(_leases.c.name == name, _leases.c.holder == holder))
+        return gone.rowcount == 1
+
     # exploration rounds
 
     def open_round(self, model_version: str, seed: int, alpha: float, time: float) -> Round:
@@ -330,6 +387,13 @@ class LogStore:
             for impression_id, news_id, time in conn.execute(query):
                 found.setdefault(impression_id, []).append(Click(news_id, time))
         return {impression_id: tuple(clicks) for impression_id, clicks in found.items()}
+
+    def news(self) -> dict[str, NewsItem]:
+        """All news metadata by id."""
+        with self._engine.connect() as conn:
+            rows = conn.execute(sa.select(_news)).all()
+        return {r.news_id: NewsItem(r.news_id, r.category, r.subcategory, r.title, r.provider, tuple(r.entities),
+                                    r.abstract, r.url, r.published) for r in rows}
 
     def returns(self, start: float | None = None, end: float | None = None) -> list[tuple[str, float]]:
         """(user, time) of returns with start <= time < end, in time order."""

@@ -135,6 +135,17 @@ def iter_behaviors(path: str | os.PathLike) -> Iterator[Impression]:
             yield Impression(impression_id, user, time, tuple(history.split()), ids, labels)
 
 
+def iter_time_ordered(path: str | os.PathLike) -> Iterator[Impression]:
+    """Stream a behaviors.tsv that is already in time order (as the world writes it); a line that goes back in
+    time is an error naming it, since streaming consumers cannot sort."""
+    last = float("-inf")
+    for line_no, impression in enumerate(iter_behaviors(path), start=1):
+        if impression.time < last:
+            raise MindFormatError(path, line_no, "impressions are not in time order (sort the file to stream it)")
+        last = impression.time
+        yield impression
+
+
 def read_behaviors(path: str | os.PathLike) -> list[Impression]:
     """All impressions, sorted by time (stable, so equal times keep file order)."""
     return sorted(iter_behaviors(path), key=lambda imp: imp.time)

@@ -14,7 +14,7 @@ import copy
 import sys
 from collections import OrderedDict
 from dataclasses import asdict, dataclass
-from typing import Callable
+from typing import Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -141,21 +141,29 @@ class Trainer:
         self.steps, self.losses = 0, []
         self.begin_pass()
 
-    def fit(self, impressions: list[Impression], news: dict[str, NewsItem]) -> dict:
-        """Train on time-ordered logs for `epochs` passes; returns a summary of what happened."""
+    def fit(self, impressions: Sequence[Impression] | Callable[[], Iterable[Impression]],
+            news: Mapping[str, NewsItem]) -> dict:
+        """Train for `epochs` passes over time-ordered logs; returns a summary of what happened.
+
+        `impressions` is a list, or a callable that opens a fresh stream per pass (e.g. reading a time-ordered
+        behaviors.tsv line by line), so a log larger than memory never has to be loaded.
+        """
         torch.manual_seed(self.config.seed)
-        total = len(impressions) * self.config.epochs
-        for epoch in range(self.config.epochs):
+        open_stream = impressions if callable(impressions) else (lambda: impressions)
+        total = len(impressions) * self.config.epochs if not callable(impressions) else None
+        seen = 0
+        for _ in range(self.config.epochs):
             self.begin_pass()
-            for count, sample in enumerate(replay(impressions, FeatureState(news)), start=1):
+            for count, sample in enumerate(replay(open_stream(), FeatureState(news)), start=1):
                 self.observe(sample)
                 if count % self.config.train_every == 0:
                     self.gradient_step()
                 if self.progress:
-                    self.progress(epoch * len(impressions) + count, total)
+                    self.progress(seen + count, total)
+            seen += count
             self.end_pass()
         self.network.eval()
-        return self.summary(len(impressions))
+        return self.summary(seen // self.config.epochs)
 
     def summary(self, impressions: int) -> dict:
         recent = self.losses[-100:]

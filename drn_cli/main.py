@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Callable
 
 from drn_cli import flows_commands
+from serving import cli as serving_cli
 
 Handler = Callable[[argparse.Namespace], object]
 
@@ -124,6 +125,7 @@ def parser() -> argparse.ArgumentParser:
     learning.add_argument("--out", required=True)
     learning.set_defaults(handler=cmd_bench_learning)
     flows_commands.register(sub)
+    serving_cli.register(sub)
     return root
 
 

@@ -27,3 +27,12 @@ def mind(mind_dir):
 def mind_split(mind):
     from drn.evaluate import time_split
     return time_split(mind, test_days=1)
+
+
+@pytest.fixture(scope="session")
+def prefect_server():
+    """One Prefect test server (a temporary SQLite database) for the whole run: it takes 20-30 s to start here."""
+    os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
+    from prefect.testing.utilities import prefect_test_harness
+    with prefect_test_harness(server_startup_timeout=120):
+        yield

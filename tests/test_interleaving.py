@@ -198,3 +198,9 @@ def test_round_outcome_says_when_feedback_is_insufficient():
 def test_round_outcome_rejects_unknown_method():
     with pytest.raises(ValueError):
         round_outcome([], "balanced")
+
+
+def test_clicks_on_positions_no_team_placed_earn_no_credit():
+    from drn.interleaving import credit
+    assert credit((0, 1, -1, -1), [2, 3]) == (0, 0)
+    assert credit((0, 1, -1), [0, 1, 2]) == (1, 1)

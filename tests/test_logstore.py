@@ -274,3 +274,34 @@ def test_sqlite_readers_do_not_block_the_writer(tmp_path):
 def test_rejects_other_databases():
     with pytest.raises(ValueError, match="sqlite or postgresql"):
         LogStore("mysql://localhost/x")
+
+
+def test_news_upsert_round_trip(store):
+    from drn.mind import NewsItem
+    first = NewsItem("N1", "sports", "soccer", "A title", "p.example", ("E1", "E2"), "abs", "https://p.example/N1", 10.0)
+    assert store.log_news([first, NewsItem("N2")]) == 2
+    assert store.news() == {"N1": first, "N2": NewsItem("N2")}
+    renamed = NewsItem("N1", "sports", "soccer", "New title", "p.example", ("E1",), published=None)
+    store.log_news([renamed])
+    assert store.news()["N1"] == renamed and len(store.news()) == 2
+    assert store.log_news([]) == 0
+
+
+def test_lease_is_exclusive_until_released_or_lapsed(store):
+    assert store.acquire("minor", "a", ttl_s=60, now=100.0)
+    assert not store.acquire("minor", "b", ttl_s=60, now=120.0)  # held
+    assert store.acquire("major", "b", ttl_s=60, now=120.0)  # another name is independent
+    assert not store.release("minor", "b")  # only the holder releases
+    assert store.release("minor", "a")
+    assert store.acquire("minor", "b", ttl_s=60, now=121.0)
+    assert store.acquire("minor", "c", ttl_s=60, now=181.0)  # b's lease lapsed: c takes over
+    assert not store.release("minor", "b")
+
+
+def test_lease_has_one_winner_among_concurrent_stores(url):
+    def grab(i: int) -> bool:
+        with LogStore(url) as s:
+            return s.acquire("minor", f"h{i}", ttl_s=600)
+    LogStore(url).close()  # tables exist before the race
+    with ThreadPoolExecutor(8) as pool:
+        assert sum(pool.map(grab, range(8))) == 1

@@ -1,0 +1,195 @@
+"""Speed of the HTTP service: /recommend with 50 candidates over real HTTP, and scoring alone in-process.
+
+Starts `drn serve` in a subprocess on 127.0.0.1 against a fresh DRN_HOME holding one promoted DRN version of the
+default size (NetworkConfig()) with an open exploration round, so every request computes features, runs two
+forward passes (W and W~), interleaves and logs the impression. Then, for each concurrency, that many httpx async
+clients send requests back to back; throughput and p50 / p99 latency are measured after a warm-up. Each level is
+bounded by --requests and --seconds. Targets: p99 <= 20 ms at 8 clients, >= 500 requests/s at the best level.
+
+    .venv/bin/python benchmarks/serving_bench.py --out /tmp/serving_bench.json
+    .venv/bin/python benchmarks/serving_bench.py --logstore-dir /dev/shm/drn-bench --out /tmp/serving_bench_shm.json
+
+--logstore-dir puts the log store elsewhere (e.g. on tmpfs, where a commit costs no fsync) to separate the service's
+own cost from the disk's: the log store commits every impression with synchronous=FULL before answering.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from drn import lifecycle  # noqa: E402
+from drn.exploration import explore_weights  # noqa: E402
+from drn.features import FeatureState  # noqa: E402
+from drn.logstore import LogStore  # noqa: E402
+from drn.mind import NewsItem  # noqa: E402
+from drn.model import NetworkConfig, build_network, network_from_weights  # noqa: E402
+from drn.online import set_threads  # noqa: E402
+from drn.registry import Registry  # noqa: E402
+
+CANDIDATES = 50  # per request: the brief's size
+USERS = 1000  # distinct users the clients draw from, so user state is neither empty nor one hot row
+NEWS_POOL = 400  # candidates are drawn from this many items
+PUBLISHED = 1_760_000_000.0  # publication times: fixed, so a repeated description is not news to the service
+WARMUP = 50  # requests per level that are not measured (connection set-up, first allocations)
+CONCURRENCY = (1, 8, 32)
+TARGET_P99_MS_AT_8, TARGET_RPS = 20.0, 500.0
+
+
+def _news(i: int) -> dict:
+    return {"news_id": f"N{i}", "category": f"cat{i % 17}", "subcategory": f"sub{i % 60}", "provider": f"p{i % 9}",
+            "entities": [f"E{i % 31}", f"E{i % 13}"], "published": PUBLISHED - 3600.0 * (i % 48)}
+
+
+def _payload(rng: np.random.Generator) -> dict:
+    ids = rng.choice(NEWS_POOL, size=CANDIDATES, replace=False)
+    return {"user": f"U{int(rng.integers(USERS))}", "candidates": [_news(int(i)) for i in ids], "k": 10}
+
+
+def scoring_time(bundle, repeats: int) -> dict:
+    """In-process: features for 50 candidates, then W and W~ each score them in one batched forward pass."""
+    set_threads()
+    rng = np.random.default_rng(0)
+    state = FeatureState({f"N{i}": NewsItem(**{k: (tuple(v) if k == "entities" else v)
+                                                for k, v in _news(i).items()}) for i in range(NEWS_POOL)})
+    exploit = network_from_weights(bundle.config, bundle.weights)
+    explore = network_from_weights(bundle.config, explore_weights(bundle.weights, 1, 0.1))
+    now = PUBLISHED + 86400.0
+    timings = {"features": [], "score_w": [], "score_w_tilde": []}
+    for i in range(repeats):
+        payload = _payload(rng)
+        ids = [c["news_id"] for c in payload["candidates"]]
+        t0 = time.perf_counter()
+        batch = state.features(payload["user"], ids, now + i)
+        t1 = time.perf_counter()
+        exploit.score(batch)
+        t2 = time.perf_counter()
+        explore.score(batch)
+        t3 = time.perf_counter()
+        state.record_impression(payload["user"], ids[:10], now + i)
+        for name, seconds in zip(timings, (t1 - t0, t2 - t1, t3 - t2)):
+            timings[name].append(seconds * 1e3)
+    return {f"{name}_ms_median": statistics.median(v) for name, v in timings.items()}
+
+
+def setup_home(home: Path) -> tuple[str, object]:
+    """A registry with one promoted default-size version and an open round; returns (version, bundle)."""
+    registry = Registry(f"sqlite:///{home / 'mlflow.db'}")
+    bundle = lifecycle.bundle_of(build_network(NetworkConfig(), seed=0))
+    version = registry.register(bundle, kind="offline", parent=None, data_window=None, params={}, metrics={})
+    with LogStore(os.environ["DRN_LOGSTORE_URL"]) as logs:
+        lifecycle.promote(registry, logs, version, who="serving_bench", why="benchmark", now=time.time())
+    return version, bundle
+
+
+async def level(url: str, clients: int, requests: int, seconds: float, seed: int) -> dict:
+    """`clients` concurrent clients sending back to back until `requests` are measured or `seconds` pass."""
+    rng = np.random.default_rng(seed)
+    payloads = [_payload(rng) for _ in range(256)]
+    latencies: list[float] = []
+    failures = 0
+    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
+    async with httpx.AsyncClient(base_url=url, limits=limits, timeout=30) as client:
+        for i in range(WARMUP):
+            await client.post("/recommend", json=payloads[i % len(payloads)])
+        sent = 0
+        deadline = time.perf_counter() + seconds
+
+        async def worker() -> None:
+            nonlocal sent, failures
+            while sent < requests and time.perf_counter() < deadline:
+                payload = payloads[sent % len(payloads)]
+                sent += 1
+                t = time.perf_counter()
+                response = await client.post("/recommend", json=payload)
+                latencies.append(time.perf_counter() - t)
+                failures += response.status_code != 200
+
+        start = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(clients)))
+        elapsed = time.perf_counter() - start
+    ms = np.array(latencies) * 1e3
+    return {"clients": clients, "requests": len(latencies), "failures": failures, "seconds": elapsed,
+            "requests_per_s": len(latencies) / elapsed, "p50_ms": float(np.percentile(ms, 50)),
+            "p99_ms": float(np.percentile(ms, 99))}
+
+
+def wait_ready(url: str, server: subprocess.Popen, timeout: float = 120.0) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            raise RuntimeError(f"drn serve exited with {server.returncode}")
+        try:
+            health = httpx.get(f"{url}/healthz", timeout=2).json()
+            if health["source"] == "drn":
+                return health
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.3)
+    raise RuntimeError("drn serve did not become ready")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--out", required=True, help="JSON results")
+    ap.add_argument("--requests", type=int, default=3000, help="measured requests per concurrency level, at most")
+    ap.add_argument("--seconds", type=float, default=20.0, help="time per concurrency level, at most")
+    ap.add_argument("--port", type=int, default=8765)
+    ap.add_argument("--logstore-dir", help="folder for the log store (default: inside the temporary DRN_HOME)")
+    args = ap.parse_args()
+
+    home = Path(tempfile.mkdtemp(prefix="drn-serving-bench-"))
+    logdir = Path(args.logstore_dir) if args.logstore_dir else home
+    logdir.mkdir(parents=True, exist_ok=True)
+    os.environ.update(DRN_HOME=str(home), DRN_LOGSTORE_URL=f"sqlite:///{(logdir / 'bench-logs.db').resolve()}",
+                      DRN_SERVE_SECRET="serving-bench-secret-0123456789")
+    version, bundle = setup_home(home)
+    scoring = scoring_time(bundle, repeats=500)
+
+    url = f"http://127.0.0.1:{args.port}"
+    server = subprocess.Popen([sys.executable, "-m", "drn_cli.main", "serve", "--port", str(args.port),
+                               "--log-level", "warning"], cwd=Path(__file__).resolve().parents[1])
+    try:
+        wait_ready(url, server)
+        levels = [asyncio.run(level(url, c, args.requests, args.seconds, seed=c)) for c in CONCURRENCY]
+        metrics_text = httpx.get(f"{url}/metrics").text
+    finally:
+        server.terminate()
+        server.wait(30)
+
+    at8 = next(r for r in levels if r["clients"] == 8)
+    best = max(r["requests_per_s"] for r in levels)
+    result = {"version": version, "candidates": CANDIDATES, "network": NetworkConfig().to_dict(),
+              "log_store": os.environ["DRN_LOGSTORE_URL"], "cpus": os.cpu_count(), "scoring": scoring,
+              "levels": levels, "targets": {"p99_ms_at_8": TARGET_P99_MS_AT_8, "requests_per_s": TARGET_RPS,
+                                            "p99_at_8_met": at8["p99_ms"] <= TARGET_P99_MS_AT_8,
+                                            "throughput_met": best >= TARGET_RPS},
+              "server_impressions": next((line for line in metrics_text.splitlines()
+                                          if line.startswith("drn_serving_impressions_total")), None)}
+    Path(args.out).write_text(json.dumps(result, indent=2))
+
+    print(f"in-process, 50 candidates: features {scoring['features_ms_median']:.2f} ms, "
+          f"W {scoring['score_w_ms_median']:.2f} ms, W~ {scoring['score_w_tilde_ms_median']:.2f} ms (medians)")
+    print(f"log store: {result['log_store']}")
+    print(f"{'clients':>7} {'requests':>8} {'fail':>4} {'req/s':>8} {'p50 ms':>7} {'p99 ms':>7}")
+    for r in levels:
+        print(f"{r['clients']:>7} {r['requests']:>8} {r['failures']:>4} {r['requests_per_s']:>8.0f} "
+              f"{r['p50_ms']:>7.2f} {r['p99_ms']:>7.2f}")
+    print(f"targets: p99 <= {TARGET_P99_MS_AT_8} ms at 8 clients: {result['targets']['p99_at_8_met']}; "
+          f">= {TARGET_RPS} req/s at best: {result['targets']['throughput_met']} ({best:.0f})")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,135 @@
+"""What every flow shares: the stores it talks to, I/O tasks with retries, the one-run-per-kind lease, the report.
+
+Flows stay thin: each task wraps one `drn` call. Tasks that touch the registry or the log store retry (a locked
+SQLite file, a blip of a database server); computing tasks do not (a retry would only repeat a bug). Task inputs
+are models and stores, not data to cache: every task runs with `cache_policy=NO_CACHE`.
+"""
+from __future__ import annotations
+
+import contextlib
+import functools
+import time
+import uuid
+from typing import Any, Iterator, Mapping
+
+from prefect import task
+from prefect.artifacts import create_markdown_artifact
+from prefect.cache_policies import NO_CACHE
+from prefect.runtime import flow_run
+
+from drn import lifecycle
+from drn.config import Settings
+from drn.exploration import ALPHA
+from drn.logstore import LogStore
+from drn.registry import ModelBundle, Registry, VersionInfo
+
+IO_RETRIES = 2  # attempts after the first for registry / log store calls
+IO_RETRY_DELAY_S = 2.0  # seconds between those attempts
+
+io_task = functools.partial(task, retries=IO_RETRIES, retry_delay_seconds=IO_RETRY_DELAY_S, cache_policy=NO_CACHE)
+compute_task = functools.partial(task, cache_policy=NO_CACHE)
+
+
+# --------------------------------------------------------------------------------------------------- the stores
+@functools.lru_cache(maxsize=None)
+def registry(settings: Settings) -> Registry:
+    """One registry client per configuration and process (opening one checks the store, which takes a while)."""
+    return settings.open_registry()
+
+
+@functools.lru_cache(maxsize=None)
+def log_store(settings: Settings) -> LogStore:
+    return settings.open_log_store()
+
+
+def who() -> str:
+    """The name promotions are recorded under: the flow run, or the process when run outside Prefect."""
+    return f"prefect:{flow_run.get_flow_name()}/{flow_run.get_name()}" if flow_run.get_id() else "drn"
+
+
+# ------------------------------------------------------------------------------------------------------- tasks
+@io_task
+def served(settings: Settings) -> tuple[VersionInfo, ModelBundle] | None:
+    """The promoted version and its checked bundle, or None when nothing is promoted yet."""
+    info = registry(settings).served()
+    return None if info is None else (info, registry(settings).load(info.version))
+
+
+@io_task
+def register(settings: Settings, candidate: ModelBundle, *, kind: str, parent: str | None,
+             data_window: tuple[float, float] | None, params: Mapping[str, Any], metrics: Mapping[str, float],
+             tags: Mapping[str, str], description: str) -> str:
+    return registry(settings).register(candidate, kind=kind, parent=parent, data_window=data_window, params=params,
+                                       metrics=metrics, tags=tags, description=description)
+
+
+@io_task
+def promote(settings: Settings, version: str, *, expected_served: str | None, why: str,
+            alpha: float = ALPHA) -> bool:
+    """Serve `version` and open a round around it, unless the served version changed since the flow read it
+    (another update or a rollback came between): then promoting would silently undo that change. True if served.
+
+    Safe to retry: when an earlier attempt already served `version`, the registry records nothing new and only
+    the round is opened again."""
+    current = registry(settings).served()
+    if (current.version if current else None) not in (expected_served, version):
+        return False
+    lifecycle.promote(registry(settings), log_store(settings), version, who=who(), why=why, now=time.time(),
+                      alpha=alpha)
+    return True
+
+
+def promote_if_passed(settings: Settings, version: str, verdict: lifecycle.GateResult, previous: str | None,
+                      alpha: float) -> tuple[str, str]:
+    """The last step of a training flow: promote a registered version that passed its gate. (decision, why)."""
+    if not verdict.passed:
+        return "registered", verdict.reason
+    if not promote(settings, version, expected_served=previous, why=verdict.reason, alpha=alpha):
+        return "registered", f"passed the gate, but the served version changed from v{previous} meanwhile"
+    return "promoted", verdict.reason
+
+
+def candidate_metrics(candidate: lifecycle.Candidate) -> dict[str, float]:
+    """The run metrics of a trained version: its own, the promoted model's on the same data, the trainer's.
+
+    MLflow refuses '@' in metric names: ndcg@10 is stored as ndcg_at_10."""
+    baseline = {f"promoted.{k}": v for k, v in (candidate.baseline or {}).items()}
+    training = {f"train.{k}": float(v) for k, v in candidate.training.items() if isinstance(v, (int, float))}
+    return {k.replace("@", "_at_"): v for k, v in {**candidate.metrics, **baseline, **training}.items()}
+
+
+# --------------------------------------------------------------------------------------------- one run per kind
+@contextlib.contextmanager
+def exclusive(settings: Settings, kind: str, lease_s: float) -> Iterator[bool]:
+    """Hold the log store lease of this update kind for the block; yields False when another run holds it.
+
+    `lease_s` must exceed the longest run of the kind: it only matters when a process died without releasing,
+    and then it is how long the kind stays blocked.
+
+    Deployment concurrency limits only cover runs the Prefect server schedules; this lease also covers direct
+    runs (`drn flows run`, each with its own temporary server) and runs from other workers."""
+    logs = log_store(settings)
+    holder = f"{flow_run.get_id() or 'direct'}:{uuid.uuid4().hex}"
+    held = logs.acquire(f"flow:{kind}", holder, lease_s)
+    try:
+        yield held
+    finally:
+        if held:
+            logs.release(f"flow:{kind}", holder)
+
+
+# ----------------------------------------------------------------------------------------------------- reports
+def report(kind: str, decision: str, why: str, details: Mapping[str, Any]) -> dict:
+    """Publish the run's decision as a markdown artifact (key `<kind>-decision`, so the UI keeps its history)
+    and return it as the flow's result."""
+    rows = "\n".join(f"| {k} | {_cell(v)} |" for k, v in details.items())
+    create_markdown_artifact(
+        markdown=f"# {kind}: {decision}\n\n{why}\n\n| | |\n| --- | --- |\n{rows}\n",
+        key=f"{kind}-decision", description=f"{kind}: {decision}")
+    return {"flow": kind, "decision": decision, "why": why, **details}
+
+
+def _cell(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4f}"
+    return str(value).replace("|", "\\|").replace("\n", " ")

@@ -1,0 +1,93 @@
+"""Minor update (every T_D): score the current exploration round; if the explore network won, register the DBGD
+step (kind minor, parent = the promoted version) and promote it; either way close the round with its outcome and
+open the next one. Without a round yet, it only opens one."""
+from __future__ import annotations
+
+import json
+import time
+
+from prefect import flow
+
+from drn import lifecycle
+from drn.config import Settings
+from drn.exploration import ALPHA, ETA
+from drn.interleaving import DEFAULT_METHOD, MIN_CLICKS, MIN_IMPRESSIONS, SIGNIFICANCE
+from drn.logstore import LoggedImpression, Round
+from flows import common
+
+KIND = "minor-update"
+LEASE_S = 15 * 60.0  # a minor update takes seconds; a dead one blocks the next for at most this
+
+
+@common.io_task
+def current_round(settings: Settings) -> Round | None:
+    return common.log_store(settings).current_round()
+
+
+@common.io_task
+def round_feedback(settings: Settings, round_id: int) -> list[LoggedImpression]:
+    return common.log_store(settings).round_feedback(round_id)
+
+
+@common.io_task
+def close_round(settings: Settings, round_id: int, outcome: dict) -> None:
+    common.log_store(settings).close_round(round_id, outcome, time.time())
+
+
+@common.io_task
+def open_round(settings: Settings, version: str, alpha: float) -> Round:
+    return lifecycle.open_round(common.log_store(settings), version, alpha, time.time())
+
+
+@common.compute_task
+def decide(promoted, version: str, round_: Round, feedback: list[LoggedImpression],
+           options: dict) -> lifecycle.MinorDecision:
+    return lifecycle.minor_update(promoted, version, round_, feedback, **options)
+
+
+@flow(name=KIND, log_prints=True)
+def minor_update(eta: float = ETA, form: str = "standard", noise: str = "element", alpha: float = ALPHA,
+                 method: str = DEFAULT_METHOD, min_impressions: int = MIN_IMPRESSIONS, min_clicks: int = MIN_CLICKS,
+                 significance: float = SIGNIFICANCE) -> dict:
+    """`eta`, `form`: the DBGD step; `noise`: how W~ was drawn (must match serving); `alpha`: the next round's
+    exploration radius; `method`, `min_impressions`, `min_clicks`, `significance`: when an outcome counts."""
+    settings = Settings.from_env()
+    with common.exclusive(settings, KIND, LEASE_S) as held:
+        if not held:
+            return common.report(KIND, "skipped", "another minor update is running", {})
+        current = common.served(settings)
+        if current is None:
+            return common.report(KIND, "nothing promoted", "no version is served: nothing to explore around", {})
+        info, promoted = current
+        round_ = current_round(settings)
+        if round_ is None:
+            opened = open_round(settings, info.version, alpha)
+            return common.report(KIND, "round opened", "no exploration round was open",
+                                 {"version": info.version, "round": opened.round_id})
+        options = dict(eta=eta, form=form, noise=noise, method=method, min_impressions=min_impressions,
+                       min_clicks=min_clicks, significance=significance)
+        decision = decide(promoted, info.version, round_, round_feedback(settings, round_.round_id), options)
+        record = decision.record()
+        if decision.bundle is None:
+            close_round(settings, round_.round_id, record)
+            opened = open_round(settings, info.version, alpha)
+            return common.report(KIND, "no step", decision.reason,
+                                 {"version": info.version, "round": round_.round_id, "next_round": opened.round_id,
+                                  "winner": record["winner"]})
+        outcome = decision.outcome
+        version = common.register(
+            settings, decision.bundle, kind="minor", parent=info.version,
+            data_window=(round_.opened_at, time.time()),
+            params={"dbgd": {"eta": eta, "form": form, "noise": noise}, "round": {
+                "id": round_.round_id, "seed": round_.seed, "alpha": round_.alpha}, "interleaving": options},
+            metrics={"interleaving.impressions": outcome.impressions, "interleaving.clicks_exploit": outcome.clicks_a,
+                     "interleaving.clicks_explore": outcome.clicks_b, "interleaving.wins_exploit": outcome.wins_a,
+                     "interleaving.wins_explore": outcome.wins_b, "interleaving.p_value": outcome.p_value},
+            tags={"interleaving.winner": outcome.winner, "interleaving.round": str(round_.round_id),
+                  "interleaving.outcome": json.dumps(record, sort_keys=True)},
+            description=f"DBGD step of v{info.version} after round {round_.round_id}: {decision.reason}")
+        close_round(settings, round_.round_id, {**record, "version": version})
+        verdict = lifecycle.GateResult(True, decision.reason)
+        result, why = common.promote_if_passed(settings, version, verdict, info.version, alpha)
+        return common.report(KIND, result, why, {"version": version, "parent": info.version,
+                                                 "round": round_.round_id, "winner": outcome.winner})

@@ -1,0 +1,189 @@
+"""The served model and the task that keeps it in step with the registry and the exploration round.
+
+A `ServedModel` is immutable: the promoted network W, the explore network W~ of the current round (a pure function of
+W, the round's seed and alpha, so it is rebuilt only when the version or the seed changes) and where they came from.
+A request reads `ModelHolder.current` once and uses that object throughout, so a swap (one reference assignment on
+the event loop) never mixes two models in one response.
+
+Loading happens off the request path: every `poll_s` seconds a worker thread asks the registry what is served and
+the log store which round is open, and builds a new `ServedModel` only when either changed. Whatever goes wrong
+there (registry unreachable, a corrupt version, a feature schema this code does not compute) keeps the current
+model serving and is reported in /healthz and /metrics; a version that failed to load is not retried until the
+registry moves on or an admin asks (/admin/reload).
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass, replace
+from typing import Callable
+
+import numpy as np
+
+from drn.baselines import PopularityPolicy
+from drn.exploration import explore_weights
+from drn.features import SCHEMA_VERSION, FeatureBatch
+from drn.interleaving import Interleaved, Interleaver
+from drn.lifecycle import network_of
+from drn.logstore import NO_TEAM, LogStore, Round
+from drn.model import DuelingQNetwork, network_from_weights
+from drn.policy import top_k
+from drn.registry import CHAMPION, ModelBundle, Registry, VersionInfo
+from serving.telemetry import Telemetry
+
+log = logging.getLogger("drn.serving")
+POPULARITY = "popularity"  # the model_version logged for impressions ranked before anything was promoted
+_POPULARITY = PopularityPolicy()
+
+
+@dataclass(frozen=True)
+class ServedModel:
+    version: str | None  # registry version; None: nothing promoted, popularity ranks
+    stage: str | None
+    bundle: ModelBundle | None
+    exploit: DuelingQNetwork | None  # W
+    explore: DuelingQNetwork | None  # W~ of `round`; None when no round is open for this version
+    round: Round | None
+    loaded_at: float
+
+    @property
+    def source(self) -> str:
+        return "popularity" if self.exploit is None else "drn"
+
+    @property
+    def label(self) -> str:
+        return self.version or POPULARITY
+
+    def rank(self, batch: FeatureBatch, k: int, interleave: Interleaver, rng: np.random.Generator) -> Interleaved:
+        """The served list: W's and W~'s rankings interleaved during a round, W's (or popularity's) top k otherwise.
+        Each network scores all candidates in one batched forward pass."""
+        ids = batch.candidates
+        if self.exploit is None:
+            return _untagged(ids, top_k(_POPULARITY.scores(batch), k))
+        exploit = top_k(self.exploit.score(batch), len(ids))
+        if self.explore is None:
+            return _untagged(ids, exploit[:k])
+        explore = top_k(self.explore.score(batch), len(ids))
+        return interleave([ids[i] for i in exploit], [ids[i] for i in explore], k, rng)
+
+    def describe(self) -> dict:
+        """What /model and /healthz say about it."""
+        return {"source": self.source, "version": self.version, "stage": self.stage, "loaded_at": self.loaded_at,
+                "exploring": self.explore is not None,
+                "round_id": self.round.round_id if self.round else None,
+                "round_seed": self.round.seed if self.round else None,
+                "round_alpha": self.round.alpha if self.round else None,
+                "feature_schema_version": self.bundle.feature_schema.get("version") if self.bundle else SCHEMA_VERSION}
+
+
+def _untagged(ids: tuple[str, ...], order: list[int]) -> Interleaved:
+    return Interleaved(tuple(ids[i] for i in order), (NO_TEAM,) * len(order))
+
+
+def _round_id(round_: Round | None) -> int | None:
+    return round_.round_id if round_ is not None else None
+
+
+def cold() -> ServedModel:
+    return ServedModel(None, None, None, None, None, None, time.time())
+
+
+class ModelHolder:
+    """Follows the registry (stage Production, or alias champion) and the log store's open round."""
+
+    def __init__(self, open_registry: Callable[[], Registry], logs: LogStore, follow: str, noise: str,
+                 telemetry: Telemetry):
+        self.current = cold()
+        self.registry_error: str | None = None  # why the last look at the registry failed; None when it worked
+        self.load_error: str | None = None  # why the last version that was tried did not load
+        self.last_sync: float | None = None  # when the registry last answered
+        self._open_registry, self._logs, self._follow, self._noise = open_registry, logs, follow, noise
+        self._telemetry = telemetry
+        self._registry: Registry | None = None
+        self._failed: str | None = None  # version that did not load: not retried until forced
+        self._lock = asyncio.Lock()  # one refresh at a time (the poll and /admin/reload)
+        telemetry.model_changed(self.current)
+
+    async def refresh(self, force: bool = False) -> ServedModel:
+        """Look now; swap if something changed. `force` retries a version that failed to load."""
+        async with self._lock:
+            nxt = await asyncio.to_thread(self._next, force)
+            if nxt is not self.current:
+                self.current = nxt  # the swap: requests that already hold the old object finish with it
+                self._telemetry.model_changed(nxt)
+                log.info("serving %s", nxt.describe())
+            return nxt
+
+    async def follow(self, every_s: float) -> None:
+        """The background task: refresh every `every_s` seconds until cancelled."""
+        while True:
+            await asyncio.sleep(every_s)
+            try:
+                await self.refresh()
+            except Exception:  # a bug in a refresh must not end the following; it is counted and logged
+                self._telemetry.errors.labels("refresh").inc()
+                log.exception("model refresh failed")
+
+    async def with_registry(self, action: Callable[[Registry], object]) -> object:
+        """Run a registry call (an admin rollback) in a worker thread, never alongside a refresh."""
+        async with self._lock:
+            return await asyncio.to_thread(lambda: action(self._registry_client()))
+
+    # ---- in a worker thread ---------------------------------------------------------------------------------
+    def _registry_client(self) -> Registry:
+        if self._registry is None:
+            self._registry = self._open_registry()
+        return self._registry
+
+    def _served_info(self) -> VersionInfo | None:
+        registry = self._registry_client()
+        if self._follow == "stage":
+            return registry.served()
+        return next((v for v in registry.versions() if CHAMPION in v.aliases), None)
+
+    def _next(self, force: bool) -> ServedModel:
+        current = self.current
+        try:
+            info = self._served_info()
+            self.registry_error, self.last_sync = None, time.time()
+        except Exception as e:  # unreachable, locked, misconfigured: keep serving what we have
+            self.registry_error = f"{type(e).__name__}: {e}"
+            self._telemetry.errors.labels("registry_unreachable").inc()
+            log.warning("registry unavailable, keeping %s: %s", current.label, self.registry_error)
+            return self._with_round(current)
+        if info is None:
+            return current if current.version is None else cold()
+        if info.version == current.version:
+            return self._with_round(current)
+        if info.version == self._failed and not force:
+            return self._with_round(current)
+        try:
+            bundle = self._registry_client().load(info.version)
+            model = ServedModel(info.version, info.stage, bundle, network_of(bundle), None, None, time.time())
+        except Exception as e:  # CorruptModelError, a schema mismatch, weights that do not fit the config...
+            self._failed, self.load_error = info.version, f"version {info.version}: {type(e).__name__}: {e}"
+            self._telemetry.errors.labels("model_load_failed").inc()
+            log.error("not serving %s", self.load_error)
+            return self._with_round(current)
+        self._failed = self.load_error = None
+        return self._with_round(model)
+
+    def _with_round(self, model: ServedModel) -> ServedModel:
+        """`model` with the explore network of the round now open for its version (or none)."""
+        if model.bundle is None:
+            return model
+        try:
+            round_ = self._logs.current_round()
+        except Exception as e:
+            self._telemetry.errors.labels("logstore_unavailable").inc()
+            log.warning("cannot read the exploration round, keeping round %s: %s", model.round, e)
+            return model
+        if round_ is not None and round_.model_version != model.version:
+            round_ = None  # a round opened for another version (e.g. before a stage change by hand): not ours
+        if _round_id(round_) == _round_id(model.round):
+            return model
+        if round_ is None:
+            return replace(model, explore=None, round=None)
+        weights = explore_weights(model.bundle.weights, round_.seed, round_.alpha, self._noise)
+        return replace(model, explore=network_from_weights(model.bundle.config, weights), round=round_)

@@ -1,0 +1,95 @@
+"""Everything the HTTP service can be told, read once at start from the environment (flags of `drn serve` win).
+
+The stores come from `drn.config.Settings` (DRN_HOME, DRN_MLFLOW_URI, DRN_LOGSTORE_URL, DRN_MODEL_NAME); the
+service's own settings are:
+
+    DRN_SERVE_HOST            bind address (default 127.0.0.1: reachable from this machine only)
+    DRN_SERVE_PORT            port (default 8000)
+    DRN_SERVE_FOLLOW          which registry marker names the served version: "stage" (Production, what the MLflow
+                              UI rolls back with; default) or "alias" (alias champion)
+    DRN_SERVE_POLL_S          seconds between looks at the registry and the log store's exploration round (default 2)
+    DRN_SERVE_MAX_CANDIDATES  most candidates one /recommend may rank (default 500); more is refused with 422
+    DRN_SERVE_INTERLEAVING    team_draft (default) or probabilistic: how W's and W~'s rankings are merged
+    DRN_SERVE_EXPLORE_NOISE   element (default) or tensor: how W~ is drawn; must match the minor update's `noise`
+    DRN_SERVE_SECRET          HMAC-SHA256 key that signs impression ids (default: $DRN_HOME/serving.secret, created
+                              with mode 0600 on first start, so ids stay valid across restarts)
+    DRN_SERVE_ADMIN_TOKEN     bearer token for /admin/*; unset = admin routes refused (403)
+    DRN_SERVE_CLOCK_TOKEN     callers sending it in header X-DRN-Clock-Token may set event times (a simulated world
+                              on a compressed clock); everyone else gets server time; unset = nobody may
+"""
+from __future__ import annotations
+
+import os
+import secrets
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Mapping
+
+from drn.config import Settings
+from drn.interleaving import METHODS
+from drn.exploration import NOISE_SHAPES
+
+FOLLOW_MODES = ("stage", "alias")
+SECRET_FILE = "serving.secret"
+SECRET_BYTES = 32  # HMAC-SHA256 key length: the hash's block-size-safe, full-strength key
+
+
+@dataclass(frozen=True)
+class ServeSettings:
+    stores: Settings
+    secret: bytes
+    host: str = "127.0.0.1"
+    port: int = 8000
+    follow: str = "stage"
+    poll_s: float = 2.0
+    max_candidates: int = 500
+    interleaving: str = "team_draft"
+    explore_noise: str = "element"
+    admin_token: str | None = None
+    clock_token: str | None = None
+
+    def __post_init__(self) -> None:
+        """Refuse a bad setting at start, in words, instead of at the first request."""
+        if self.follow not in FOLLOW_MODES:
+            raise ValueError(f"DRN_SERVE_FOLLOW must be one of {FOLLOW_MODES}, got {self.follow!r}")
+        if self.interleaving not in METHODS:
+            raise ValueError(f"DRN_SERVE_INTERLEAVING must be one of {sorted(METHODS)}, got {self.interleaving!r}")
+        if self.explore_noise not in NOISE_SHAPES:
+            raise ValueError(f"DRN_SERVE_EXPLORE_NOISE must be one of {NOISE_SHAPES}, got {self.explore_noise!r}")
+        if self.poll_s <= 0 or self.max_candidates < 1 or not 0 < self.port < 65536:
+            raise ValueError("DRN_SERVE_POLL_S must be > 0, DRN_SERVE_MAX_CANDIDATES >= 1, DRN_SERVE_PORT in 1..65535")
+        if len(self.secret) < 16:
+            raise ValueError("DRN_SERVE_SECRET must be at least 16 bytes")
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> ServeSettings:
+        """Settings from the environment; `overrides` (flags of `drn serve`, tests) replace fields that are not None."""
+        env = os.environ if environ is None else environ
+        stores = Settings.from_env(env)
+        secret = env.get("DRN_SERVE_SECRET")
+        settings = cls(
+            stores=stores,
+            secret=secret.encode() if secret else _secret_file(stores.home / SECRET_FILE),
+            host=env.get("DRN_SERVE_HOST") or cls.host,
+            port=int(env.get("DRN_SERVE_PORT") or cls.port),
+            follow=env.get("DRN_SERVE_FOLLOW") or cls.follow,
+            poll_s=float(env.get("DRN_SERVE_POLL_S") or cls.poll_s),
+            max_candidates=int(env.get("DRN_SERVE_MAX_CANDIDATES") or cls.max_candidates),
+            interleaving=env.get("DRN_SERVE_INTERLEAVING") or cls.interleaving,
+            explore_noise=env.get("DRN_SERVE_EXPLORE_NOISE") or cls.explore_noise,
+            admin_token=env.get("DRN_SERVE_ADMIN_TOKEN") or None,
+            clock_token=env.get("DRN_SERVE_CLOCK_TOKEN") or None,
+        )
+        return replace(settings, **{k: v for k, v in overrides.items() if v is not None})
+
+
+def _secret_file(path: Path) -> bytes:
+    """The embedded default key: made once, readable by its owner only, reused by every later start."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return path.read_bytes()
+    with os.fdopen(fd, "wb") as f:
+        f.write(secrets.token_hex(SECRET_BYTES).encode())
+    return path.read_bytes()

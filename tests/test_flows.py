@@ -1,0 +1,338 @@
+"""The four flows against a real Prefect test server and a real MLflow store on SQLite, on a small simulated world.
+
+Rounds are made the way serving makes them: impressions logged with the interleaved teams of each served position,
+then clicks on items of the explore team (a round the explore network wins) or of the exploit team (one it loses).
+"""
+from __future__ import annotations
+
+import json
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from drn import lifecycle
+from drn.config import Settings
+from drn.logstore import EXPLOIT, EXPLORE, ImpressionRecord, LogStore
+from drn.mind import load_dataset
+from drn.registry import Registry
+from drn.training import TrainConfig
+from drn.world import generate_logs
+
+pytestmark = pytest.mark.integration
+
+TINY = {"epochs": 1, "buffer_impressions": 128, "batch_impressions": 16, "train_every": 8}  # seconds, not minutes
+SERVED = 8  # items per logged list
+TEAMS = tuple(EXPLOIT if i % 2 == 0 else EXPLORE for i in range(SERVED))  # one team-draft order
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("world")
+    generate_logs(folder, days=2, users=10, seed=3)
+    return folder
+
+
+@pytest.fixture
+def home(tmp_path, monkeypatch, prefect_server):
+    """A fresh DRN_HOME (MLflow store + log store) per test; the Prefect server is shared."""
+    monkeypatch.setenv("DRN_HOME", str(tmp_path / "drn"))
+    for var in ("DRN_MLFLOW_URI", "DRN_LOGSTORE_URL", "DRN_MODEL_NAME"):
+        monkeypatch.delenv(var, raising=False)
+    settings = Settings.from_env()
+    settings.ensure_home()
+    return settings
+
+
+@pytest.fixture
+def stores(home):
+    registry, logs = Registry(home.mlflow_uri, home.model_name), LogStore(home.logstore_url)
+    yield registry, logs
+    logs.close()
+
+
+@pytest.fixture(scope="module")
+def trained(world):
+    """One offline training for the module: the flows under test start from a registered copy of it."""
+    return lifecycle.offline_train(str(world), TrainConfig(**TINY), seed=0)
+
+
+@pytest.fixture
+def v1(world, stores, trained):
+    """What the offline-training flow leaves (test_offline_training_... checks the flow itself): v1 registered,
+    promoted, a round open around it, the world's news in the log store."""
+    from flows.common import candidate_metrics
+    registry, logs = stores
+    version = registry.register(trained.bundle, kind="offline", parent=None, data_window=trained.data_window,
+                                params={}, metrics=candidate_metrics(trained))
+    logs.log_news(load_dataset(world).news.values())
+    lifecycle.promote(registry, logs, version, who="test", why="offline training", now=time.time())
+    assert version == "1"
+    return stores
+
+
+def log_round(logs: LogStore, world, clicked_team: int, n: int = 60) -> int:
+    """Log `n` interleaved impressions in the open round, each with one click on the first item of `clicked_team`."""
+    round_ = logs.current_round()
+    impressions = load_dataset(world).impressions[-n:]
+    now = time.time()
+    for i, imp in enumerate(impressions):
+        served = imp.candidates[:SERVED]
+        logs.log_impression(ImpressionRecord(f"r{round_.round_id}-{i}", imp.user, now + i, imp.candidates, served,
+                                             TEAMS, round_.model_version, round_.round_id, round_.seed))
+        logs.log_click(f"r{round_.round_id}-{i}", served[TEAMS.index(clicked_team)], now + i + 1)
+    return round_.round_id
+
+
+def served_version(registry: Registry) -> str | None:
+    info = registry.served()
+    return info.version if info else None
+
+
+def test_offline_training_registers_promotes_and_opens_a_round(world, stores):
+    from flows.offline_training import offline_training
+    registry, logs = stores
+    result = offline_training(str(world), train_config=TINY)
+    assert result["decision"] == "promoted" and result["version"] == "1"
+    info = registry.version("1")
+    assert info.kind == "offline" and info.parent is None and info.stage == "Production"
+    assert "champion" in info.aliases and 0.0 <= info.metrics["auc"] <= 1.0
+    assert logs.current_round().model_version == "1"
+    assert len(logs.news()) > 100  # the world's news metadata, for later major updates
+
+
+def test_second_offline_training_is_compared_with_the_promoted_one(world, v1):
+    from flows.offline_training import offline_training
+    registry, _ = v1
+    result = offline_training(str(world), train_config=TINY, seed=1, tolerance=-1.0)  # must gain 1.0 AUC: never
+    assert result["decision"] == "registered" and result["version"] == "2"
+    assert served_version(registry) == "1"
+    assert "promoted.auc" in registry.version("2").metrics
+
+
+def test_minor_update_after_a_winning_round_promotes_a_dbgd_step(world, v1):
+    from flows.minor_update import minor_update
+    registry, logs = v1
+    round_id = log_round(logs, world, EXPLORE)
+    result = minor_update()
+    assert result["decision"] == "promoted" and result["winner"] == "explore"
+    v2 = registry.version("2")
+    assert (v2.kind, v2.parent, v2.stage) == ("minor", "1", "Production")
+    assert v2.tags["interleaving.winner"] == "explore"
+    closed = next(r for r in logs.rounds() if r.round_id == round_id)
+    assert closed.outcome["winner"] == "explore" and closed.outcome["version"] == "2"
+    assert logs.current_round().model_version == "2"
+    # the new weights are exactly W + eta (W~ - W), W~ regenerated from the round's seed
+    from drn.exploration import ETA, dbgd_step, explore_weights
+    w = registry.load("1").weights
+    expected = dbgd_step(w, explore_weights(w, closed.seed, closed.alpha), ETA)
+    assert all((registry.load("2").weights[k] - expected[k]).abs().max() < 1e-6 for k in w)
+
+
+def test_minor_update_after_a_losing_round_promotes_nothing(world, v1):
+    from flows.minor_update import minor_update
+    registry, logs = v1
+    round_id = log_round(logs, world, EXPLOIT)
+    result = minor_update()
+    assert result["decision"] == "no step" and result["winner"] == "exploit"
+    assert [v.version for v in registry.versions()] == ["1"] and served_version(registry) == "1"
+    assert next(r for r in logs.rounds() if r.round_id == round_id).outcome["winner"] == "exploit"
+    assert logs.current_round().round_id != round_id and logs.current_round().model_version == "1"
+
+
+def test_minor_update_with_too_little_feedback_opens_a_new_round(world, v1):
+    from flows.minor_update import minor_update
+    registry, logs = v1
+    round_id = log_round(logs, world, EXPLORE, n=5)
+    result = minor_update()
+    assert result["decision"] == "no step" and result["winner"] == "insufficient"
+    assert served_version(registry) == "1" and logs.current_round().round_id != round_id
+
+
+def test_major_update_that_fails_the_gate_registers_but_does_not_promote(world, v1):
+    from flows.major_update import major_update
+    registry, logs = v1
+    log_round(logs, world, EXPLORE, n=40)
+    result = major_update(train_config=TINY, tolerance=-1.0, min_impressions=20)
+    assert result["decision"] == "registered" and result["replayed_impressions"] == 40
+    v2 = registry.version("2")
+    assert (v2.kind, v2.parent, v2.stage) == ("major", "1", "None")
+    assert served_version(registry) == "1"
+    assert v2.data_window is not None and "gate" in v2.tags and "promoted.auc" in v2.metrics
+
+
+def test_major_update_that_passes_the_gate_is_promoted(world, v1):
+    from flows.major_update import major_update
+    registry, logs = v1
+    log_round(logs, world, EXPLORE, n=40)
+    result = major_update(train_config=TINY, tolerance=1.0, min_impressions=20)
+    assert result["decision"] == "promoted" and served_version(registry) == "2"
+    assert logs.current_round().model_version == "2"
+
+
+def test_rollback_restores_the_previous_version(world, v1):
+    from flows.minor_update import minor_update
+    from flows.rollback import rollback
+    registry, logs = v1
+    log_round(logs, world, EXPLORE)
+    assert minor_update()["decision"] == "promoted"
+    result = rollback(reason="CTR dropped")
+    assert result["decision"] == "rolled back" and result["version"] == "1" and result["previous"] == "2"
+    assert served_version(registry) == "1" and registry.version("1").tags["promotion_reason"] == "CTR dropped"
+    assert logs.current_round().model_version == "1"
+
+
+def test_a_flow_that_crashes_before_promotion_leaves_the_promotion_unchanged(world, v1, monkeypatch):
+    from flows import common
+    from flows.minor_update import minor_update
+    registry, logs = v1
+    log_round(logs, world, EXPLORE)
+
+    def crash(*args, **kwargs):
+        raise RuntimeError("worker lost")
+
+    monkeypatch.setattr(common, "promote", crash)
+    with pytest.raises(RuntimeError, match="worker lost"):
+        minor_update()
+    assert registry.version("2").stage == "None" and served_version(registry) == "1"
+    assert "champion" in registry.version("1").aliases
+
+
+def test_stale_round_is_not_scored(world, v1):
+    from flows.minor_update import minor_update
+    registry, logs = v1
+    log_round(logs, world, EXPLORE)
+    logs.open_round("99", seed=1, alpha=0.1, time=time.time())  # a round served with another version
+    result = minor_update()
+    assert result["decision"] == "no step" and result["winner"] == "stale"
+    assert served_version(registry) == "1" and len(registry.versions()) == 1
+
+
+def test_two_minor_updates_never_run_at_once(world, v1, monkeypatch):
+    from flows.minor_update import minor_update
+    registry, logs = v1
+    log_round(logs, world, EXPLORE)
+    inside, overlap, real = [0], [False], lifecycle.minor_update
+    lock = threading.Lock()
+
+    def slow_decision(*args, **kwargs):  # holds the run inside its work long enough for the other to arrive
+        with lock:
+            inside[0] += 1
+            overlap[0] |= inside[0] > 1
+        time.sleep(3.0)
+        with lock:
+            inside[0] -= 1
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(lifecycle, "minor_update", slow_decision)
+    with ThreadPoolExecutor(2) as pool:
+        first = pool.submit(minor_update)
+        time.sleep(1.0)  # the first run is past its start and inside the decision when the second starts
+        second = pool.submit(minor_update)
+        results = sorted(f.result(timeout=120)["decision"] for f in (first, second))
+    assert not overlap[0]
+    assert results == ["promoted", "skipped"]
+    assert [v.version for v in registry.versions()] == ["1", "2"]
+
+
+def test_deployments_keep_a_paused_schedule_paused(prefect_server):
+    from prefect.client.orchestration import get_client
+
+    from flows.deployments import DEPLOYMENT, deployments
+    from flows.minor_update import minor_update
+    name = f"minor-update/{DEPLOYMENT}"
+    for deployment in deployments():
+        deployment.apply()
+    with get_client(sync_client=True) as client:
+        applied = client.read_deployment_by_name(name)
+        assert not applied.paused and applied.global_concurrency_limit.limit == 1
+        assert applied.schedules[0].schedule.interval.total_seconds() == 1800
+        client.pause_deployment(applied.id)  # an engineer pauses it in the UI
+        for deployment in deployments():  # re-serve
+            deployment.apply()
+        assert client.read_deployment_by_name(name).paused
+        # the pitfall this guards against: Prefect's own re-apply resumes it
+        minor_update.to_deployment(DEPLOYMENT, interval=1800).apply()
+        assert not client.read_deployment_by_name(name).paused
+
+
+def test_a_version_is_not_promoted_over_a_change_made_while_it_trained(world, v1, monkeypatch):
+    from flows.major_update import major_update
+    registry, logs = v1
+    log_round(logs, world, EXPLORE, n=40)
+    real = lifecycle.major_update
+
+    def train_while_someone_promotes(*args, **kwargs):
+        candidate = real(*args, **kwargs)
+        other = registry.register(registry.load("1"), kind="minor", parent="1", data_window=None, params={},
+                                  metrics={})
+        registry.promote(other, who="test", why="promoted by someone else meanwhile")
+        return candidate
+
+    monkeypatch.setattr(lifecycle, "major_update", train_while_someone_promotes)
+    result = major_update(train_config=TINY, tolerance=1.0, min_impressions=20)
+    assert result["decision"] == "registered" and "changed" in result["why"]
+    assert result["version"] == "3" and served_version(registry) == "2"
+
+
+def test_each_run_publishes_its_decision_as_an_artifact(world, v1):
+    from prefect.artifacts import Artifact
+
+    from flows.minor_update import minor_update
+    _, logs = v1
+    log_round(logs, world, EXPLOIT)
+    minor_update()
+    artifact = Artifact.get("minor-update-decision")
+    assert artifact is not None and "no step" in artifact.data and "exploit" in artifact.data
+
+
+def test_cli_promote_rollback_models(world, v1, capsys):
+    from drn_cli.main import main
+    from flows.minor_update import minor_update
+    registry, logs = v1
+    log_round(logs, world, EXPLORE)
+    assert minor_update()["decision"] == "promoted"
+    capsys.readouterr()
+    assert main(["rollback", "--reason", "looks wrong"]) == 0 and served_version(registry) == "1"
+    assert main(["promote", "2", "--reason", "fixed"]) == 0 and served_version(registry) == "2"
+    assert logs.current_round().model_version == "2"
+    assert main(["promote", "9"]) == 2  # unknown version: one line, nothing changed
+    assert served_version(registry) == "2"
+    capsys.readouterr()
+    assert main(["models"]) == 0
+    table = capsys.readouterr().out.splitlines()
+    assert table[0].split()[:4] == ["version", "kind", "parent", "stage"]
+    assert table[2].split()[:5] == ["2", "minor", "1", "Production", "champion"]
+    assert main(["models", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [(r["version"], r["stage"]) for r in rows] == [("1", "Archived"), ("2", "Production")]
+    assert rows[0]["auc"] is not None and rows[0]["promoted_at"] is not None
+
+
+def test_cli_parameters_and_flow_names():
+    from drn_cli.flows_commands import FLOW_NAMES, parse_params
+    from flows.deployments import FLOWS
+    assert tuple(FLOWS) == FLOW_NAMES
+    assert parse_params(["eta=0.1", 'train_config={"epochs": 1}', "to=null", "reason=bad ctr"]) == {
+        "eta": 0.1, "train_config": {"epochs": 1}, "to": None, "reason": "bad ctr"}
+    with pytest.raises(ValueError):
+        parse_params(["eta"])
+
+
+def test_config_reads_the_environment(tmp_path):
+    settings = Settings.from_env({"DRN_HOME": str(tmp_path), "DRN_MODEL_NAME": "m",
+                                  "DRN_LOGSTORE_URL": "postgresql+psycopg://db/logs"})
+    assert settings.mlflow_uri == f"sqlite:///{tmp_path}/mlflow.db" and settings.prefect_api_url is None
+    assert settings.logstore_url == "postgresql+psycopg://db/logs" and settings.model_name == "m"
+    assert Settings.from_env({"DRN_MLFLOW_URI": "http://127.0.0.1:5000"}).mlflow_uri == "http://127.0.0.1:5000"
+
+
+def test_promotion_is_safe_to_retry(home, v1):
+    from flows import common
+    registry, logs = v1
+    history, round_id = len(registry.history()), logs.current_round().round_id
+    # an attempt that served v1 (expected to replace nothing) but failed before reporting back, retried:
+    assert common.promote.fn(home, "1", expected_served=None, why="retried")
+    assert served_version(registry) == "1" and len(registry.history()) == history
+    assert logs.current_round().round_id != round_id and logs.current_round().model_version == "1"

@@ -1,0 +1,142 @@
+"""The lifecycle steps without Prefect or MLflow: gate, minor-update decisions, replay lineage, round seeds, and the
+two training steps on a tiny simulated world."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from drn import lifecycle
+from drn.exploration import dbgd_step, explore_weights
+from drn.logstore import EXPLOIT, EXPLORE, NO_TEAM, Click, ImpressionRecord, LoggedImpression, Round
+from drn.mind import load_dataset
+from drn.model import NetworkConfig, build_network
+from drn.registry import VersionInfo
+from drn.training import TrainConfig
+from drn.world import generate_logs
+
+TINY = TrainConfig(epochs=1, buffer_impressions=64, batch_impressions=8, train_every=4)
+ROUND = Round(round_id=7, model_version="3", seed=1234, alpha=0.1, opened_at=0.0)
+
+
+@pytest.fixture(scope="module")
+def bundle():
+    return lifecycle.bundle_of(build_network(NetworkConfig(hidden=(8,)), seed=0))
+
+
+def impressions(n: int, clicked_team: int, teams=(EXPLOIT, EXPLORE, EXPLOIT, EXPLORE)) -> list[LoggedImpression]:
+    served = tuple(f"n{i}" for i in range(len(teams)))
+    out = []
+    for i in range(n):
+        rec = ImpressionRecord(f"i{i}", "u1", float(i), served, served, teams, "3", ROUND.round_id, ROUND.seed)
+        out.append(LoggedImpression(rec, (Click(served[teams.index(clicked_team)], i + 0.5),)))
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------------- gate
+def test_gate_passes_with_nothing_promoted():
+    assert lifecycle.gate({"auc": 0.5, "mrr": 0.1, "ndcg@10": 0.2}, None).passed
+
+
+@pytest.mark.parametrize("candidate, tolerance, passed", [
+    ({"auc": 0.60, "mrr": 0.30, "ndcg@10": 0.40}, 0.0, True),  # equal
+    ({"auc": 0.59, "mrr": 0.30, "ndcg@10": 0.40}, 0.0, False),  # worse on one metric
+    ({"auc": 0.59, "mrr": 0.30, "ndcg@10": 0.40}, 0.02, True),  # within tolerance
+    ({"auc": 0.70, "mrr": 0.40, "ndcg@10": 0.50}, -0.2, False),  # a strict gate demands a gain of 0.2
+    ({"auc": math.nan, "mrr": 0.30, "ndcg@10": 0.40}, 1.0, False),  # NaN never passes
+    ({"mrr": 0.30, "ndcg@10": 0.40}, 1.0, False),  # a missing metric never passes
+])
+def test_gate(candidate, tolerance, passed):
+    result = lifecycle.gate(candidate, {"auc": 0.60, "mrr": 0.30, "ndcg@10": 0.40}, tolerance)
+    assert result.passed is passed
+    assert ("auc" in result.reason) or passed
+
+
+# -------------------------------------------------------------------------------------------------- minor update
+def test_minor_update_steps_towards_the_winning_explore_network(bundle):
+    decision = lifecycle.minor_update(bundle, "3", ROUND, impressions(60, EXPLORE), eta=0.05)
+    assert decision.outcome.winner == "explore" and decision.bundle is not None
+    expected = dbgd_step(bundle.weights, explore_weights(bundle.weights, ROUND.seed, ROUND.alpha), 0.05)
+    assert all(torch.equal(decision.bundle.weights[k], expected[k]) for k in expected)
+    assert decision.bundle.config == bundle.config and decision.record()["stepped"] is True
+
+
+def test_minor_update_keeps_weights_when_exploit_wins(bundle):
+    decision = lifecycle.minor_update(bundle, "3", ROUND, impressions(60, EXPLOIT))
+    assert decision.outcome.winner == "exploit" and decision.bundle is None
+    assert decision.record()["winner"] == "exploit" and decision.record()["stepped"] is False
+
+
+def test_minor_update_with_too_little_feedback_takes_no_step(bundle):
+    decision = lifecycle.minor_update(bundle, "3", ROUND, impressions(5, EXPLORE))
+    assert decision.outcome.winner == "insufficient" and decision.bundle is None
+
+
+def test_minor_update_ignores_a_round_served_with_another_version(bundle):
+    decision = lifecycle.minor_update(bundle, "4", ROUND, impressions(60, EXPLORE))
+    assert decision.outcome is None and decision.bundle is None and decision.record()["winner"] == "stale"
+
+
+def test_clicks_on_positions_without_a_team_earn_no_credit(bundle):
+    logged = impressions(60, NO_TEAM, teams=(EXPLOIT, EXPLORE, NO_TEAM))
+    decision = lifecycle.minor_update(bundle, "3", ROUND, logged, min_clicks=1)
+    assert decision.outcome.clicks_b == 0 and decision.outcome.clicks_a == 0 and decision.bundle is None
+
+
+# ------------------------------------------------------------------------------------------- lineage and rounds
+def _info(version: str, kind: str, parent: str | None, window=None) -> VersionInfo:
+    return VersionInfo(version, kind, parent, "None", [], {}, 0.0, None, data_window=window)
+
+
+def test_replay_starts_after_the_nearest_window_trained_ancestor():
+    versions = {v.version: v for v in (_info("1", "offline", None, (0.0, 10.0)), _info("2", "minor", "1", (10., 11.)),
+                                       _info("3", "minor", "2", (11.0, 12.0)), _info("4", "major", "3", (10.0, 20.0)),
+                                       _info("5", "minor", "4", (20.0, 21.0)))}
+    assert lifecycle.replay_start(versions, "3") == 10.0
+    assert lifecycle.replay_start(versions, "5") == 20.0
+    assert lifecycle.replay_start(versions, "1") == 10.0
+    assert lifecycle.replay_start({"1": _info("1", "minor", None)}, "1") is None
+
+
+def test_round_seeds_are_reproducible_distinct_and_fit_a_bigint():
+    seeds = {lifecycle.new_round_seed(v, t) for v in ("1", "2") for t in (0.0, 1.5, 1e9)}
+    assert len(seeds) == 6 and all(0 <= s < 2 ** 63 for s in seeds)
+    assert lifecycle.new_round_seed("1", 1.5) == lifecycle.new_round_seed("1", 1.5)
+
+
+def test_data_window_is_half_open_around_the_times():
+    start, end = lifecycle.data_window([li.to_impression() for li in impressions(3, EXPLORE)])
+    assert start == 0.0 and 2.0 < end < 2.0 + 1e-9
+
+
+# --------------------------------------------------------------------------------------------- training steps
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("world")
+    generate_logs(folder, days=2, users=6, seed=5)
+    return folder
+
+
+def test_offline_train_evaluates_candidate_and_promoted_on_the_same_days(world, bundle):
+    first = lifecycle.offline_train(str(world), TINY, seed=0)
+    assert first.baseline is None and 0.0 <= first.metrics["auc"] <= 1.0
+    second = lifecycle.offline_train(str(world), TINY, seed=1, promoted=first.bundle)
+    assert second.baseline["impressions"] == second.metrics["impressions"]
+    assert second.baseline["auc"] == pytest.approx(first.metrics["auc"])  # the same model on the same days
+    times = [imp.time for imp in load_dataset(world).impressions]
+    assert second.data_window[0] == min(times) and second.data_window[1] > max(times)
+
+
+def test_major_update_warm_starts_from_the_promoted_weights(world):
+    promoted = lifecycle.offline_train(str(world), TINY, seed=0).bundle
+    dataset = load_dataset(world)
+    logged = [LoggedImpression(ImpressionRecord(imp.impression_id, imp.user, imp.time, imp.candidates, imp.candidates,
+                                                (NO_TEAM,) * len(imp.candidates), "1"),
+                               tuple(Click(n, imp.time) for n in imp.clicked)) for imp in dataset.impressions]
+    candidate = lifecycle.major_update(promoted, logged, dataset.news, TINY, holdout_fraction=0.25)
+    assert candidate.baseline["impressions"] == candidate.metrics["impressions"] > 0
+    assert candidate.training["steps"] > 0
+    assert any(not torch.equal(candidate.bundle.weights[k], promoted.weights[k]) for k in promoted.weights)
+    with pytest.raises(ValueError):
+        lifecycle.major_update(promoted, logged, dataset.news, TINY, holdout_fraction=1.0)

@@ -1,0 +1,299 @@
+"""The HTTP service over real HTTP (uvicorn on loopback) against a real MLflow store on SQLite (one per module) and
+a real SQLite log store per test."""
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+from pathlib import Path
+from typing import Iterator
+
+import httpx
+import pytest
+import uvicorn
+
+from drn import lifecycle
+from drn.config import Settings
+from drn.features import SCHEMA
+from drn.logstore import LogStore
+from drn.model import NetworkConfig, build_network
+from drn.registry import PRODUCTION, ModelBundle, Registry
+from serving.app import create_app
+from serving.settings import ServeSettings
+from serving.signing import ImpressionSigner
+
+pytestmark = pytest.mark.integration
+
+ADMIN, CLOCK = "admin-token-for-tests", "clock-token-for-tests"
+POLL_S = 0.1  # fast following, so each switch is seen within a fraction of a second
+MAX_CANDIDATES = 40
+SECRET = b"s" * 32
+TINY = NetworkConfig(hidden=(16,))
+
+
+def _candidates(n: int, start: int = 0) -> list[dict]:
+    return [{"news_id": f"N{i}", "category": f"cat{i % 4}", "subcategory": f"sub{i % 7}", "provider": f"p{i % 3}",
+             "entities": [f"E{i % 5}"], "published": 1_700_000_000.0} for i in range(start, start + n)]
+
+
+@pytest.fixture(scope="module")
+def registry(tmp_path_factory) -> Registry:
+    return Registry(f"sqlite:///{tmp_path_factory.mktemp('mlflow')}/mlflow.db")
+
+
+@pytest.fixture(scope="module")
+def versions(registry) -> dict[str, str]:
+    """Two tiny DRN versions and one whose feature schema this code does not compute."""
+    def register(seed: int, schema: dict) -> str:
+        bundle = lifecycle.bundle_of(build_network(TINY, seed=seed))
+        return registry.register(ModelBundle(bundle.weights, bundle.config, schema), kind="offline", parent=None,
+                                 data_window=None, params={"seed": seed}, metrics={})
+    return {"a": register(1, SCHEMA.to_dict()), "b": register(2, SCHEMA.to_dict()),
+            "bad": register(3, {**SCHEMA.to_dict(), "version": 999})}
+
+
+def _set_stage(registry: Registry, version: str | None) -> None:
+    """A stage change made by hand, as in the MLflow UI: `version` to Production, or every version archived."""
+    if version is not None:  # one call, as the UI's "transition to Production, archive the others" does
+        registry.client.transition_model_version_stage(registry.model_name, version, PRODUCTION,
+                                                       archive_existing_versions=True)
+        return
+    for info in registry.versions():
+        if info.stage == PRODUCTION:
+            registry.client.transition_model_version_stage(registry.model_name, info.version, "Archived")
+
+
+@pytest.fixture
+def logs(tmp_path) -> Iterator[LogStore]:
+    with LogStore.at(tmp_path) as store:
+        yield store
+
+
+def _settings(home: Path, **kw) -> ServeSettings:
+    base = dict(stores=Settings.from_env({"DRN_HOME": str(home)}), secret=SECRET, poll_s=POLL_S,
+                max_candidates=MAX_CANDIDATES, admin_token=ADMIN, clock_token=CLOCK)
+    return ServeSettings(**{**base, **kw})
+
+
+@contextlib.contextmanager
+def serve(settings: ServeSettings, registry: Registry, logs: LogStore) -> Iterator[httpx.Client]:
+    """The app under uvicorn on 127.0.0.1 (a free port) in a thread; a client for it."""
+    app = create_app(settings, open_registry=lambda: registry, logs=logs)
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", access_log=False))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        assert thread.is_alive() and time.monotonic() < deadline, "server did not start"
+        time.sleep(0.02)
+    port = server.servers[0].sockets[0].getsockname()[1]
+    try:
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10) as client:
+            yield client
+    finally:
+        server.should_exit = True
+        thread.join(10)
+
+
+def _wait_for(client: httpx.Client, check, what: str, timeout: float = 10.0) -> dict:
+    deadline = time.monotonic() + timeout
+    while True:
+        state = {**client.get("/model").json(), **client.get("/healthz").json()}
+        if check(state):
+            return state
+        assert time.monotonic() < deadline, f"timed out waiting for {what}; last state {state}"
+        time.sleep(POLL_S / 2)
+
+
+def _recommend(client: httpx.Client, user: str = "U1", n: int = 20, k: int = 5, **kw) -> httpx.Response:
+    return client.post("/recommend", json={"user": user, "candidates": _candidates(n), "k": k, **kw})
+
+
+def test_recommend_then_feedback_are_both_logged(registry, versions, logs, tmp_path):
+    round_ = lifecycle.promote(registry, logs, versions["a"], who="test", why="serve a", now=time.time())
+    with serve(_settings(tmp_path), registry, logs) as client:
+        shown = _recommend(client)
+        assert shown.status_code == 200, shown.text
+        body = shown.json()
+        assert (body["model_version"], body["source"], body["round_id"]) == (versions["a"], "drn", round_.round_id)
+        assert len(body["items"]) == 5
+        fed = client.post("/feedback", json={"clicks": [{"impression_id": body["impression_id"],
+                                                        "news_id": body["items"][1]}],
+                                             "returns": [{"user": "U1"}]})
+        assert fed.status_code == 200, fed.text
+        assert fed.json() == {"clicks_recorded": 1, "clicks_duplicate": 0, "returns_recorded": 1}
+    (logged,) = list(logs.window())
+    rec = logged.record
+    assert rec.impression_id == body["impression_id"] and list(rec.served) == body["items"]
+    assert rec.model_version == versions["a"] and (rec.round_id, rec.explore_seed) == (round_.round_id, round_.seed)
+    assert set(rec.teams) <= {0, 1} and len(rec.candidates) == 20
+    assert [c.news_id for c in logged.clicks] == [body["items"][1]]
+    assert [user for user, _ in logs.returns()] == ["U1"]
+    assert logs.news()["N3"].category == "cat3"  # metadata of new items is kept for replay and major updates
+
+
+def test_stage_changes_are_followed_without_restart_or_failed_request(registry, versions, logs, tmp_path):
+    lifecycle.promote(registry, logs, versions["a"], who="test", why="serve a", now=time.time())
+    answers: list[tuple[int, str]] = []
+    stop = threading.Event()
+    with serve(_settings(tmp_path), registry, logs) as client:
+        def hammer() -> None:
+            while not stop.is_set():
+                r = _recommend(client, user=f"U{len(answers) % 7}")
+                answers.append((r.status_code, r.json().get("model_version", r.text)))
+
+        worker = threading.Thread(target=hammer)
+        worker.start()
+        try:
+            _set_stage(registry, versions["b"])  # promotion by hand
+            promoted = _wait_for(client, lambda s: s["version"] == versions["b"], "the promotion")
+            _set_stage(registry, versions["a"])  # rollback by hand
+            _wait_for(client, lambda s: s["version"] == versions["a"], "the rollback")
+            time.sleep(0.2)
+        finally:
+            stop.set()
+            worker.join(10)
+    assert promoted["exploring"] is False  # the open round belongs to version a: b serves unexplored
+    assert answers and all(status == 200 for status, _ in answers), [a for a in answers if a[0] != 200][:3]
+    assert {v for _, v in answers} == {versions["a"], versions["b"]}
+    by_round = {r.round_id: r.model_version for r in logs.rounds()}
+    for logged in logs.window():  # an impression names the round it was interleaved in only for its own version
+        assert logged.record.round_id is None or by_round[logged.record.round_id] == logged.record.model_version
+
+
+def test_forged_duplicate_and_malformed_feedback(registry, versions, logs, tmp_path):
+    _set_stage(registry, versions["a"])
+    with serve(_settings(tmp_path), registry, logs) as client:
+        body = _recommend(client).json()
+        iid, served = body["impression_id"], body["items"]
+        nonce, tag = iid.split(".")
+        forged_tag = ("0" if tag[0] != "0" else "1") + tag[1:]
+        never_served = ImpressionSigner(SECRET).new_id()  # signed with the service's key, but never logged
+        before = logs.counts()
+
+        def click(impression_id: str, news_id: str, **extra) -> httpx.Response:
+            return client.post("/feedback", json={"clicks": [{"impression_id": impression_id, "news_id": news_id,
+                                                              **extra}]})
+        assert click(f"{nonce}.{forged_tag}", served[0]).status_code == 403
+        assert click(f"{'a' * 32}.{tag}", served[0]).status_code == 403  # a real tag on another nonce
+        assert click(never_served, served[0]).status_code == 404
+        assert click("not-an-id", served[0]).status_code == 422
+        assert click(iid, "N39").status_code == 422  # a candidate that was not shown
+        assert click(iid, served[0], time="noon").status_code == 422
+        assert client.post("/feedback", json={}).status_code == 422
+        both = client.post("/feedback", json={"clicks": [{"impression_id": iid, "news_id": served[0]},
+                                                         {"impression_id": iid, "news_id": "N39"}]})
+        assert both.status_code == 422  # one bad click: the good one is not written either
+        assert logs.counts() == before
+        first, again = click(iid, served[0]), click(iid, served[0])
+        assert first.json()["clicks_recorded"] == 1
+        assert again.json() == {"clicks_recorded": 0, "clicks_duplicate": 1, "returns_recorded": 0}
+        metrics = client.get("/metrics").text
+    assert logs.counts()["clicks"] == before["clicks"] + 1
+    assert 'drn_serving_clicks_total{outcome="duplicate"} 1.0' in metrics
+
+
+def test_bad_recommend_requests_are_refused_and_change_nothing(registry, versions, logs, tmp_path):
+    _set_stage(registry, versions["a"])
+    with serve(_settings(tmp_path), registry, logs) as client:
+        before = logs.counts()
+        good = {"user": "U1", "candidates": _candidates(5), "k": 3}
+        bad = {
+            "empty": {**good, "candidates": []},
+            "oversized": {**good, "candidates": _candidates(MAX_CANDIDATES + 1)},
+            "duplicates": {**good, "candidates": _candidates(3) + _candidates(1)},
+            "malformed user": {**good, "user": "U 1; drop"},
+            "malformed news id": {**good, "candidates": [{"news_id": "../etc"}]},
+            "malformed time": {**good, "context": {"time": "yesterday"}},
+            "negative time": {**good, "context": {"time": -5}},
+            "k zero": {**good, "k": 0},
+            "unknown field": {**good, "candidate": []},
+        }
+        answers = {name: client.post("/recommend", json=payload) for name, payload in bad.items()}
+        assert {name: r.status_code for name, r in answers.items()} == {name: 422 for name in bad}
+        assert "duplicate candidates: N0" in answers["duplicates"].text
+        assert logs.counts() == before
+        assert client.post("/recommend", json=good).status_code == 200
+
+
+def test_registry_outage_keeps_serving(registry, versions, logs, tmp_path, monkeypatch):
+    _set_stage(registry, versions["a"])
+    with serve(_settings(tmp_path), registry, logs) as client:
+        assert _recommend(client).json()["model_version"] == versions["a"]
+
+        def unreachable():
+            raise ConnectionError("registry database is gone")
+        monkeypatch.setattr(registry, "served", unreachable)
+        state = _wait_for(client, lambda s: s["status"] == "degraded", "the outage to show")
+        assert "registry database is gone" in state["registry_error"]
+        answers = [_recommend(client) for _ in range(5)]
+        assert all(r.status_code == 200 and r.json()["model_version"] == versions["a"] for r in answers)
+        assert 'drn_serving_errors_total{kind="registry_unreachable"}' in client.get("/metrics").text
+        monkeypatch.undo()
+        _wait_for(client, lambda s: s["status"] == "ok", "recovery")
+
+
+def test_a_version_that_does_not_load_is_not_served(registry, versions, logs, tmp_path):
+    _set_stage(registry, versions["a"])
+    with serve(_settings(tmp_path), registry, logs) as client:
+        _set_stage(registry, versions["bad"])
+        state = _wait_for(client, lambda s: s["load_error"] is not None, "the failed load")
+        assert "feature schema mismatch" in state["load_error"] and state["version"] == versions["a"]
+        assert _recommend(client).json()["model_version"] == versions["a"]
+        assert 'drn_serving_errors_total{kind="model_load_failed"} 1.0' in client.get("/metrics").text
+        _set_stage(registry, versions["b"])
+        _wait_for(client, lambda s: s["version"] == versions["b"] and s["status"] == "ok", "the next good version")
+
+
+def test_cold_start_serves_popularity_and_a_restart_remembers_clicks(registry, versions, logs, tmp_path):
+    _set_stage(registry, None)
+    settings = _settings(tmp_path)
+    with serve(settings, registry, logs) as client:
+        health = client.get("/healthz").json()
+        assert health["cold_start"] is True and health["source"] == "popularity"
+        first = _recommend(client, n=10, k=3).json()
+        assert (first["source"], first["model_version"], first["round_id"]) == ("popularity", "popularity", None)
+        assert first["items"] == ["N0", "N1", "N2"]  # no clicks yet: candidate order
+        client.post("/feedback", json={"clicks": [{"impression_id": first["impression_id"], "news_id": "N2"}]})
+        second = _recommend(client, user="U2", n=10, k=3).json()
+        assert second["items"] == ["N2", "N0", "N1"]  # the clicked item leads
+        clicks = [{"impression_id": second["impression_id"], "news_id": n} for n in ("N2", "N1", "N1")]
+        assert client.post("/feedback", json={"clicks": clicks}).json()["clicks_duplicate"] == 1
+        # N2 has 2 clicks, N1 one: counted twice, N1 would tie with N2 and lead by candidate order
+        assert _recommend(client, user="U4", n=10, k=3).json()["items"][:2] == ["N2", "N1"]
+    with serve(settings, registry, logs) as client:  # a restart: the feature state is rebuilt from the log store
+        assert _recommend(client, user="U3", n=10, k=3).json()["items"][0] == "N2"
+
+
+def test_admin_routes_need_the_token(registry, versions, logs, tmp_path):
+    lifecycle.promote(registry, logs, versions["a"], who="test", why="serve a", now=time.time())
+    lifecycle.promote(registry, logs, versions["b"], who="test", why="serve b", now=time.time())
+    with serve(_settings(tmp_path), registry, logs) as client:
+        assert client.post("/admin/reload").status_code == 401
+        assert client.post("/admin/reload", headers={"Authorization": "Bearer wrong"}).status_code == 401
+        assert client.post("/admin/rollback", json={"why": "x"}).status_code == 401
+        auth = {"Authorization": f"Bearer {ADMIN}"}
+        assert client.post("/admin/reload", headers=auth).json()["version"] == versions["b"]
+        rolled = client.post("/admin/rollback", headers=auth, json={"why": "looks wrong"})
+        assert rolled.status_code == 200, rolled.text
+        assert rolled.json()["rolled_back_to"] == versions["a"] and rolled.json()["exploring"] is True
+        assert registry.served().version == versions["a"]
+    with serve(_settings(tmp_path, admin_token=None), registry, logs) as client:
+        assert client.post("/admin/reload", headers=auth).status_code == 403
+
+
+def test_client_time_only_with_the_clock_token(registry, versions, logs, tmp_path):
+    _set_stage(registry, versions["a"])
+    simulated = 1_800_000_000.0
+    with serve(_settings(tmp_path), registry, logs) as client:
+        trusted = client.post("/recommend", headers={"X-DRN-Clock-Token": CLOCK},
+                              json={"user": "U1", "candidates": _candidates(5), "context": {"time": simulated}})
+        untrusted = client.post("/recommend", json={"user": "U1", "candidates": _candidates(5),
+                                                     "context": {"time": simulated}})
+        model = client.get("/model").json()
+        metrics = client.get("/metrics").text
+    assert trusted.json()["time"] == simulated
+    assert abs(untrusted.json()["time"] - time.time()) < 60
+    assert model["feature_schema_version"] == SCHEMA.version and model["follow"] == "stage"
+    assert 'drn_serving_request_seconds_bucket{le="0.02",route="/recommend"}' in metrics
+    assert f'drn_serving_model_info{{round_id="",source="drn",version="{versions["a"]}"}} 1.0' in metrics
