@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import json
+import sys
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -69,17 +70,35 @@ def _policy(name: str, network, config: BenchConfig, train: TrainConfig, seed: i
     return OnlineDRN(copy.deepcopy(network), online, train, name=name)
 
 
-def run_seed(seed: int, config: BenchConfig, progress: Callable[[str], None] | None = None) -> dict[str, LiveResult]:
+# The paper's claims, as paired differences of CTR per seed (same world, same start): (better, worse).
+CLAIMS = (("drn-dbgd", "drn"), ("drn-dbgd-major", "drn-major"), ("drn-dbgd-major", "drn-egreedy"),
+          ("drn-dbgd-major", "linucb"), ("linucb", "popularity"), ("popularity", "random"))
+
+
+def effective_train(config: BenchConfig, seed: int) -> TrainConfig:
+    """The training settings a seed really uses: its seed and the survival model on the world's clock."""
+    active = compressed_activeness(WorldConfig(n_users=config.users))
+    return replace(config.train, seed=seed, activeness_lambda0=active["lambda0"], activeness_sa=active["sa"])
+
+
+def stderr_line(line: str) -> None:
+    """Progress from any worker process (stderr is inherited)."""
+    print(line, file=sys.stderr, flush=True)
+
+
+def run_seed(seed: int, config: BenchConfig, progress: Callable[[str], None] | None = stderr_line) -> dict[str, LiveResult]:
     """One seed: log, train offline, then every policy live from the same start."""
     set_threads()
     world_config = WorldConfig(n_users=config.users)
     active = compressed_activeness(world_config)
-    train = replace(config.train, seed=seed, activeness_lambda0=active["lambda0"], activeness_sa=active["sa"])
+    train = effective_train(config, seed)
     world = World(world_config, seed)
     logs = log_random_order(world, world.now + config.log_days * DAY, np.random.default_rng([seed, 1]))
     news = {n: world.item(n) for imp in logs for n in imp.candidates + imp.history}
     network = build_network(seed=seed)
     Trainer(network, train).fit(logs, news)
+    if progress:
+        progress(f"seed {seed}: trained offline on {len(logs)} logged impressions")
     linucb_warm = LinUCBPolicy()
     linucb_warm.fit(Dataset(logs, news))
     state = FeatureState(news)
@@ -112,10 +131,18 @@ def summarise(per_seed: list[dict[str, LiveResult]], config: BenchConfig) -> dic
         act, act_ci = _mean_ci(actives)
         policies[name] = {"ctr": ctr, "ctr_ci95": ctr_ci, "activeness": act, "activeness_ci95": act_ci,
                           "ctr_per_seed": ctrs, "activeness_per_seed": actives}
-    return {"policies": policies, "config": _jsonable(config)}
+    claims = {}
+    for better, worse in CLAIMS:
+        diffs = [a - b for a, b in zip(policies[better]["ctr_per_seed"], policies[worse]["ctr_per_seed"])]
+        mean, ci = _mean_ci(diffs)
+        claims[f"{better} > {worse}"] = {"ctr_difference": mean, "ci95": ci, "holds_in_seeds": sum(d > 0 for d in diffs),
+                                         "seeds": len(diffs)}
+    settings = _jsonable(config)
+    settings["train"] = _jsonable(effective_train(config, 0))
+    return {"policies": policies, "claims": claims, "config": settings}
 
 
-def _jsonable(config: BenchConfig) -> dict:
+def _jsonable(config) -> dict:
     return json.loads(json.dumps(asdict(config), default=str))
 
 
@@ -147,14 +174,15 @@ def plot_ctr(per_seed: list[dict[str, LiveResult]], path: Path, bucket_hours: fl
     plt.close(fig)
 
 
-def bench_learning(config: BenchConfig, out: Path, progress: Callable[[str], None] | None = None) -> dict:
+def bench_learning(config: BenchConfig, out: Path) -> dict:
+    """Run every seed (in parallel processes), write results.json and the CTR plot; progress goes to stderr."""
     out.mkdir(parents=True, exist_ok=True)
     seeds = list(range(config.seeds))
     if config.workers > 1 and len(seeds) > 1:
         with ProcessPoolExecutor(min(config.workers, len(seeds))) as pool:
             per_seed = list(pool.map(run_seed, seeds, [config] * len(seeds)))
     else:
-        per_seed = [run_seed(seed, config, progress) for seed in seeds]
+        per_seed = [run_seed(seed, config) for seed in seeds]
     results = summarise(per_seed, config)
     (out / "results.json").write_text(json.dumps(results, indent=2))
     plot_ctr(per_seed, out / "ctr_over_time.png")

@@ -32,7 +32,7 @@ ProgressFn = Callable[[int, int], None]
 class TrainConfig:
     gamma: float = 0.4  # DRN.md discount of future reward; 0 gives the paper's "DN" (no future reward)
     beta: float = BETA  # weight of the activeness reward in r = r_click + beta * r_active
-    learning_rate: float = 1e-3  # Adam step size
+    learning_rate: float = 1e-2  # Adam step size (1e-2 beat 1e-3 and 3e-3 in AUC on both MIND and world logs)
     weight_decay: float = 1e-5  # L2 on weights: the features are sparse and MIND-sized logs are small
     batch_impressions: int = 32  # transitions (impressions) per gradient step
     train_every: int = 4  # a gradient step after this many new impressions enter the buffer

@@ -82,7 +82,7 @@ def cmd_bench_learning(args: argparse.Namespace) -> object:
         raise UsageError("--seeds must be >= 1 and --impressions >= 10")
     config = BenchConfig(seeds=args.seeds, impressions=args.impressions, users=args.users, log_days=args.log_days,
                          workers=args.workers)
-    return bench_learning(config, Path(args.out), progress=lambda line: print(line, file=sys.stderr, flush=True))
+    return bench_learning(config, Path(args.out))
 
 
 def parser() -> argparse.ArgumentParser:
