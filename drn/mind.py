@@ -113,26 +113,30 @@ def _parse_candidates(text: str, path: Path, line_no: int) -> tuple[tuple[str, .
     return tuple(ids), tuple(labels)
 
 
-def iter_behaviors(path: str | os.PathLike) -> Iterator[Impression]:
-    """Impressions in file order (use `read_behaviors` for time order)."""
-    path = Path(path)
+def _tsv_rows(path: Path) -> Iterator[tuple[int, list[str]]]:
+    """(1-based line number, columns) of each non-blank line: MIND files have no header and no quoting."""
     with path.open(encoding="utf-8", newline="") as handle:
         for line_no, line in enumerate(handle, start=1):
             line = line.rstrip("\r\n")
-            if not line.strip():
-                continue
-            cols = line.split("\t")
-            if len(cols) != 5:
-                raise MindFormatError(path, line_no, f"expected 5 tab-separated columns, found {len(cols)}")
-            impression_id, user, time_text, history, candidates = cols
-            if not user:
-                raise MindFormatError(path, line_no, "empty user id")
-            try:
-                time = parse_time(time_text)
-            except ValueError:
-                raise MindFormatError(path, line_no, f"bad time {time_text!r} (expected like 11/12/2019 2:14:46 PM)") from None
-            ids, labels = _parse_candidates(candidates, path, line_no)
-            yield Impression(impression_id, user, time, tuple(history.split()), ids, labels)
+            if line.strip():
+                yield line_no, line.split("\t")
+
+
+def iter_behaviors(path: str | os.PathLike) -> Iterator[Impression]:
+    """Impressions in file order (use `read_behaviors` for time order)."""
+    path = Path(path)
+    for line_no, cols in _tsv_rows(path):
+        if len(cols) != 5:
+            raise MindFormatError(path, line_no, f"expected 5 tab-separated columns, found {len(cols)}")
+        impression_id, user, time_text, history, candidates = cols
+        if not user:
+            raise MindFormatError(path, line_no, "empty user id")
+        try:
+            time = parse_time(time_text)
+        except ValueError:
+            raise MindFormatError(path, line_no, f"bad time {time_text!r} (expected like 11/12/2019 2:14:46 PM)") from None
+        ids, labels = _parse_candidates(candidates, path, line_no)
+        yield Impression(impression_id, user, time, tuple(history.split()), ids, labels)
 
 
 def iter_time_ordered(path: str | os.PathLike) -> Iterator[Impression]:
@@ -164,21 +168,16 @@ def _entity_ids(text: str, path: Path, line_no: int) -> tuple[str, ...]:
 def read_news(path: str | os.PathLike) -> dict[str, NewsItem]:
     path = Path(path)
     news: dict[str, NewsItem] = {}
-    with path.open(encoding="utf-8", newline="") as handle:
-        for line_no, line in enumerate(handle, start=1):
-            line = line.rstrip("\r\n")
-            if not line.strip():
-                continue
-            cols = line.split("\t")
-            if len(cols) < 3 or len(cols) > 8:
-                raise MindFormatError(path, line_no, f"expected 8 tab-separated columns, found {len(cols)}")
-            cols += [""] * (8 - len(cols))
-            news_id, category, subcategory, title, abstract, url, title_ent, abstract_ent = cols
-            if not news_id:
-                raise MindFormatError(path, line_no, "empty news id")
-            entities = dict.fromkeys(_entity_ids(title_ent, path, line_no) + _entity_ids(abstract_ent, path, line_no))
-            news[news_id] = NewsItem(news_id, category or UNKNOWN, subcategory or UNKNOWN, title,
-                                     provider_from_url(url), tuple(entities), abstract, url)
+    for line_no, cols in _tsv_rows(path):
+        if len(cols) < 3 or len(cols) > 8:
+            raise MindFormatError(path, line_no, f"expected 8 tab-separated columns, found {len(cols)}")
+        cols += [""] * (8 - len(cols))
+        news_id, category, subcategory, title, abstract, url, title_ent, abstract_ent = cols
+        if not news_id:
+            raise MindFormatError(path, line_no, "empty news id")
+        entities = dict.fromkeys(_entity_ids(title_ent, path, line_no) + _entity_ids(abstract_ent, path, line_no))
+        news[news_id] = NewsItem(news_id, category or UNKNOWN, subcategory or UNKNOWN, title,
+                                 provider_from_url(url), tuple(entities), abstract, url)
     return news
 
 

@@ -95,3 +95,16 @@ def test_warm_start_continues_from_given_weights(world_logs):
     train(warm, world_logs, TrainConfig(epochs=1, buffer_impressions=64, batch_impressions=8, train_every=8, seed=1))
     moved = sum(float((a - b).abs().sum()) for a, b in zip(trained.state_dict().values(), warm.state_dict().values()))
     assert 0 < moved < fresh_distance
+
+
+def test_streamed_logs_train_exactly_like_a_list(world_logs, tmp_path):
+    from drn.mind import MindFormatError, iter_time_ordered, write_behaviors
+    write_behaviors(tmp_path / "behaviors.tsv", world_logs.impressions[:300])
+    listed, streamed = build_network(TINY, seed=0), build_network(TINY, seed=0)
+    as_list = [imp for imp in iter_time_ordered(tmp_path / "behaviors.tsv")]
+    Trainer(listed, FAST).fit(as_list, world_logs.news)
+    Trainer(streamed, FAST).fit(lambda: iter_time_ordered(tmp_path / "behaviors.tsv"), world_logs.news)
+    assert all(torch.equal(a, b) for a, b in zip(listed.state_dict().values(), streamed.state_dict().values()))
+    write_behaviors(tmp_path / "behaviors.tsv", world_logs.impressions[:3][::-1])
+    with pytest.raises(MindFormatError, match="not in time order"):
+        list(iter_time_ordered(tmp_path / "behaviors.tsv"))
