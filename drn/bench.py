@@ -25,7 +25,7 @@ from drn.mind import Dataset
 from drn.model import build_network
 from drn.online import SLATE_SIZE, LiveResult, OnlineConfig, OnlineDRN, run_live, set_threads
 from drn.policy import Policy
-from drn.training import TrainConfig, Trainer
+from drn.training import ReplayBuffer, TrainConfig, Trainer
 from drn.world import DAY, HOUR, World, WorldConfig, log_random_order
 
 POLICIES = ("random", "popularity", "linucb", "drn", "drn-major", "drn-egreedy", "drn-dbgd", "drn-dbgd-major")
@@ -58,7 +58,7 @@ def compressed_activeness(world: WorldConfig) -> dict:
     return {"lambda0": lambda0, "sa": S0 * (1.0 - float(np.exp(-lambda0 * world.return_gap_hours * HOUR)))}
 
 
-def _policy(name: str, network, config: BenchConfig, train: TrainConfig, seed: int) -> Policy:
+def _policy(name: str, network, config: BenchConfig, train: TrainConfig, seed: int, logged: ReplayBuffer) -> Policy:
     if name == "random":
         return RandomPolicy(seed)
     if name == "popularity":
@@ -67,7 +67,7 @@ def _policy(name: str, network, config: BenchConfig, train: TrainConfig, seed: i
         return LinUCBPolicy()
     explorer, major = DRN_VARIANTS[name]
     online = replace(config.online, explorer=explorer, major_updates=major, seed=seed)
-    return OnlineDRN(copy.deepcopy(network), online, train, name=name)
+    return OnlineDRN(copy.deepcopy(network), online, train, name=name, replay=logged)
 
 
 # The paper's claims, as paired differences of CTR per seed (same world, same start): (better, worse).
@@ -96,7 +96,8 @@ def run_seed(seed: int, config: BenchConfig, progress: Callable[[str], None] | N
     logs = log_random_order(world, world.now + config.log_days * DAY, np.random.default_rng([seed, 1]))
     news = {n: world.item(n) for imp in logs for n in imp.candidates + imp.history}
     network = build_network(seed=seed)
-    Trainer(network, train).fit(logs, news)
+    offline = Trainer(network, train)
+    offline.fit(logs, news)
     if progress:
         progress(f"seed {seed}: trained offline on {len(logs)} logged impressions")
     linucb_warm = LinUCBPolicy()
@@ -106,7 +107,7 @@ def run_seed(seed: int, config: BenchConfig, progress: Callable[[str], None] | N
         pass
     results = {}
     for name in POLICIES:
-        policy = copy.deepcopy(linucb_warm) if name == "linucb" else _policy(name, network, config, train, seed)
+        policy = copy.deepcopy(linucb_warm) if name == "linucb" else _policy(name, network, config, train, seed, offline.buffer)
         results[name] = run_live(policy, copy.deepcopy(world), copy.deepcopy(state), config.impressions,
                                  config.slate_size, UserActiveness(lambda0=active["lambda0"], sa=active["sa"]))
         if progress:

@@ -7,7 +7,7 @@ same drn functions around a registry and a log store.
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable, Sequence
 
 import numpy as np
@@ -20,7 +20,7 @@ from drn.interleaving import DEFAULT_METHOD, TEAM_EXPLORE, credit, interleaver, 
 from drn.mind import Impression
 from drn.model import DuelingQNetwork
 from drn.policy import Policy, top_k
-from drn.training import TrainConfig, Trainer
+from drn.training import ReplayBuffer, TrainConfig, Trainer
 from drn.world import World
 
 MINUTE = 60.0
@@ -43,6 +43,9 @@ class OnlineConfig:
     significance: float = 1.0  # sign-test level for "explore won"; 1.0 = plain majority of decided impressions
     epsilon: float = 0.1  # epsilon-greedy: chance that a slot is filled at random
     steps_per_impression: float = 0.25  # major update: gradient steps per impression logged since the last one
+    major_learning_rate: float = 1e-3  # fine-tuning step of warm-started major updates: smaller than offline
+    #   training's, so a few hours of self-selected feedback (only what the policy itself showed) refine the
+    #   offline fit instead of overwriting it
     seed: int = 0
 
 
@@ -50,10 +53,16 @@ class OnlineDRN(Policy):
     """The DRN agent online: greedy, epsilon-greedy or DBGD exploration, with optional major updates."""
 
     def __init__(self, network: DuelingQNetwork, config: OnlineConfig = OnlineConfig(),
-                 train_config: TrainConfig = TrainConfig(), name: str = "drn"):
+                 train_config: TrainConfig = TrainConfig(), name: str = "drn", replay: ReplayBuffer | None = None):
+        """`replay`: experience already logged (e.g. the offline training's buffer); major updates replay it
+        together with the new feedback, as DRN's major update replays everything logged."""
         self.network, self.config, self.name = network, config, name
         self.rng = np.random.default_rng(config.seed)
-        self.trainer = Trainer(network, train_config) if config.major_updates else None
+        self.trainer = None
+        if config.major_updates:
+            self.trainer = Trainer(network, replace(train_config, learning_rate=config.major_learning_rate))
+            if replay is not None:
+                self.trainer.buffer = copy.deepcopy(replay)
         self.egreedy = EpsilonGreedy(config.epsilon, self.rng) if config.explorer == "egreedy" else None
         self.interleave = interleaver(config.interleaving)
         self._explore_net = copy.deepcopy(network) if config.explorer == "dbgd" else None
