@@ -248,47 +248,88 @@ class LogStore:
 
     def log_impression(self, rec: ImpressionRecord) -> None:
         """Records what was served; an impression id is logged once (DuplicateImpression otherwise)."""
-        _check(rec)
-        row = dict(impression_id=rec.impression_id, user_id=rec.user, time=rec.time, candidates=list(rec.candidates),
-                   served=list(rec.served), teams=list(rec.teams), model_version=rec.model_version,
-                   round_id=rec.round_id, explore_seed=rec.explore_seed)
+        self.log_impressions([rec])
+
+    def log_impressions(self, records: Sequence[ImpressionRecord], news: Iterable[NewsItem] = ()) -> None:
+        """Records many impressions, and the news metadata they introduce, in one transaction: all or nothing.
+
+        Serving's group commit: one commit (one fsync on SQLite) for every request that arrived while the previous
+        commit was on disk, instead of one per request. A duplicate impression id or an unknown round refuses the
+        whole batch (DuplicateImpression / UnknownRound); the caller retries one by one to find whose it was."""
+        for rec in records:
+            _check(rec)
+        rows = [dict(impression_id=rec.impression_id, user_id=rec.user, time=rec.time, candidates=list(rec.candidates),
+                     served=list(rec.served), teams=list(rec.teams), model_version=rec.model_version,
+                     round_id=rec.round_id, explore_seed=rec.explore_seed) for rec in records]
         with self._writer.begin() as conn:
-            if rec.round_id is not None and conn.scalar(sa.select(_rounds.c.round_id).where(
-                    _rounds.c.round_id == rec.round_id)) is None:
-                raise UnknownRound(f"impression {rec.impression_id}: no round {rec.round_id}")
-            insert = self._insert(_impressions).values(row).on_conflict_do_nothing(index_elements=["impression_id"])
-            if conn.execute(insert.returning(_impressions.c.seq)).first() is None:
-                raise DuplicateImpression(f"impression {rec.impression_id} is already logged")
+            self._upsert_news(conn, news)
+            self._check_rounds(conn, records)
+            if not rows:
+                return
+            insert = (self._insert(_impressions).on_conflict_do_nothing(index_elements=["impression_id"])
+                      .returning(_impressions.c.impression_id))
+            inserted = conn.execute(insert, rows).scalars().all()  # many rows per statement (insertmanyvalues)
+            if len(inserted) != len(rows):
+                refused = sorted({row["impression_id"] for row in rows} - set(inserted)) or [rows[0]["impression_id"]]
+                raise DuplicateImpression(f"impressions already logged: {', '.join(refused[:10])}")
+
+    @staticmethod
+    def _check_rounds(conn: sa.Connection, records: Sequence[ImpressionRecord]) -> None:
+        wanted = {rec.round_id for rec in records if rec.round_id is not None}
+        if wanted:
+            known = set(conn.scalars(sa.select(_rounds.c.round_id).where(_rounds.c.round_id.in_(wanted))))
+            missing = [rec for rec in records if rec.round_id is not None and rec.round_id not in known]
+            if missing:
+                raise UnknownRound(f"impression {missing[0].impression_id}: no round {missing[0].round_id}")
 
     def log_click(self, impression_id: str, news_id: str, time: float) -> bool:
         """True when recorded, False when this click was already logged (clients retry; a click counts once)."""
+        return self.log_clicks([(impression_id, news_id, time)])[0]
+
+    def log_clicks(self, clicks: Sequence[tuple[str, str, float]]) -> list[bool]:
+        """(impression id, news id, time) clicks in one transaction (one commit), all or nothing; per click, True
+        when recorded and False when already logged. UnknownImpression / ClickNotServed refuse the whole batch."""
+        if not clicks:
+            return []
         with self._writer.begin() as conn:
-            served = conn.scalar(sa.select(_impressions.c.served).where(_impressions.c.impression_id == impression_id))
-            if served is None:
-                raise UnknownImpression(f"no impression {impression_id}")
-            if news_id not in served:
-                raise ClickNotServed(f"impression {impression_id} did not show {news_id}")
-            insert = (self._insert(_clicks).values(impression_id=impression_id, news_id=news_id, time=time)
-                      .on_conflict_do_nothing(index_elements=["impression_id", "news_id"]).returning(_clicks.c.seq))
-            return conn.execute(insert).first() is not None
+            return [self._click(conn, *click) for click in clicks]
+
+    def _click(self, conn: sa.Connection, impression_id: str, news_id: str, time: float) -> bool:
+        served = conn.scalar(sa.select(_impressions.c.served).where(_impressions.c.impression_id == impression_id))
+        if served is None:
+            raise UnknownImpression(f"no impression {impression_id}")
+        if news_id not in served:
+            raise ClickNotServed(f"impression {impression_id} did not show {news_id}")
+        insert = (self._insert(_clicks).values(impression_id=impression_id, news_id=news_id, time=time)
+                  .on_conflict_do_nothing(index_elements=["impression_id", "news_id"]).returning(_clicks.c.seq))
+        return conn.execute(insert).first() is not None
 
     def log_return(self, user: str, time: float) -> None:
         """A user came back: the signal DRN's activeness (user return) reward is learned from."""
-        with self._writer.begin() as conn:
-            conn.execute(sa.insert(_returns).values(user_id=user, time=time))
+        self.log_returns([(user, time)])
+
+    def log_returns(self, returns: Sequence[tuple[str, float]]) -> None:
+        """(user, time) returns in one transaction."""
+        if returns:
+            with self._writer.begin() as conn:
+                conn.execute(sa.insert(_returns), [dict(user_id=user, time=time) for user, time in returns])
 
     def log_news(self, items: Iterable[NewsItem]) -> int:
         """Insert or update news metadata (the newest description of an id wins); returns how many were written."""
+        with self._writer.begin() as conn:
+            return self._upsert_news(conn, items)
+
+    def _upsert_news(self, conn: sa.Connection, items: Iterable[NewsItem]) -> int:
+        """Items are deduplicated first (the last description of an id wins): PostgreSQL refuses to update one row
+        twice in one statement, and a batch of requests may well introduce the same item twice."""
+        newest = {i.news_id: i for i in items}
         rows = [dict(news_id=i.news_id, category=i.category, subcategory=i.subcategory, title=i.title,
                      provider=i.provider, entities=list(i.entities), abstract=i.abstract, url=i.url,
-                     published=i.published) for i in items]
-        if not rows:
-            return 0
-        with self._writer.begin() as conn:
-            for start in range(0, len(rows), BATCH):
-                insert = self._insert(_news).values(rows[start:start + BATCH])
-                updated = {c.name: insert.excluded[c.name] for c in _news.columns if c.name != "news_id"}
-                conn.execute(insert.on_conflict_do_update(index_elements=["news_id"], set_=updated))
+                     published=i.published) for i in newest.values()]
+        for start in range(0, len(rows), BATCH):
+            insert = self._insert(_news).values(rows[start:start + BATCH])
+            updated = {c.name: insert.excluded[c.name] for c in _news.columns if c.name != "news_id"}
+            conn.execute(insert.on_conflict_do_update(index_elements=["news_id"], set_=updated))
         return len(rows)
 
     # leases: at most one holder per name

@@ -20,7 +20,9 @@ class ImpressionSigner:
         self._secret = secret
 
     def _tag(self, nonce: str) -> str:
-        return hmac.new(self._secret, nonce.encode(), hashlib.sha256).hexdigest()[:TAG_HEX]
+        """hmac.digest: the one-shot C implementation (several times cheaper than an `hmac.new` object); every
+        /recommend signs an id and every click checks one."""
+        return hmac.digest(self._secret, nonce.encode(), hashlib.sha256).hex()[:TAG_HEX]
 
     def new_id(self) -> str:
         nonce = secrets.token_hex(NONCE_BYTES)

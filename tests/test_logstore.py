@@ -112,6 +112,22 @@ def test_bad_impressions_refused(store):
     assert store.counts()["impressions"] == 1
 
 
+def test_a_batch_of_impressions_is_all_or_nothing(store):
+    from drn.mind import NewsItem
+    r = store.open_round("v1", seed=7, alpha=0.1, time=0.0)
+    store.log_impressions([rec("i1", 1.0, round_id=r.round_id), rec("i2", 2.0)],
+                          [NewsItem("n1", "a"), NewsItem("n1", "b")])
+    assert ids(store.window()) == ["i1", "i2"] and store.news()["n1"].category == "b"  # the last description wins
+    logged_before, twice_in_one_batch = [rec("i3", 3.0), rec("i1", 4.0)], [rec("i4", 4.0), rec("i4", 5.0)]
+    for batch in (logged_before, twice_in_one_batch):
+        with pytest.raises(DuplicateImpression, match=r"i1|i4"):
+            store.log_impressions(batch, [NewsItem("n9")])
+    with pytest.raises(UnknownRound):
+        store.log_impressions([rec("i5", 5.0), rec("i6", 6.0, round_id=99)])
+    assert ids(store.window()) == ["i1", "i2"] and "n9" not in store.news()  # nothing of a refused batch is kept
+    store.log_impressions([])
+
+
 def test_clicks_are_idempotent(store):
     store.log_impression(rec("i1", 1.0))
     assert store.log_click("i1", "n2", 2.0) is True
@@ -121,6 +137,15 @@ def test_clicks_are_idempotent(store):
     [logged] = list(store.window())
     assert [(c.news_id, c.time) for c in logged.clicks] == [("n2", 2.0), ("n1", 4.0)]
     assert logged.to_impression().labels == (1, 1)
+
+
+def test_a_batch_of_clicks_is_all_or_nothing(store):
+    store.log_impression(rec("i1", 1.0, served=("n1", "n2")))
+    assert store.log_clicks([("i1", "n1", 2.0), ("i1", "n1", 2.5), ("i1", "n2", 3.0)]) == [True, False, True]
+    with pytest.raises(ClickNotServed):
+        store.log_clicks([("i1", "n2", 4.0), ("i1", "n0", 4.0)])
+    store.log_returns([("u1", 5.0), ("u2", 6.0)])
+    assert store.counts()["clicks"] == 2 and store.returns() == [("u1", 5.0), ("u2", 6.0)]
 
 
 def test_bad_clicks_refused_and_nothing_written(store):

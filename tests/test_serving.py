@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Iterator
 
@@ -15,12 +16,14 @@ import uvicorn
 from drn import lifecycle
 from drn.config import Settings
 from drn.features import SCHEMA
-from drn.logstore import LogStore
+from drn.logstore import DuplicateImpression, ImpressionRecord, LogStore
+from drn.mind import NewsItem
 from drn.model import NetworkConfig, build_network
 from drn.registry import PRODUCTION, ModelBundle, Registry
-from serving.app import create_app
+from serving.app import PendingImpression, Service, create_app
 from serving.settings import ServeSettings
 from serving.signing import ImpressionSigner
+from serving.telemetry import Telemetry
 
 pytestmark = pytest.mark.integration
 
@@ -130,6 +133,40 @@ def test_recommend_then_feedback_are_both_logged(registry, versions, logs, tmp_p
     assert [c.news_id for c in logged.clicks] == [body["items"][1]]
     assert [user for user, _ in logs.returns()] == ["U1"]
     assert logs.news()["N3"].category == "cat3"  # metadata of new items is kept for replay and major updates
+
+
+def test_concurrent_requests_are_answered_only_once_logged(registry, versions, logs, tmp_path):
+    """Concurrent impressions share commits (group commit), yet each answer comes after its own is durable."""
+    lifecycle.promote(registry, logs, versions["a"], who="test", why="serve a", now=time.time())
+    with serve(_settings(tmp_path), registry, logs) as client:
+        def user(u: int) -> list[str]:
+            answered = []
+            for _ in range(10):
+                r = _recommend(client, user=f"U{u}")
+                assert r.status_code == 200, r.text
+                assert logs.impression(r.json()["impression_id"]) is not None  # logged before it was answered
+                answered.append(r.json()["impression_id"])
+            return answered
+
+        with ThreadPoolExecutor(8) as pool:
+            answered = [i for ids in pool.map(user, range(8)) for i in ids]
+    assert sorted(answered) == sorted(logged.record.impression_id for logged in logs.window())
+
+
+def test_a_failed_group_commit_fails_only_the_impressions_at_fault(logs, tmp_path):
+    service = Service(_settings(tmp_path), lambda: None, logs, Telemetry())
+    signer = ImpressionSigner(SECRET)
+    first, second = (ImpressionRecord(signer.new_id(), "U1", 1.0, ("N1", "N2"), ("N1",), (-1,), "popularity")
+                     for _ in range(2))
+    logs.log_impression(first)
+    batch = [PendingImpression(first, [], Future()), PendingImpression(second, [NewsItem("N1")], Future())]
+    service._pending.extend(batch)
+    service._commit_pending()  # the batch fails on the repeated id, then each impression is tried alone
+    with pytest.raises(DuplicateImpression):
+        batch[0].committed.result(0)
+    assert batch[1].committed.result(0) is None and logs.impression(second.impression_id) == second
+    assert "N1" in logs.news()
+    service.writer.shutdown()
 
 
 def test_stage_changes_are_followed_without_restart_or_failed_request(registry, versions, logs, tmp_path):
