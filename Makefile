@@ -15,5 +15,8 @@ install: $(STAMP)
 test: $(STAMP)
 	$(VENV)/bin/python -m pytest -q
 
+# The whole loop on a compressed clock: Prefect, MLflow, the flows, serving and a simulated world sending HTTP
+# traffic for one world day (about 10 minutes). Each run starts from a fresh data directory under out/demo.
 demo: $(STAMP)
-	$(VENV)/bin/drn bench learning --seeds 1 --impressions 2000 --out out/demo
+	rm -rf out/demo
+	$(VENV)/bin/drn demo --out out/demo

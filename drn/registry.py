@@ -40,7 +40,7 @@ import urllib.request
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any, Iterator, Mapping, Sequence
 
 import torch
 
@@ -522,3 +522,22 @@ class Registry:
             promoted_at=float(promoted) if promoted else None, tags=tags, run_id=mv.run_id or "",
             data_window=tuple(json.loads(window)) if window not in (None, NONE_TAG, "") else None,
         )
+
+
+def log_report_run(tracking_uri: str, experiment: str, run_name: str, params: Mapping[str, Any],
+                   metrics: Mapping[str, float], series: Mapping[str, Sequence[tuple[int, float]]],
+                   files: Sequence[str | os.PathLike]) -> str:
+    """A plain run that is not a model version (e.g. a demo's report): params, metrics, stepped metric series and
+    files as artifacts, so every MLflow call stays in this module. Returns the run id."""
+    import mlflow
+    mlflow.set_tracking_uri(tracking_uri)
+    mlflow.set_experiment(experiment)
+    with _quiet(), mlflow.start_run(run_name=run_name) as run:
+        mlflow.log_params(dict(params))
+        for name, points in series.items():
+            for step, value in points:
+                mlflow.log_metric(name, value, step=step)
+        mlflow.log_metrics(dict(metrics))
+        for path in files:
+            mlflow.log_artifact(str(path))
+        return run.info.run_id

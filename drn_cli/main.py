@@ -1,5 +1,5 @@
-"""The `drn` command line (its own room: it may call drn, flows and serving). JSON on stdout, progress on stderr,
-one clear line and exit 2 on bad input.
+"""The `drn` command line (its own room: it may call drn, flows, serving and stack). JSON on stdout, progress on
+stderr, one clear line and exit 2 on bad input.
 
 Heavy libraries (torch, MLflow, Prefect) are imported inside the commands that need them, so `drn --help`
 and the data commands start fast.
@@ -14,6 +14,7 @@ from typing import Callable
 
 from drn_cli import flows_commands
 from serving import cli as serving_cli
+from stack import cli as stack_cli
 
 Handler = Callable[[argparse.Namespace], object]
 
@@ -126,6 +127,7 @@ def parser() -> argparse.ArgumentParser:
     learning.set_defaults(handler=cmd_bench_learning)
     flows_commands.register(sub)
     serving_cli.register(sub)
+    stack_cli.register(sub)
     return root
 
 

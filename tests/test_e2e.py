@@ -1,0 +1,90 @@
+"""End to end, the way a user runs it: `drn demo --keep-up` as a subprocess (Prefect server, MLflow server, the
+flow deployments, serving, the simulated world's HTTP traffic on a compressed clock), then a rollback by stage
+change through the MLflow server that serving follows, then Ctrl-C, which must stop every process it started."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(420)]
+
+HOURS, SPEED, USERS = 4, 240, 120  # 4 world hours in 60 s of traffic; a small world trains its first model fast
+SUMMARY_TIMEOUT_S = 330  # start (~1-2 min on 2 busy cores) + traffic + summary
+FOLLOW_TIMEOUT_S = 15  # serving polls the registry every second
+STOP_TIMEOUT_S = 60
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_for(check, timeout_s: float, what: str, process: subprocess.Popen, log: Path):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        found = check()
+        if found:
+            return found
+        assert process.poll() is None, \
+            f"drn demo exited ({process.returncode}) before {what}:\n{log.read_text()[-3000:]}"
+        time.sleep(1.0)
+    raise AssertionError(f"no {what} after {timeout_s} s:\n{log.read_text()[-3000:]}")
+
+
+def served_version(api: str) -> str | None:
+    try:
+        return httpx.get(f"{api}/model", timeout=5).json().get("version")
+    except httpx.HTTPError:
+        return None
+
+
+def test_demo_serves_learns_rolls_back_and_stops(tmp_path):
+    ports = {"--prefect-port": free_port(), "--mlflow-port": free_port(), "--api-port": free_port()}
+    out, log = tmp_path / "out", tmp_path / "demo.log"
+    argv = [sys.executable, "-m", "drn_cli.main", "demo", "--out", str(out), "--hours", str(HOURS), "--speed",
+            str(SPEED), "--users", str(USERS), "--keep-up", *(str(x) for kv in ports.items() for x in kv)]
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DRN_", "PREFECT_", "MLFLOW_"))}
+    with open(log, "wb") as sink:
+        demo = subprocess.Popen(argv, stdout=sink, stderr=subprocess.STDOUT, env=env)
+    pid_file = out / "home" / "stack.pids.json"
+    try:
+        summary_file = out / "summary.json"
+        wait_for(lambda: summary_file.is_file() and "mlflow_run" in summary_file.read_text(), SUMMARY_TIMEOUT_S,
+                 "summary", demo, log)
+        summary = json.loads(summary_file.read_text())
+        traffic = summary["traffic"]
+        assert traffic["failed_requests"] == 0, traffic["errors"]
+        assert traffic["impressions"] > 50 and traffic["clicks"] > 0
+        assert [row["hour"] for row in summary["per_hour"]] == list(range(HOURS))
+        assert summary["versions_registered_by_kind"].get("offline") == 1
+        assert summary["flow_runs"]["minor-update"].get("Completed", 0) >= 1
+        assert Path(summary["plot"]).is_file()
+        pids = json.loads(pid_file.read_text())
+        assert set(pids) == {"prefect-server", "mlflow-server", "flows", "serving"}
+
+        # Roll back (or forward) by stage, as an engineer does in the MLflow UI; serving follows.
+        from mlflow import MlflowClient
+        api = f"http://127.0.0.1:{ports['--api-port']}"
+        client = MlflowClient(f"http://127.0.0.1:{ports['--mlflow-port']}")
+        served = served_version(api)
+        others = [v["version"] for v in summary["versions"] if v["version"] != served]
+        assert others, f"only v{served} was registered: nothing to change the stage to"
+        client.transition_model_version_stage("drn", others[0], "Production", archive_existing_versions=True)
+        wait_for(lambda: served_version(api) == others[0], FOLLOW_TIMEOUT_S, f"serving v{others[0]}", demo, log)
+    finally:
+        demo.send_signal(signal.SIGINT)
+        demo.wait(STOP_TIMEOUT_S)
+    assert not pid_file.exists()
+    for name, pid in pids.items():
+        with pytest.raises(ProcessLookupError):
+            os.killpg(pid, 0)

@@ -1,0 +1,100 @@
+"""The stack's own logic, without starting anything: settings precedence, the busy-port refusal, stopping process
+groups, the demo's world continuation and summary."""
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import pytest
+
+from drn.mind import read_news
+from stack import processes
+from stack.demo import edge_ctr, status_line
+from stack.settings import StackSettings
+from stack.traffic import HourStats, TrafficStats, live_world
+from stack.up import WorldSpec, served_version
+
+
+def test_flags_win_over_environment_over_defaults(tmp_path):
+    env = {"DRN_HOME": str(tmp_path / "env"), "DRN_PREFECT_PORT": "4300", "DRN_SERVE_PORT": "8100"}
+    settings = StackSettings.from_env(env, prefect_port=4400)
+    assert settings.home == (tmp_path / "env").resolve()
+    assert (settings.prefect_port, settings.mlflow_port, settings.api_port) == (4400, 5000, 8100)
+    assert settings.prefect_api == "http://127.0.0.1:4400/api"
+    assert StackSettings.from_env({}, home=str(tmp_path / "flag")).home == (tmp_path / "flag").resolve()
+
+
+def test_a_busy_port_is_refused_in_one_line_before_anything_starts():
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        with pytest.raises(processes.StackError, match=f"MLflow port {port}"):
+            processes.check_ports_free({"MLflow": port})
+
+
+def test_a_listener_is_told_apart_from_another_groups():
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        port = server.getsockname()[1]
+        assert processes.listens_in_group(port, os.getpgrp())
+        assert not processes.listens_in_group(port, os.getpgrp() + 1)
+
+
+def test_stop_groups_ends_a_part_and_its_children(tmp_path):
+    part = processes.Part("sleeper", [sys.executable, "-c",
+                                      "import subprocess, time; subprocess.Popen(['sleep', '60']); time.sleep(60)"], {})
+    process = processes.start(part, tmp_path)
+    processes.write_pids(tmp_path / "pids.json", {"sleeper": process.pid})
+    processes.stop_groups(processes.read_pids(tmp_path / "pids.json"), grace_s=5)
+    assert process.poll() is not None
+    with pytest.raises(ProcessLookupError):
+        os.killpg(process.pid, 0)
+
+
+def test_served_version_reads_drn_models_output():
+    rows = [{"version": "1", "stage": "Archived"}, {"version": "2", "stage": "Production"}]
+    assert served_version(json.dumps(rows)) == "2"
+    assert served_version("[]") is None
+
+
+def test_the_live_world_continues_where_generated_logs_end(tmp_path):
+    spec = WorldSpec(users=20, log_days=2, seed=4)
+    subprocess.run([sys.executable, "-m", "drn_cli.main", "world", "generate", "--out", str(tmp_path), "--users",
+                    "20", "--days", "2", "--seed", "4"], check=True, capture_output=True)
+    world = live_world(spec)
+    end = world.config.start + 2 * 86400
+    request = world.next_request()
+    assert world.now >= end and request.time >= end
+    logged = read_news(tmp_path / "news.tsv")
+    assert len(logged) > 100
+    assert all(world.item(n).category == item.category and world.item(n).entities == item.entities
+               for n, item in logged.items())  # the same world: the logs' items, as the live world knows them
+
+
+def test_edge_ctr_and_status_line():
+    rows = [{"hour": h, "shown": 100, "clicks": c} for h, c in enumerate([2, 4, 6, 8])]
+    assert edge_ctr(rows, first=True) == 0.02 and edge_ctr(rows, first=False) == 0.08
+    stats = TrafficStats(start=0.0, wall_start=0.0, speed=100.0, now=2 * 3600.0 + 60, requests=7,
+                         served_version="3")
+    stats.hours[1] = HourStats(impressions=7, shown=70, clicks=7)
+    line = status_line(stats, "minor-update: promoted")
+    assert "requests 7" in line and "CTR(last hour) 0.1000" in line and "served v3" in line
+    assert "minor-update: promoted" in line
+
+
+def test_prefect_calls_are_retried_while_its_database_is_locked(monkeypatch):
+    import httpx
+
+    from stack import observe
+    monkeypatch.setattr(observe, "RETRY_DELAY_S", 0.0)
+    answers = iter([httpx.Response(503), httpx.Response(503), httpx.Response(200, json={"id": "d1"})])
+    client = httpx.Client(base_url="http://prefect/api", transport=httpx.MockTransport(lambda request: next(answers)))
+    assert observe.prefect_call(client, "GET", "/deployments/name/minor-update/drn") == {"id": "d1"}
+    failing = httpx.Client(base_url="http://prefect/api", transport=httpx.MockTransport(lambda r: httpx.Response(503)))
+    with pytest.raises(httpx.HTTPStatusError):
+        observe.prefect_call(failing, "PATCH", "/deployments/d1", {"parameters": {}})
