@@ -26,7 +26,7 @@ from drn.model import build_network
 from drn.online import SLATE_SIZE, LiveResult, OnlineConfig, OnlineDRN, run_live, set_threads
 from drn.policy import Policy
 from drn.training import ReplayBuffer, TrainConfig, Trainer
-from drn.world import DAY, HOUR, World, WorldConfig, log_random_order
+from drn.world import HOUR, WorldConfig, logged_world
 
 POLICIES = ("random", "popularity", "linucb", "drn", "drn-major", "drn-egreedy", "drn-dbgd", "drn-dbgd-major")
 # The DRN variants: (explorer, major updates), DRN.md's table rows.
@@ -92,8 +92,7 @@ def run_seed(seed: int, config: BenchConfig, progress: Callable[[str], None] | N
     world_config = WorldConfig(n_users=config.users)
     active = compressed_activeness(world_config)
     train = effective_train(config, seed)
-    world = World(world_config, seed)
-    logs = log_random_order(world, world.now + config.log_days * DAY, np.random.default_rng([seed, 1]))
+    world, logs = logged_world(world_config, seed, config.log_days)
     news = {n: world.item(n) for imp in logs for n in imp.candidates + imp.history}
     network = build_network(seed=seed)
     offline = Trainer(network, train)

@@ -16,7 +16,7 @@ import torch
 from drn.activeness import UserActiveness
 from drn.exploration import ALPHA, ETA, EpsilonGreedy, dbgd_step, explore_weights
 from drn.features import FeatureBatch, FeatureState, Sample
-from drn.interleaving import DEFAULT_METHOD, TEAM_EXPLORE, credit, interleaver, round_outcome
+from drn.interleaving import DEFAULT_METHOD, interleaver, round_outcome
 from drn.mind import Impression
 from drn.model import DuelingQNetwork
 from drn.policy import Policy, top_k

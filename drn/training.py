@@ -11,7 +11,6 @@ Target (double DQN): y = r + gamma * Q(s', argmax_a' Q(s', a'; W); W'), W' refre
 from __future__ import annotations
 
 import copy
-import sys
 from collections import OrderedDict
 from dataclasses import asdict, dataclass
 from typing import Callable, Iterable, Mapping, Sequence

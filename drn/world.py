@@ -369,6 +369,16 @@ def log_random_order(world: World, end: float, order_rng: np.random.Generator,
     return impressions
 
 
+def logged_world(config: WorldConfig, seed: int, days: float,
+                 progress: Callable[[int, int], None] | None = None) -> tuple[World, list[Impression]]:
+    """The world after `days` days of random-order logging, and those logs: what `generate_logs` writes, and the
+    point a live run (benchmark, demo) continues from. The logging order has its own stream, so the same
+    (config, seed, days) always gives the same world state."""
+    world = World(config, seed)
+    impressions = log_random_order(world, config.start + days * DAY, np.random.default_rng([seed, 1]), progress)
+    return world, impressions
+
+
 def generate_logs(out_dir: str | Path, days: int, users: int, seed: int, config: WorldConfig | None = None,
                   progress: Callable[[int, int], None] | None = None) -> dict:
     """Write `days` days of MIND logs (behaviors.tsv, news.tsv) of a random-order logging policy; return counts.
@@ -377,9 +387,8 @@ def generate_logs(out_dir: str | Path, days: int, users: int, seed: int, config:
     `progress(hours_done, hours_total)` is called once per simulated hour.
     """
     config = replace(config or WorldConfig(), n_users=users)
-    world = World(config, seed)
     end = config.start + days * DAY
-    impressions = log_random_order(world, end, np.random.default_rng([seed, 1]), progress)
+    world, impressions = logged_world(config, seed, days, progress)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     write_behaviors(out / "behaviors.tsv", impressions)

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from drn.features import HOUR, SCHEMA, FeatureSchema, FeatureState, replay
-from drn.mind import Impression, NewsItem
+from drn.mind import NewsItem
 
 T0 = 1_573_257_600.0  # 2019-11-09 00:00 UTC
 
