@@ -36,12 +36,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from drn import lifecycle  # noqa: E402
 from drn.exploration import explore_weights  # noqa: E402
-from drn.features import FeatureState  # noqa: E402
-from drn.logstore import LogStore  # noqa: E402
+from drn.logstore import NO_TEAM, ImpressionRecord, LogStore  # noqa: E402
 from drn.mind import NewsItem  # noqa: E402
 from drn.model import NetworkConfig, build_network, network_from_weights  # noqa: E402
 from drn.online import set_threads  # noqa: E402
 from drn.registry import Registry  # noqa: E402
+from drn.scoring import StackedScorer  # noqa: E402
+from serving.app import rebuild_feature_state  # noqa: E402
 
 CANDIDATES = 50  # per request: the brief's size
 USERS = 1000  # distinct users the clients draw from, so user state is neither empty nor one hot row
@@ -49,6 +50,7 @@ NEWS_POOL = 400  # candidates are drawn from this many items
 PUBLISHED = 1_760_000_000.0  # publication times: fixed, so a repeated description is not news to the service
 WARMUP = 50  # requests per level that are not measured (connection set-up, first allocations)
 CONCURRENCY = (1, 8, 32)
+HISTORY_S = 86400.0  # the seeded history spans the day before the run
 TARGET_P99_MS_AT_8, TARGET_RPS = 20.0, 500.0
 CONTENT_LENGTH = re.compile(rb"(?i)\r\ncontent-length: *(\d+)")
 
@@ -63,40 +65,69 @@ def _payload(rng: np.random.Generator) -> dict:
     return {"user": f"U{int(rng.integers(USERS))}", "candidates": [_news(int(i)) for i in ids], "k": 10}
 
 
-def scoring_time(bundle, repeats: int) -> dict:
-    """In-process: features for 50 candidates, then W and W~ each score them in one batched forward pass."""
+def scoring_time(bundle, logs_url: str, repeats: int) -> dict:
+    """In-process, on the feature state the service rebuilds from the seeded log store: features for 50 candidates;
+    W and W~ together in serving's stacked pass (drn.scoring); and, for comparison, each network's torch forward."""
     set_threads()
     rng = np.random.default_rng(0)
-    state = FeatureState({f"N{i}": NewsItem(**{k: (tuple(v) if k == "entities" else v)
-                                                for k, v in _news(i).items()}) for i in range(NEWS_POOL)})
+    with LogStore(logs_url) as logs:
+        state, _, _ = rebuild_feature_state(logs)
     exploit = network_from_weights(bundle.config, bundle.weights)
     explore = network_from_weights(bundle.config, explore_weights(bundle.weights, 1, 0.1))
-    now = PUBLISHED + 86400.0
-    timings = {"features": [], "score_w": [], "score_w_tilde": []}
+    stacked = StackedScorer([exploit, explore])
+    now = time.time()
+    timings: dict[str, list[float]] = {"features": [], "score_w_and_w_tilde_stacked": [], "score_w_torch": [],
+                                       "score_w_tilde_torch": []}
+    active = []
     for i in range(repeats):
         payload = _payload(rng)
         ids = [c["news_id"] for c in payload["candidates"]]
         t0 = time.perf_counter()
-        batch = state.features(payload["user"], ids, now + i)
+        batch = state.features(payload["user"], ids, now + i * 1e-3)
         t1 = time.perf_counter()
-        exploit.score(batch)
+        stacked.score(batch)
         t2 = time.perf_counter()
-        explore.score(batch)
+        exploit.score(batch)
         t3 = time.perf_counter()
-        state.record_impression(payload["user"], ids[:10], now + i)
-        for name, seconds in zip(timings, (t1 - t0, t2 - t1, t3 - t2)):
+        explore.score(batch)
+        t4 = time.perf_counter()
+        state.record_impression(payload["user"], ids[:10], now + i * 1e-3)
+        active.append(int(np.count_nonzero(batch.state)))
+        for name, seconds in zip(timings, (t1 - t0, t2 - t1, t3 - t2, t4 - t3)):
             timings[name].append(seconds * 1e3)
-    return {f"{name}_ms_median": statistics.median(v) for name, v in timings.items()}
+    return {**{f"{name}_ms_median": statistics.median(v) for name, v in timings.items()},
+            "nonzero_state_inputs_median": statistics.median(active)}
 
 
-def setup_home(home: Path) -> tuple[str, object]:
-    """A registry with one promoted default-size version and an open round; returns (version, bundle)."""
+def _item(i: int) -> NewsItem:
+    return NewsItem(**{k: (tuple(v) if k == "entities" else v) for k, v in _news(i).items()})
+
+
+def seed_history(logs: LogStore, impressions: int, now: float, rng: np.random.Generator) -> int:
+    """The last day's traffic, logged before the service starts (it rebuilds its feature state from the log store):
+    every user has clicked before, so profiles, windows and per-item counts are as full as in steady operation, not
+    the zeros of a fresh service. Returns the number of clicks logged."""
+    records, clicks = [], []
+    for i in range(impressions):
+        at = now - HISTORY_S + HISTORY_S * i / impressions
+        shown = tuple(f"N{j}" for j in rng.choice(NEWS_POOL, size=10, replace=False))
+        records.append(ImpressionRecord(f"history-{i}", f"U{i % USERS}", at, shown, shown, (NO_TEAM,) * 10, "history"))
+        clicks += [(f"history-{i}", news_id, at + 30.0) for news_id in shown[:int(rng.integers(0, 3))]]
+    logs.log_impressions(records, [_item(i) for i in range(NEWS_POOL)])
+    logs.log_clicks(clicks)
+    return len(clicks)
+
+
+def setup_home(home: Path, history: int) -> tuple[str, object, int]:
+    """A registry with one promoted default-size version and an open round, and `history` logged impressions;
+    returns (version, bundle, clicks logged)."""
     registry = Registry(f"sqlite:///{home / 'mlflow.db'}")
     bundle = lifecycle.bundle_of(build_network(NetworkConfig(), seed=0))
     version = registry.register(bundle, kind="offline", parent=None, data_window=None, params={}, metrics={})
     with LogStore(os.environ["DRN_LOGSTORE_URL"]) as logs:
+        clicks = seed_history(logs, history, time.time() - 60.0, np.random.default_rng(1))
         lifecycle.promote(registry, logs, version, who="serving_bench", why="benchmark", now=time.time())
-    return version, bundle
+    return version, bundle, clicks
 
 
 def _request(payload: dict) -> bytes:
@@ -115,11 +146,15 @@ async def _exchange(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, 
     return int(head[9:12])
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process, all threads (Linux /proc): the service's cost per request, which
-    unlike latency does not depend on what else the machine's cores are busy with."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+def cpu_seconds(pid: int) -> dict[str, float]:
+    """User + system CPU time of the service's event-loop thread ("loop", the thread whose id is the process id)
+    and of all its threads ("all"), from Linux /proc: the service's cost per request, which unlike latency does not
+    depend on what else the machine's cores are busy with."""
+    def thread_seconds(stat: Path) -> float:
+        fields = stat.read_text().rpartition(")")[2].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    return {"loop": thread_seconds(Path(f"/proc/{pid}/task/{pid}/stat")), "all": thread_seconds(Path(f"/proc/{pid}/stat"))}
 
 
 async def level(port: int, clients: int, requests: int, seconds: float, seed: int, server_pid: int) -> dict:
@@ -147,13 +182,14 @@ async def level(port: int, clients: int, requests: int, seconds: float, seed: in
 
     start, cpu = time.perf_counter(), cpu_seconds(server_pid)
     await asyncio.gather(*(worker(*connection) for connection in connections))
-    elapsed, cpu = time.perf_counter() - start, cpu_seconds(server_pid) - cpu
+    elapsed, cpu_end = time.perf_counter() - start, cpu_seconds(server_pid)
     for _, writer in connections:
         writer.close()
     ms = np.array(latencies) * 1e3
     return {"clients": clients, "requests": len(latencies), "failures": failures, "seconds": elapsed,
             "requests_per_s": len(latencies) / elapsed, "p50_ms": float(np.percentile(ms, 50)),
-            "p99_ms": float(np.percentile(ms, 99)), "server_cpu_ms_per_request": cpu * 1e3 / len(latencies)}
+            "p99_ms": float(np.percentile(ms, 99)), "server_cpu_ms_per_request": (cpu_end["all"] - cpu["all"]) * 1e3 / len(latencies),
+            "loop_thread_cpu_ms_per_request": (cpu_end["loop"] - cpu["loop"]) * 1e3 / len(latencies)}
 
 
 def wait_ready(url: str, server: subprocess.Popen, timeout: float = 120.0) -> dict:
@@ -177,6 +213,8 @@ def main() -> None:
     ap.add_argument("--requests", type=int, default=3000, help="measured requests per concurrency level, at most")
     ap.add_argument("--seconds", type=float, default=20.0, help="time per concurrency level, at most")
     ap.add_argument("--port", type=int, default=8765)
+    ap.add_argument("--history", type=int, default=20_000,
+                    help="impressions of the day before, logged before the service starts (users with a past)")
     ap.add_argument("--logstore-dir", help="folder for the log store (default: inside the temporary DRN_HOME)")
     args = ap.parse_args()
 
@@ -185,8 +223,8 @@ def main() -> None:
     logdir.mkdir(parents=True, exist_ok=True)
     os.environ.update(DRN_HOME=str(home), DRN_LOGSTORE_URL=f"sqlite:///{(logdir / 'bench-logs.db').resolve()}",
                       DRN_SERVE_SECRET="serving-bench-secret-0123456789")
-    version, bundle = setup_home(home)
-    scoring = scoring_time(bundle, repeats=500)
+    version, bundle, clicks = setup_home(home, args.history)
+    scoring = scoring_time(bundle, os.environ["DRN_LOGSTORE_URL"], repeats=500)
 
     url = f"http://127.0.0.1:{args.port}"
     server = subprocess.Popen([sys.executable, "-m", "drn_cli.main", "serve", "--port", str(args.port),
@@ -203,7 +241,8 @@ def main() -> None:
     at8 = next(r for r in levels if r["clients"] == 8)
     best = max(r["requests_per_s"] for r in levels)
     result = {"version": version, "candidates": CANDIDATES, "network": NetworkConfig().to_dict(),
-              "log_store": os.environ["DRN_LOGSTORE_URL"], "cpus": os.cpu_count(), "scoring": scoring,
+              "log_store": os.environ["DRN_LOGSTORE_URL"], "history": {"impressions": args.history, "clicks": clicks},
+              "cpus": os.cpu_count(), "scoring": scoring,
               "levels": levels, "targets": {"p99_ms_at_8": TARGET_P99_MS_AT_8, "requests_per_s": TARGET_RPS,
                                             "p99_at_8_met": at8["p99_ms"] <= TARGET_P99_MS_AT_8,
                                             "throughput_met": best >= TARGET_RPS},
@@ -211,14 +250,19 @@ def main() -> None:
                                           if line.startswith("drn_serving_impressions_total")), None)}
     Path(args.out).write_text(json.dumps(result, indent=2))
 
-    print(f"in-process, 50 candidates: features {scoring['features_ms_median']:.2f} ms, "
-          f"W {scoring['score_w_ms_median']:.2f} ms, W~ {scoring['score_w_tilde_ms_median']:.2f} ms (medians)")
+    print(f"in-process, 50 candidates (medians): features {scoring['features_ms_median']:.3f} ms, "
+          f"W and W~ stacked {scoring['score_w_and_w_tilde_stacked_ms_median']:.3f} ms "
+          f"(torch forward: W {scoring['score_w_torch_ms_median']:.3f} ms, "
+          f"W~ {scoring['score_w_tilde_torch_ms_median']:.3f} ms); "
+          f"{scoring['nonzero_state_inputs_median']:.0f} of {NetworkConfig().state_dim} state inputs non-zero")
+    print(f"history: {args.history} impressions, {clicks} clicks logged before the run")
     print(f"log store: {result['log_store']}")
     print(f"{'clients':>7} {'requests':>8} {'fail':>4} {'req/s':>8} {'p50 ms':>7} {'p99 ms':>7} "
-          f"{'server CPU ms/req':>17}")
+          f"{'server CPU ms/req':>17} {'(event loop)':>12}")
     for r in levels:
         print(f"{r['clients']:>7} {r['requests']:>8} {r['failures']:>4} {r['requests_per_s']:>8.0f} "
-              f"{r['p50_ms']:>7.2f} {r['p99_ms']:>7.2f} {r['server_cpu_ms_per_request']:>17.2f}")
+              f"{r['p50_ms']:>7.2f} {r['p99_ms']:>7.2f} {r['server_cpu_ms_per_request']:>17.2f} "
+              f"{r['loop_thread_cpu_ms_per_request']:>12.2f}")
     print(f"targets: p99 <= {TARGET_P99_MS_AT_8} ms at 8 clients: {result['targets']['p99_at_8_met']}; "
           f">= {TARGET_RPS} req/s at best: {result['targets']['throughput_met']} ({best:.0f})")
 

@@ -139,16 +139,6 @@ def metadata_vector(item: NewsItem) -> np.ndarray:
 
 
 @dataclass
-class _ItemState:
-    metadata: np.ndarray
-    known: bool
-    published: float | None = None
-    first_seen: float | None = None
-    click_times: list[float] = field(default_factory=list)
-    impression_times: list[float] = field(default_factory=list)
-
-
-@dataclass
 class _UserState:
     clicks: list[tuple[float, str]] = field(default_factory=list)  # in time order, last week only
     all_time_profile: np.ndarray = field(default_factory=lambda: np.zeros(METADATA_DIM, dtype=np.float32))
@@ -169,11 +159,74 @@ def _prune(times: list, before: float, key=None) -> None:
         del times[: bisect_right(probe, before)]
 
 
+class _ItemTable:
+    """Per-item state as rows of arrays, so a request's candidates are read with one index instead of a Python loop.
+
+    Row 0 is the unknown item (an id never described nor shown): zeros, never written. Window counts are kept as
+    running counters: an event adds 1 to each of its windows' counters and waits in that window's heap (by time)
+    until the clock has moved a window's span past it. So a count is "events with time > clock - span", the same
+    as counting timestamps, but costs nothing per candidate at request time."""
+
+    KINDS = ("clicks", "impressions")
+
+    def __init__(self) -> None:
+        self.index: dict[str, int] = {}
+        capacity = 1024
+        self.metadata = np.zeros((capacity, METADATA_DIM), dtype=np.float32)
+        self.known = np.zeros(capacity, dtype=bool)
+        self.published = np.full(capacity, np.nan)  # epoch seconds, NaN when not given
+        self.first_seen = np.full(capacity, np.nan)  # first impression, NaN before it
+        self.counts = np.zeros((capacity, len(self.KINDS) * len(WINDOWS)), dtype=np.int64)  # clicks..., impressions...
+        self._expiring: list[list[tuple[float, int]]] = [[] for _ in range(self.counts.shape[1])]  # per column
+        self._rows = 1
+
+    def row(self, news_id: str) -> int:
+        """The row of `news_id`, added (zeros) when it is new."""
+        row = self.index.get(news_id)
+        if row is None:
+            if self._rows == len(self.known):
+                self._grow()
+            row = self.index[news_id] = self._rows
+            self._rows += 1
+        return row
+
+    def rows(self, news_ids: Sequence[str]) -> np.ndarray:
+        """Rows of a request's candidates; 0 (the unknown item) for ids never met, without adding them."""
+        get = self.index.get
+        return np.fromiter((get(n, 0) for n in news_ids), dtype=np.intp, count=len(news_ids))
+
+    def count(self, row: int, kind: int, time: float) -> None:
+        """One event (kind 0: click, 1: impression) of the item at `row`, at `time`."""
+        first = kind * len(WINDOWS)
+        self.counts[row, first:first + len(WINDOWS)] += 1
+        for column in range(first, first + len(WINDOWS)):
+            heapq.heappush(self._expiring[column], (time, row))
+
+    def expire(self, now: float) -> None:
+        """Take events out of the windows they have left (time <= now - span)."""
+        for column, heap in enumerate(self._expiring):
+            cutoff = now - WINDOWS[column % len(WINDOWS)][1]
+            while heap and heap[0][0] <= cutoff:
+                self.counts[heapq.heappop(heap)[1], column] -= 1
+
+    def pending_events(self) -> int:
+        return sum(len(heap) for heap in self._expiring)
+
+    def _grow(self) -> None:
+        for name in ("metadata", "known", "published", "first_seen", "counts"):
+            current = getattr(self, name)
+            grown = np.zeros((2 * len(current), *current.shape[1:]), dtype=current.dtype)
+            if name in ("published", "first_seen"):
+                grown[:] = np.nan
+            grown[: len(current)] = current
+            setattr(self, name, grown)
+
+
 class FeatureState:
     """The online feature state: what is known about items and users up to now."""
 
     def __init__(self, news: Mapping[str, NewsItem] | None = None):
-        self._items: dict[str, _ItemState] = {}
+        self._items = _ItemTable()
         self._users: dict[str, _UserState] = {}
         self.now = float("-inf")  # time of the latest request seen; later clicks wait in `_pending` until due
         self._pending: list[tuple[float, int, str, str]] = []  # heap of (click time, arrival order, user, news id)
@@ -184,12 +237,13 @@ class FeatureState:
     # ---- events -------------------------------------------------------------------------------------------
     def add_news(self, item: NewsItem) -> None:
         """Register or update an item's metadata (serving learns it from requests, training from news.tsv)."""
-        state = self._items.get(item.news_id)
-        if state is None:
-            self._items[item.news_id] = _ItemState(metadata_vector(item), item.known, item.published)
-        elif item.known or item.published is not None:
-            state.metadata, state.known = metadata_vector(item), item.known
-            state.published = item.published if item.published is not None else state.published
+        items = self._items
+        new = item.news_id not in items.index
+        row = items.row(item.news_id)
+        if new or item.known or item.published is not None:
+            items.metadata[row], items.known[row] = metadata_vector(item), item.known
+            if item.published is not None:
+                items.published[row] = item.published
 
     def see_history(self, user: str, history: Iterable[str]) -> None:
         """Seed a user met for the first time with clicks from before the log (they join the all-time profile)."""
@@ -205,12 +259,12 @@ class FeatureState:
         user_state = self._users.setdefault(user, _UserState())
         insort(user_state.impression_times, time)
         _prune(user_state.impression_times, time - WINDOWS[-1][1])
+        items = self._items
         for news_id in shown:
-            item = self._item(news_id)
-            if item.first_seen is None:
-                item.first_seen = time
-            insort(item.impression_times, time)
-            _prune(item.impression_times, time - WINDOWS[-1][1])
+            row = items.row(news_id)
+            if np.isnan(items.first_seen[row]):
+                items.first_seen[row] = time
+            items.count(row, 1, time)
             user_state.shown[news_id] = user_state.shown.get(news_id, 0) + 1
 
     def record_click(self, user: str, news_id: str, time: float) -> None:
@@ -227,62 +281,79 @@ class FeatureState:
             due, _, user, news_id = heapq.heappop(self._pending)
             self._apply_click(user, news_id, due)
         self.now = max(self.now, time)
+        self._items.expire(self.now)
 
     def _apply_click(self, user: str, news_id: str, time: float) -> None:
         user_state = self._users.setdefault(user, _UserState())
-        item = self._item(news_id)
-        insort(item.click_times, time)
-        _prune(item.click_times, time - WINDOWS[-1][1])
+        self._items.count(self._items.row(news_id), 0, time)
         insort(user_state.clicks, (time, news_id))
         _prune(user_state.clicks, time - WINDOWS[-1][1], key=lambda c: c[0])
         self._add_to_profile(user_state, news_id)
 
     # ---- features -----------------------------------------------------------------------------------------
     def features(self, user: str, candidates: Sequence[str], time: float) -> FeatureBatch:
-        """Features of a request at `time`, from events up to `time` only (advances the clock, nothing else)."""
+        """Features of a request at `time`, from events up to `time` only (advances the clock, nothing else).
+        Item windows end at the state's clock, which is `time` unless a later request was already seen."""
         self.advance(time)
         user_state = self._users.get(user) or _UserState()
-        items = [self._items.get(c) or _ItemState(np.zeros(METADATA_DIM, np.float32), False) for c in candidates]
+        rows = self._items.rows(candidates)
         profiles, user_block = self._user_block(user_state, time)
         state = np.concatenate([user_block, _context(time)]).astype(np.float32)
         n = len(candidates)
-        metadata = np.stack([item.metadata for item in items]) if items else np.zeros((0, METADATA_DIM), np.float32)
+        metadata = self._items.metadata[rows]
         overlap = np.add.reduceat(metadata[:, None, :] * profiles[None, :, :], SEGMENT_STARTS, axis=2)
-        personal = np.array([[c in user_state.clicked, user_state.shown.get(c, 0)] for c in candidates],
-                            dtype=np.float64).reshape(n, 2)
+        clicked, shown = user_state.clicked, user_state.shown
+        personal = np.array([[c in clicked, shown.get(c, 0)] for c in candidates], dtype=np.float64).reshape(n, 2)
         personal[:, 1] = np.log1p(personal[:, 1])
-        action = np.concatenate([metadata, _news_block(items, time), overlap.reshape(n, -1), personal,
-                                 _freshness_block(items, time)], axis=1)
+        action = np.concatenate([metadata, self._news_block(rows), overlap.reshape(n, -1), personal,
+                                 self._freshness_block(rows, time)], axis=1)
         return FeatureBatch(state, action.astype(np.float32), tuple(candidates))
 
     # ---- internals ----------------------------------------------------------------------------------------
-    def _item(self, news_id: str) -> _ItemState:
-        item = self._items.get(news_id)
-        if item is None:
-            item = self._items[news_id] = _ItemState(np.zeros(METADATA_DIM, np.float32), False)
-        return item
-
     def _add_to_profile(self, state: _UserState, news_id: str) -> None:
-        state.all_time_profile += self._item(news_id).metadata
+        row = self._items.row(news_id)  # first: adding a row may replace the arrays
+        state.all_time_profile += self._items.metadata[row]
         state.all_time_clicks += 1
         state.clicked.add(news_id)
 
     def _user_block(self, state: _UserState, time: float) -> tuple[np.ndarray, np.ndarray]:
-        """Per-window normalised profiles (fractions of clicks per metadata value) and the user group vector."""
+        """Per-window normalised profiles (fractions of clicks per metadata value) and the user group vector.
+
+        The clicks are in time order and every window ends now, so each window's clicks are a suffix of the list:
+        one cumulative sum from the newest click back gives every window's profile."""
         profiles = np.zeros((len(PROFILE_WINDOWS), METADATA_DIM), dtype=np.float32)
         counts = np.zeros(len(PROFILE_WINDOWS), dtype=np.float32)
-        for w, (_, span) in enumerate(WINDOWS):
-            recent = [news_id for t, news_id in state.clicks if time - span < t <= time]
-            counts[w] = len(recent)
-            if recent:
-                profiles[w] = np.sum([self._items[n].metadata for n in recent], axis=0) / len(recent)
+        clicks = [(t, news_id) for t, news_id in state.clicks if t <= time]
+        if clicks:
+            times = [t for t, _ in clicks]
+            newest_first = self._items.metadata[[self._items.index[n] for _, n in reversed(clicks)]].cumsum(axis=0)
+            for w, (_, span) in enumerate(WINDOWS):
+                counts[w] = len(times) - bisect_right(times, time - span)
+                if counts[w]:
+                    profiles[w] = newest_first[int(counts[w]) - 1] / counts[w]
         counts[-1] = state.all_time_clicks
         if state.all_time_clicks:
             profiles[-1] = state.all_time_profile / state.all_time_clicks
         impressions = [_count_since(state.impression_times, time - span) for _, span in WINDOWS]
         since_last = (time - state.impression_times[-1]) / HOUR if state.impression_times else 0.0
-        block = np.concatenate([profiles.ravel(), np.log1p(counts), np.log1p(impressions), [math.log1p(max(since_last, 0.0))]])
+        block = np.concatenate([profiles.ravel(), np.log1p(counts), np.log1p(impressions),
+                                [math.log1p(max(since_last, 0.0))]])
         return profiles, block
+
+    def _news_block(self, rows: np.ndarray) -> np.ndarray:
+        """Known flag, log click and impression counts per window, smoothed click rates over 24 h and 1 w."""
+        counts = self._items.counts[rows].astype(np.float64)
+        clicks, shows = counts[:, : len(WINDOWS)], counts[:, len(WINDOWS):]
+        ctr = (clicks[:, 2:4] + CTR_PRIOR_CLICKS) / (shows[:, 2:4] + CTR_PRIOR_IMPRESSIONS)
+        known = self._items.known[rows].astype(np.float64)[:, None]
+        return np.hstack([known, np.log1p(clicks), np.log1p(shows), ctr])
+
+    def _freshness_block(self, rows: np.ndarray, time: float) -> np.ndarray:
+        """log(1 + age in hours) and exp(-age / 4.1 h); age from publication, else first sight, else 0."""
+        published, first_seen = self._items.published[rows], self._items.first_seen[rows]
+        born = np.where(np.isnan(published), first_seen, published)
+        age_h = np.where(np.isnan(born), 0.0, np.maximum(time - born, 0.0) / HOUR)
+        return np.stack([np.log1p(age_h), np.exp(-age_h * HOUR / FRESHNESS_DECAY_S)], axis=1)
 
 
 def _context(time: float) -> np.ndarray:
@@ -291,25 +362,6 @@ def _context(time: float) -> np.ndarray:
     weekday = np.zeros(7, dtype=np.float32)
     weekday[stamp.weekday()] = 1.0
     return np.concatenate([[math.sin(hour), math.cos(hour)], weekday])
-
-
-def _news_block(items: Sequence[_ItemState], time: float) -> np.ndarray:
-    """Known flag, log click and impression counts per window, smoothed click rates over 24 h and 1 w."""
-    spans = [span for _, span in WINDOWS]
-    counts = np.array([[_count_since(item.click_times, time - span) for span in spans]
-                       + [_count_since(item.impression_times, time - span) for span in spans] for item in items],
-                      dtype=np.float64).reshape(len(items), 2 * len(spans))
-    clicks, shows = counts[:, : len(spans)], counts[:, len(spans):]
-    ctr = (clicks[:, 2:4] + CTR_PRIOR_CLICKS) / (shows[:, 2:4] + CTR_PRIOR_IMPRESSIONS)
-    known = np.array([item.known for item in items], dtype=np.float64).reshape(len(items), 1)
-    return np.hstack([known, np.log1p(clicks), np.log1p(shows), ctr])
-
-
-def _freshness_block(items: Sequence[_ItemState], time: float) -> np.ndarray:
-    """log(1 + age in hours) and exp(-age / 4.1 h); age from publication, else first sight, else 0."""
-    born = [item.published if item.published is not None else item.first_seen for item in items]
-    age_h = np.array([max(time - b, 0.0) / HOUR if b is not None else 0.0 for b in born], dtype=np.float64)
-    return np.stack([np.log1p(age_h), np.exp(-age_h * HOUR / FRESHNESS_DECAY_S)], axis=1).reshape(len(items), 2)
 
 
 @dataclass

@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Callable
 
 import numpy as np
@@ -30,6 +30,7 @@ from drn.logstore import NO_TEAM, LogStore, Round
 from drn.model import DuelingQNetwork, network_from_weights
 from drn.policy import top_k
 from drn.registry import CHAMPION, ModelBundle, Registry, VersionInfo
+from drn.scoring import StackedScorer
 from serving.telemetry import Telemetry
 
 log = logging.getLogger("drn.serving")
@@ -46,6 +47,12 @@ class ServedModel:
     explore: DuelingQNetwork | None  # W~ of `round`; None when no round is open for this version
     round: Round | None
     loaded_at: float
+    scorer: StackedScorer | None = field(init=False, repr=False, compare=False)  # W (and W~) in one pass
+
+    def __post_init__(self) -> None:
+        # Built here, in the worker thread that builds the model, never on the request path.
+        networks = [network for network in (self.exploit, self.explore) if network is not None]
+        object.__setattr__(self, "scorer", StackedScorer(networks) if networks else None)
 
     @property
     def source(self) -> str:
@@ -57,14 +64,15 @@ class ServedModel:
 
     def rank(self, batch: FeatureBatch, k: int, interleave: Interleaver, rng: np.random.Generator) -> Interleaved:
         """The served list: W's and W~'s rankings interleaved during a round, W's (or popularity's) top k otherwise.
-        Each network scores all candidates in one batched forward pass."""
+        W and W~ score all candidates together, in one stacked pass (drn.scoring)."""
         ids = batch.candidates
-        if self.exploit is None:
+        if self.scorer is None:
             return _untagged(ids, top_k(_POPULARITY.scores(batch), k))
-        exploit = top_k(self.exploit.score(batch), len(ids))
+        scores = self.scorer.score(batch)
+        exploit = top_k(scores[0], len(ids))
         if self.explore is None:
             return _untagged(ids, exploit[:k])
-        explore = top_k(self.explore.score(batch), len(ids))
+        explore = top_k(scores[1], len(ids))
         return interleave([ids[i] for i in exploit], [ids[i] for i in explore], k, rng)
 
     def describe(self) -> dict:

@@ -1,0 +1,85 @@
+"""Serving-time scoring: several dueling Q-networks of one shape (W and the round's W~) score a request's candidates
+together, in numpy, with the state's share of the advantage tower computed once per request.
+
+Why not the torch forward pass: A's first layer reads [state, candidate] for every candidate, and 899 of its 1,110
+inputs are the state, the same for all 50 candidates. Splitting that layer, W1 [s; a] = W1_s s + W1_a a, computes
+the state product once; stacking the networks' layers side by side scores W and W~ in the same few matrix products;
+and numpy's per-call overhead is a fraction of torch's at these sizes. The arithmetic is the network's own (up to
+float32 rounding from the changed summation order); tests/test_scoring.py checks it against `DuelingQNetwork`.
+The state's zeros are skipped too: a profile touches a few of its hashed buckets, so most of the 899 are zero.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+from torch import nn
+
+from drn.features import FeatureBatch
+from drn.model import DuelingQNetwork
+
+
+def _linears(tower: nn.Sequential) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(weight transposed to (in, out), bias) of each Linear layer, as float32 numpy arrays."""
+    return [(m.weight.detach().numpy().T.astype(np.float32), m.bias.detach().numpy().astype(np.float32))
+            for m in tower if isinstance(m, nn.Linear)]
+
+
+class StackedScorer:
+    """Q of every candidate under each of `networks` (same NetworkConfig): `score(batch)` -> (networks, candidates)."""
+
+    def __init__(self, networks: Sequence[DuelingQNetwork]):
+        configs = {network.config for network in networks}
+        if len(configs) != 1:
+            raise ValueError(f"networks scored together must share one config, got {len(configs)}")
+        self.config = configs.pop()
+        self.count = len(networks)
+        state_dim = self.config.state_dim
+        value = [_linears(network.value) for network in networks]
+        advantage = [_linears(network.advantage) for network in networks]
+        value_first, advantage_first = [layers[0] for layers in value], [layers[0] for layers in advantage]
+        # First layers: every network's value layer and the state rows of its advantage layer in one matrix, so one
+        # product with the state serves them all; the candidate rows of the advantage layers in another.
+        self._state_first = np.concatenate([w for w, _ in value_first] + [w[:state_dim] for w, _ in advantage_first],
+                                           axis=1)
+        self._state_bias = np.concatenate([b for _, b in value_first] + [b for _, b in advantage_first])
+        self._action_first = np.concatenate([w[state_dim:] for w, _ in advantage_first], axis=1)
+        self._first_width = value_first[0][1].shape[0]
+        # Later layers, stacked per network: (networks, in, out) weights and (networks, 1, out) biases.
+        self._value_rest = _stack_layers([layers[1:] for layers in value])
+        self._advantage_rest = _stack_layers([layers[1:] for layers in advantage])
+
+    def score(self, batch: FeatureBatch) -> np.ndarray:
+        count, width, n = self.count, self._first_width, len(batch.candidates)
+        first_layer_is_last = not self._value_rest
+        # The state is mostly zeros (hashed one-hot profiles): only the rows of its non-zero inputs are read, a few
+        # dozen of 899, instead of streaming the whole 1.8 MB matrix through the cache on every request.
+        active = np.flatnonzero(batch.state)
+        shared = batch.state[active] @ self._state_first[active] + self._state_bias  # (2 * networks * width,)
+        value = shared[: count * width].reshape(count, 1, width)
+        advantage = (batch.action @ self._action_first).reshape(n, count, width).transpose(1, 0, 2)
+        advantage = advantage + shared[count * width:].reshape(count, 1, width)
+        value = _forward(value, self._value_rest, activate_first=not first_layer_is_last)[:, :, 0]  # (networks, 1)
+        advantage = _forward(advantage, self._advantage_rest, activate_first=not first_layer_is_last)[:, :, 0]
+        if self.config.aggregation == "mean":
+            advantage = advantage - advantage.mean(axis=1, keepdims=True)
+        return value + advantage
+
+
+def _stack_layers(per_network: list[list[tuple[np.ndarray, np.ndarray]]]) -> list[tuple[np.ndarray, np.ndarray]]:
+    stacked = []
+    for depth in range(len(per_network[0])):
+        weights, biases = zip(*(layers[depth] for layers in per_network))
+        stacked.append((np.stack(weights), np.stack(biases)[:, None, :]))
+    return stacked
+
+
+def _forward(x: np.ndarray, layers: list[tuple[np.ndarray, np.ndarray]], activate_first: bool) -> np.ndarray:
+    """ReLU on the first layer's output (when more layers follow), then the stacked layers, ReLU between them."""
+    if activate_first:
+        x = np.maximum(x, 0.0)
+    for i, (weight, bias) in enumerate(layers):
+        x = x @ weight + bias
+        if i < len(layers) - 1:
+            x = np.maximum(x, 0.0)
+    return x

@@ -1,0 +1,42 @@
+"""Serving's stacked numpy scoring computes what the networks compute."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from drn.exploration import explore_weights
+from drn.features import FeatureBatch
+from drn.model import NetworkConfig, build_network, network_from_weights
+from drn.scoring import StackedScorer
+
+
+def _batch(rng: np.random.Generator, config: NetworkConfig, n: int, density: float) -> FeatureBatch:
+    state = rng.standard_normal(config.state_dim).astype(np.float32) * (rng.random(config.state_dim) < density)
+    action = rng.standard_normal((n, config.action_dim)).astype(np.float32)
+    return FeatureBatch(state, action, tuple(f"N{i}" for i in range(n)))
+
+
+@pytest.mark.parametrize("config", [NetworkConfig(), NetworkConfig(aggregation="mean"),
+                                    NetworkConfig(hidden=(32,)), NetworkConfig(hidden=())])
+def test_stacked_scores_equal_each_networks_forward_pass(config):
+    exploit = build_network(config, seed=1)
+    explore = network_from_weights(config, explore_weights(exploit.state_dict(), seed=5, alpha=0.1))
+    rng = np.random.default_rng(0)
+    for n, density in ((50, 0.2), (1, 1.0), (7, 0.0)):
+        batch = _batch(rng, config, n, density)
+        expected = np.stack([exploit.score(batch), explore.score(batch)])
+        together = StackedScorer([exploit, explore]).score(batch)
+        assert together.shape == (2, n)
+        np.testing.assert_allclose(together, expected, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(StackedScorer([explore]).score(batch)[0], expected[1], rtol=1e-5, atol=1e-6)
+
+
+def test_stacked_scoring_ranks_like_the_network():
+    network = build_network(NetworkConfig(), seed=2)
+    batch = _batch(np.random.default_rng(3), network.config, 50, 0.2)
+    assert np.array_equal(np.argsort(-StackedScorer([network]).score(batch)[0]), np.argsort(-network.score(batch)))
+
+
+def test_networks_of_different_shapes_are_not_stacked():
+    with pytest.raises(ValueError, match="share one config"):
+        StackedScorer([build_network(NetworkConfig()), build_network(NetworkConfig(hidden=(32,)))])
