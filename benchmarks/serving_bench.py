@@ -180,16 +180,17 @@ async def level(port: int, clients: int, requests: int, seconds: float, seed: in
             latencies.append(time.perf_counter() - t)
             failures += status != 200
 
-    start, cpu = time.perf_counter(), cpu_seconds(server_pid)
+    start, cpu, client_cpu = time.perf_counter(), cpu_seconds(server_pid), time.process_time()
     await asyncio.gather(*(worker(*connection) for connection in connections))
-    elapsed, cpu_end = time.perf_counter() - start, cpu_seconds(server_pid)
+    elapsed, cpu_end, client_cpu = time.perf_counter() - start, cpu_seconds(server_pid), time.process_time() - client_cpu
     for _, writer in connections:
         writer.close()
     ms = np.array(latencies) * 1e3
     return {"clients": clients, "requests": len(latencies), "failures": failures, "seconds": elapsed,
             "requests_per_s": len(latencies) / elapsed, "p50_ms": float(np.percentile(ms, 50)),
             "p99_ms": float(np.percentile(ms, 99)), "server_cpu_ms_per_request": (cpu_end["all"] - cpu["all"]) * 1e3 / len(latencies),
-            "loop_thread_cpu_ms_per_request": (cpu_end["loop"] - cpu["loop"]) * 1e3 / len(latencies)}
+            "loop_thread_cpu_ms_per_request": (cpu_end["loop"] - cpu["loop"]) * 1e3 / len(latencies),
+            "client_cpu_ms_per_request": client_cpu * 1e3 / len(latencies)}
 
 
 def wait_ready(url: str, server: subprocess.Popen, timeout: float = 120.0) -> dict:
@@ -258,11 +259,11 @@ def main() -> None:
     print(f"history: {args.history} impressions, {clicks} clicks logged before the run")
     print(f"log store: {result['log_store']}")
     print(f"{'clients':>7} {'requests':>8} {'fail':>4} {'req/s':>8} {'p50 ms':>7} {'p99 ms':>7} "
-          f"{'server CPU ms/req':>17} {'(event loop)':>12}")
+          f"{'server CPU ms/req':>17} {'(event loop)':>12} {'client CPU ms/req':>17}")
     for r in levels:
         print(f"{r['clients']:>7} {r['requests']:>8} {r['failures']:>4} {r['requests_per_s']:>8.0f} "
               f"{r['p50_ms']:>7.2f} {r['p99_ms']:>7.2f} {r['server_cpu_ms_per_request']:>17.2f} "
-              f"{r['loop_thread_cpu_ms_per_request']:>12.2f}")
+              f"{r['loop_thread_cpu_ms_per_request']:>12.2f} {r['client_cpu_ms_per_request']:>17.2f}")
     print(f"targets: p99 <= {TARGET_P99_MS_AT_8} ms at 8 clients: {result['targets']['p99_at_8_met']}; "
           f">= {TARGET_RPS} req/s at best: {result['targets']['throughput_met']} ({best:.0f})")
 

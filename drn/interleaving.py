@@ -88,18 +88,26 @@ def team_draft(ranking_a: Sequence[str], ranking_b: Sequence[str], k: int, rng: 
     teams: list[int] = []
     used: set[str] = set()
     picks = [0, 0]
+    cursors = [0, 0]  # per team: everything before it is already served (one pass over each list in all)
+
+    def best_unused(team: int) -> str | None:
+        ranking = lists[team]
+        while cursors[team] < len(ranking) and ranking[cursors[team]] in used:
+            cursors[team] += 1
+        return ranking[cursors[team]] if cursors[team] < len(ranking) else None
+
     while len(served) < length:
         if picks[0] != picks[1]:
             team = 0 if picks[0] < picks[1] else 1
         else:
             team = int(rng.integers(2))
-        remaining = [d for d in lists[team] if d not in used]
-        if not remaining:
+        pick = best_unused(team)
+        if pick is None:
             team = 1 - team
-            remaining = [d for d in lists[team] if d not in used]
-        served.append(remaining[0])
+            pick = best_unused(team)
+        served.append(pick)
         teams.append(team)
-        used.add(remaining[0])
+        used.add(pick)
         picks[team] += 1
     return Interleaved(tuple(served), tuple(teams))
 

@@ -15,7 +15,7 @@ from drn.mind import Dataset, Impression
 
 def top_k(scores: np.ndarray, k: int) -> list[int]:
     """Indices of the k best scores, best first; ties keep candidate order."""
-    return [int(i) for i in np.argsort(-np.asarray(scores, dtype=np.float64), kind="stable")[:k]]
+    return np.argsort(-np.asarray(scores, dtype=np.float64), kind="stable")[:k].tolist()
 
 
 class Policy:

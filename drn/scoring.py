@@ -20,9 +20,11 @@ from drn.model import DuelingQNetwork
 
 
 def _linears(tower: nn.Sequential) -> list[tuple[np.ndarray, np.ndarray]]:
-    """(weight transposed to (in, out), bias) of each Linear layer, as float32 numpy arrays."""
-    return [(m.weight.detach().numpy().T.astype(np.float32), m.bias.detach().numpy().astype(np.float32))
-            for m in tower if isinstance(m, nn.Linear)]
+    """(weight transposed to (in, out), bias) of each Linear layer, as row-major float32 numpy arrays: gathering
+    the rows of the state's non-zero inputs from a column-major copy (what a plain transpose gives) took 1.5x as
+    long."""
+    return [(np.ascontiguousarray(m.weight.detach().numpy().T, dtype=np.float32),
+             m.bias.detach().numpy().astype(np.float32)) for m in tower if isinstance(m, nn.Linear)]
 
 
 class StackedScorer:

@@ -13,6 +13,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
     from serving.settings import ServeSettings
 
     settings = ServeSettings.from_env(host=args.host, port=args.port, follow=args.follow, poll_s=args.poll_s,
+                                      registry_poll_s=args.registry_poll_s,
                                       max_candidates=args.max_candidates, interleaving=args.interleaving)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
     # No access log: every request is already counted and timed in /metrics, and a log line per request costs
@@ -26,7 +27,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     serve.add_argument("--host", help="bind address (DRN_SERVE_HOST, default 127.0.0.1)")
     serve.add_argument("--port", type=int, help="port (DRN_SERVE_PORT, default 8000)")
     serve.add_argument("--follow", help="'stage' (Production) or 'alias' (champion) (DRN_SERVE_FOLLOW)")
-    serve.add_argument("--poll-s", type=float, help="seconds between registry looks (DRN_SERVE_POLL_S, default 2)")
+    serve.add_argument("--poll-s", type=float,
+                       help="seconds between looks at the open exploration round (DRN_SERVE_POLL_S, default 2)")
+    serve.add_argument("--registry-poll-s", type=float, help="seconds between registry looks when no round moved "
+                       "(DRN_SERVE_REGISTRY_POLL_S, default 10)")
     serve.add_argument("--max-candidates", type=int, help="per request (DRN_SERVE_MAX_CANDIDATES, default 500)")
     serve.add_argument("--interleaving", help="team_draft or probabilistic (DRN_SERVE_INTERLEAVING)")
     serve.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))

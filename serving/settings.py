@@ -41,7 +41,8 @@ class ServeSettings:
     host: str = "127.0.0.1"
     port: int = 8000
     follow: str = "stage"
-    poll_s: float = 2.0
+    poll_s: float = 2.0  # seconds between looks at the log store's open round (cheap)
+    registry_poll_s: float = 10.0  # seconds between registry looks when no round moved (about 15 ms each)
     max_candidates: int = 500
     interleaving: str = "team_draft"
     explore_noise: str = "element"
@@ -56,8 +57,9 @@ class ServeSettings:
             raise ValueError(f"DRN_SERVE_INTERLEAVING must be one of {sorted(METHODS)}, got {self.interleaving!r}")
         if self.explore_noise not in NOISE_SHAPES:
             raise ValueError(f"DRN_SERVE_EXPLORE_NOISE must be one of {NOISE_SHAPES}, got {self.explore_noise!r}")
-        if self.poll_s <= 0 or self.max_candidates < 1 or not 0 < self.port < 65536:
-            raise ValueError("DRN_SERVE_POLL_S must be > 0, DRN_SERVE_MAX_CANDIDATES >= 1, DRN_SERVE_PORT in 1..65535")
+        if self.poll_s <= 0 or self.registry_poll_s <= 0 or self.max_candidates < 1 or not 0 < self.port < 65536:
+            raise ValueError("DRN_SERVE_POLL_S and DRN_SERVE_REGISTRY_POLL_S must be > 0, DRN_SERVE_MAX_CANDIDATES "
+                             ">= 1, DRN_SERVE_PORT in 1..65535")
         if len(self.secret) < 16:
             raise ValueError("DRN_SERVE_SECRET must be at least 16 bytes")
 
@@ -74,6 +76,7 @@ class ServeSettings:
             port=int(env.get("DRN_SERVE_PORT") or cls.port),
             follow=env.get("DRN_SERVE_FOLLOW") or cls.follow,
             poll_s=float(env.get("DRN_SERVE_POLL_S") or cls.poll_s),
+            registry_poll_s=float(env.get("DRN_SERVE_REGISTRY_POLL_S") or cls.registry_poll_s),
             max_candidates=int(env.get("DRN_SERVE_MAX_CANDIDATES") or cls.max_candidates),
             interleaving=env.get("DRN_SERVE_INTERLEAVING") or cls.interleaving,
             explore_noise=env.get("DRN_SERVE_EXPLORE_NOISE") or cls.explore_noise,

@@ -35,7 +35,7 @@ INFRA = Path(__file__).resolve().parents[1] / "infra"
 START_TIMEOUT_S = 180.0  # per part; the Prefect server alone takes 20-40 s on 2 cores, more while others start
 HTTP_TIMEOUT_S = 5.0
 REPORT_EVERY_S = 10.0  # a progress line while a part is still starting
-SERVE_POLL_S = 1.0  # serving looks at the registry this often: a stage change shows within about a second
+SERVE_POLL_S = 1.0  # serving looks at the round and the registry this often: a stage change shows within a second
 RUNNER_POLL_S = 2.0  # the flow runner asks the Prefect server for due runs this often (Prefect's default is 10 s)
 MLFLOW_WORKERS = 1  # uvicorn workers of the MLflow server: the UI and a few API calls; 4 (the default) costs 2 cores
 # MLflow 3's server also starts a job runner with seven huey consumer processes for its GenAI jobs by default: unused
@@ -183,7 +183,7 @@ def serving(settings: StackSettings, options: UpOptions) -> Part:
     if options.clock_token:
         env["DRN_SERVE_CLOCK_TOKEN"] = options.clock_token
     return Part("serving", drn_argv("serve", "--port", str(settings.api_port), "--poll-s", repr(SERVE_POLL_S),
-                                    "--log-level", "warning"), env)
+                                    "--registry-poll-s", repr(SERVE_POLL_S), "--log-level", "warning"), env)
 
 
 def served_version(models_json: str) -> str | None:

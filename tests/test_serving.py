@@ -2,10 +2,11 @@
 a real SQLite log store per test."""
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import threading
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Iterator
 
@@ -20,7 +21,7 @@ from drn.logstore import DuplicateImpression, ImpressionRecord, LogStore
 from drn.mind import NewsItem
 from drn.model import NetworkConfig, build_network
 from drn.registry import PRODUCTION, ModelBundle, Registry
-from serving.app import PendingImpression, Service, create_app
+from serving.app import PendingImpression, Service, _settle, create_app
 from serving.settings import ServeSettings
 from serving.signing import ImpressionSigner
 from serving.telemetry import Telemetry
@@ -73,7 +74,7 @@ def logs(tmp_path) -> Iterator[LogStore]:
 
 
 def _settings(home: Path, **kw) -> ServeSettings:
-    base = dict(stores=Settings.from_env({"DRN_HOME": str(home)}), secret=SECRET, poll_s=POLL_S,
+    base = dict(stores=Settings.from_env({"DRN_HOME": str(home)}), secret=SECRET, poll_s=POLL_S, registry_poll_s=POLL_S,
                 max_candidates=MAX_CANDIDATES, admin_token=ADMIN, clock_token=CLOCK)
     return ServeSettings(**{**base, **kw})
 
@@ -159,13 +160,20 @@ def test_a_failed_group_commit_fails_only_the_impressions_at_fault(logs, tmp_pat
     first, second = (ImpressionRecord(signer.new_id(), "U1", 1.0, ("N1", "N2"), ("N1",), (-1,), "popularity")
                      for _ in range(2))
     logs.log_impression(first)
-    batch = [PendingImpression(first, [], Future()), PendingImpression(second, [NewsItem("N1")], Future())]
-    service._pending.extend(batch)
-    service._commit_pending()  # the batch fails on the repeated id, then each impression is tried alone
-    with pytest.raises(DuplicateImpression):
-        batch[0].committed.result(0)
-    assert batch[1].committed.result(0) is None and logs.impression(second.impression_id) == second
-    assert "N1" in logs.news()
+    batch = [PendingImpression(first, [], None), PendingImpression(second, [NewsItem("N1")], None)]
+    outcomes = service._commit(batch)  # the batch fails on the repeated id, then each impression is tried alone
+    assert isinstance(outcomes[0], DuplicateImpression) and outcomes[1] is None
+    assert logs.impression(second.impression_id) == second and "N1" in logs.news()
+
+    async def settle() -> list:
+        loop = asyncio.get_running_loop()
+        waiting = [PendingImpression(first, [], loop.create_future()) for _ in range(3)]
+        waiting[2].committed.cancel()  # its request went away: the outcome is dropped, not raised
+        _settle(waiting, [outcomes[0], None, None])
+        return [p.committed for p in waiting]
+
+    failed, durable, cancelled = asyncio.run(settle())
+    assert isinstance(failed.exception(), DuplicateImpression) and durable.result() is None and cancelled.cancelled()
     service.writer.shutdown()
 
 
@@ -196,6 +204,32 @@ def test_stage_changes_are_followed_without_restart_or_failed_request(registry, 
     by_round = {r.round_id: r.model_version for r in logs.rounds()}
     for logged in logs.window():  # an impression names the round it was interleaved in only for its own version
         assert logged.record.round_id is None or by_round[logged.record.round_id] == logged.record.model_version
+
+
+def test_a_pipeline_promotion_is_seen_through_its_round_between_registry_looks(registry, versions, logs, tmp_path):
+    lifecycle.promote(registry, logs, versions["a"], who="test", why="serve a", now=time.time())
+    with serve(_settings(tmp_path, registry_poll_s=3600.0), registry, logs) as client:
+        _wait_for(client, lambda s: s["version"] == versions["a"], "the first version")
+        _set_stage(registry, versions["b"])  # by hand: no round opens, so it waits for the next registry look
+        time.sleep(10 * POLL_S)
+        assert client.get("/model").json()["version"] == versions["a"]
+        round_ = lifecycle.promote(registry, logs, versions["a"], who="test", why="back to a, new round",
+                                   now=time.time())  # the pipeline's way: the new round prompts a registry look
+        state = _wait_for(client, lambda s: s["round_id"] == round_.round_id, "the new round")
+        assert state["version"] == versions["a"] and state["exploring"] is True
+
+
+def test_item_descriptions_are_logged_when_they_change(registry, versions, logs, tmp_path):
+    lifecycle.promote(registry, logs, versions["a"], who="test", why="serve a", now=time.time())
+    item = {"news_id": "N1", "category": "sports", "entities": ["E1"]}
+    with serve(_settings(tmp_path), registry, logs) as client:
+        for category, expected in (("sports", "sports"), ("sports", "sports"), ("finance", "finance"),
+                                   ("sports", "sports"), (None, "sports")):
+            described = {**item, "category": category} if category else {"news_id": "N1"}
+            r = client.post("/recommend", json={"user": "U1", "candidates": [described, {"news_id": "N2"}], "k": 2})
+            assert r.status_code == 200, r.text
+            known = logs.news()["N1"]  # the log store holds the description serving ranked with
+            assert (known.category, known.entities) == (expected, ("E1",))
 
 
 def test_forged_duplicate_and_malformed_feedback(registry, versions, logs, tmp_path):
