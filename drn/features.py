@@ -195,12 +195,14 @@ class _ItemTable:
         get = self.index.get
         return np.fromiter((get(n, 0) for n in news_ids), dtype=np.intp, count=len(news_ids))
 
-    def count(self, row: int, kind: int, time: float) -> None:
-        """One event (kind 0: click, 1: impression) of the item at `row`, at `time`."""
+    def count(self, rows: list[int], kind: int, time: float) -> None:
+        """One event (kind 0: click, 1: impression) at `time` of each item at `rows` (distinct rows)."""
         first = kind * len(WINDOWS)
-        self.counts[row, first:first + len(WINDOWS)] += 1
+        self.counts[rows, first:first + len(WINDOWS)] += 1
         for column in range(first, first + len(WINDOWS)):
-            heapq.heappush(self._expiring[column], (time, row))
+            heap = self._expiring[column]
+            for row in rows:
+                heapq.heappush(heap, (time, row))
 
     def expire(self, now: float) -> None:
         """Take events out of the windows they have left (time <= now - span)."""
@@ -260,11 +262,11 @@ class FeatureState:
         insort(user_state.impression_times, time)
         _prune(user_state.impression_times, time - WINDOWS[-1][1])
         items = self._items
+        rows = [items.row(news_id) for news_id in dict.fromkeys(shown)]  # an item shown twice counts once
+        first_seen = items.first_seen[rows]
+        items.first_seen[rows] = np.where(np.isnan(first_seen), time, first_seen)
+        items.count(rows, 1, time)
         for news_id in shown:
-            row = items.row(news_id)
-            if np.isnan(items.first_seen[row]):
-                items.first_seen[row] = time
-            items.count(row, 1, time)
             user_state.shown[news_id] = user_state.shown.get(news_id, 0) + 1
 
     def record_click(self, user: str, news_id: str, time: float) -> None:
@@ -285,7 +287,7 @@ class FeatureState:
 
     def _apply_click(self, user: str, news_id: str, time: float) -> None:
         user_state = self._users.setdefault(user, _UserState())
-        self._items.count(self._items.row(news_id), 0, time)
+        self._items.count([self._items.row(news_id)], 0, time)
         insort(user_state.clicks, (time, news_id))
         _prune(user_state.clicks, time - WINDOWS[-1][1], key=lambda c: c[0])
         self._add_to_profile(user_state, news_id)
@@ -323,7 +325,9 @@ class FeatureState:
         one cumulative sum from the newest click back gives every window's profile."""
         profiles = np.zeros((len(PROFILE_WINDOWS), METADATA_DIM), dtype=np.float32)
         counts = np.zeros(len(PROFILE_WINDOWS), dtype=np.float32)
-        clicks = [(t, news_id) for t, news_id in state.clicks if t <= time]
+        clicks = state.clicks
+        if clicks and clicks[-1][0] > time:  # only when features are asked for a time before the latest click
+            clicks = [(t, news_id) for t, news_id in clicks if t <= time]
         if clicks:
             times = [t for t, _ in clicks]
             newest_first = self._items.metadata[[self._items.index[n] for _, n in reversed(clicks)]].cumsum(axis=0)

@@ -23,7 +23,7 @@ from drn.mind import Impression, NewsItem
 
 LOG_FILE = "logs.db"  # the SQLite file `LogStore.at` keeps under a data directory
 NO_TEAM, EXPLOIT, EXPLORE = -1, 0, 1  # `teams` values: which network (W or W~) put a served item in its position
-BATCH = 1000  # impressions per read when streaming a window
+BATCH = 1000  # impressions per read when streaming a window, and per multi-row insert
 _WRITE = "drn_logstore_write"  # execution option: on SQLite, take the write lock at BEGIN (see _sqlite_durable)
 
 
@@ -225,8 +225,8 @@ class LogStore:
         self._insert = sqlite.insert if backend == "sqlite" else postgresql.insert  # for ON CONFLICT
         columns = [c.name for c in _impressions.columns if c.name != "seq"]
         placeholder = "?" if self._engine.dialect.paramstyle == "qmark" else "%s"
-        self._insert_impression_sql = (f"INSERT INTO {_impressions.name} ({', '.join(columns)}) "
-                                       f"VALUES ({', '.join([placeholder] * len(columns))})")
+        self._impression_insert = f"INSERT INTO {_impressions.name} ({', '.join(columns)}) VALUES "
+        self._impression_values = f"({', '.join([placeholder] * len(columns))})"
         with self._writer.begin() as conn:
             _meta.create_all(conn)
 
@@ -262,22 +262,28 @@ class LogStore:
         commit was on disk, instead of one per request. A duplicate impression id or an unknown round refuses the
         whole batch (DuplicateImpression / UnknownRound); the caller retries one by one to find whose it was.
 
-        This is serving's hot write, so the rows go to the driver as one prepared statement and the database's own
+        This is serving's hot write, so the rows go to the driver as one multi-row INSERT and the database's own
         constraints (unique id, the round's foreign key) do the checking; only a refused batch is looked at again,
-        to say why. Through SQLAlchemy's compiled statements the writer thread held the GIL about twice as long."""
+        to say why. Through SQLAlchemy's compiled statements the writer thread held the GIL about twice as long, and
+        one statement instead of one per row is one release and re-take of the GIL instead of many (each re-take
+        waits for the event loop thread to let go)."""
         for rec in records:
             _check(rec)
         ids = [rec.impression_id for rec in records]
         repeated = sorted({i for i in ids if ids.count(i) > 1}) if len(set(ids)) != len(ids) else []
         if repeated:
             raise DuplicateImpression(f"impressions repeated in one batch: {', '.join(repeated[:10])}")
-        rows = [(rec.impression_id, rec.user, rec.time, json.dumps(rec.candidates), json.dumps(rec.served),
-                 json.dumps(rec.teams), rec.model_version, rec.round_id, rec.explore_seed) for rec in records]
+        values = [value for rec in records for value in (
+            rec.impression_id, rec.user, rec.time, json.dumps(rec.candidates), json.dumps(rec.served),
+            json.dumps(rec.teams), rec.model_version, rec.round_id, rec.explore_seed)]
+        width = len(values) // max(len(records), 1)
         try:
             with self._writer.begin() as conn:
                 self._upsert_news(conn, news)
-                if rows:
-                    conn.exec_driver_sql(self._insert_impression_sql, rows)
+                for start in range(0, len(records), BATCH):  # one multi-row statement per BATCH impressions
+                    chunk = values[start * width:(start + BATCH) * width]
+                    conn.exec_driver_sql(self._impression_insert + ", ".join([self._impression_values]
+                                                                             * (len(chunk) // width)), tuple(chunk))
         except sa.exc.IntegrityError:
             self._why_refused(records)
             raise
@@ -286,7 +292,8 @@ class LogStore:
         """After the database refused a batch: raise DuplicateImpression or UnknownRound naming the culprit."""
         with self._engine.connect() as conn:
             ids = [rec.impression_id for rec in records]
-            logged = set(conn.scalars(sa.select(_impressions.c.impression_id).where(_impressions.c.impression_id.in_(ids))))
+            column = _impressions.c.impression_id
+            logged = set(conn.scalars(sa.select(column).where(column.in_(ids))))
             if logged:
                 raise DuplicateImpression(f"impressions already logged: {', '.join(sorted(logged)[:10])}")
             wanted = {rec.round_id for rec in records if rec.round_id is not None}
