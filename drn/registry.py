@@ -462,6 +462,11 @@ class Registry:
         mv = max(prod, key=lambda m: (m.last_updated_timestamp or 0, int(m.version)))
         return self._info(mv, self._aliases_by_version())
 
+    def champion(self) -> VersionInfo | None:
+        """The version alias `champion` names; None if none. One lookup, however many versions there are."""
+        version = self._alias_version(CHAMPION)
+        return self.version(version) if version is not None else None
+
     def versions(self) -> list[VersionInfo]:
         """Every version, oldest first (for a ``drn models`` table)."""
         aliases = self._aliases_by_version()

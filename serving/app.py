@@ -217,7 +217,7 @@ class Service:
         ids = [c["news_id"] for c in body["candidates"]]
         if len(ids) > self.settings.max_candidates:
             raise HTTPException(422, f"{len(ids)} candidates; at most {self.settings.max_candidates} per request")
-        repeated = sorted(n for n, times in Counter(ids).items() if times > 1)
+        repeated = sorted(n for n, times in Counter(ids).items() if times > 1) if len(set(ids)) < len(ids) else []
         if repeated:
             raise HTTPException(422, f"duplicate candidates: {', '.join(repeated[:10])}")
         now = self._time(body.get("context", {}).get("time"), trusted)
@@ -307,7 +307,9 @@ def create_app(settings: ServeSettings, *, open_registry: Callable[[], Registry]
         finally:
             await service.stop()
 
-    app = FastAPI(title="DRN serving", lifespan=lifespan)
+    # The service's own metrics are /metrics; FastAPI's OpenTelemetry hooks (idle unless a global provider is set)
+    # are switched off, which also spares every request their check for one.
+    app = FastAPI(title="DRN serving", lifespan=lifespan, telemetry={"tracing": False, "metrics": False, "logs": False})
     app.state.service = service
 
     # The dependencies are `async def` although they do no I/O: FastAPI runs a plain `def` dependency in its

@@ -29,7 +29,7 @@ from drn.lifecycle import network_of
 from drn.logstore import NO_TEAM, LogStore, Round
 from drn.model import DuelingQNetwork, network_from_weights
 from drn.policy import top_k
-from drn.registry import CHAMPION, ModelBundle, Registry, VersionInfo
+from drn.registry import ModelBundle, Registry, VersionInfo
 from drn.scoring import StackedScorer
 from serving.telemetry import Telemetry
 
@@ -158,7 +158,7 @@ class ModelHolder:
         registry = self._registry_client()
         if self._follow == "stage":
             return registry.served()
-        return next((v for v in registry.versions() if CHAMPION in v.aliases), None)
+        return registry.champion()
 
     def _round_moved(self) -> bool:
         """Whether the log store's open round is another than the one last seen (a log store error counts as no)."""

@@ -147,6 +147,7 @@ def test_crash_mid_register_leaves_no_version(reg, monkeypatch):
 
 def test_promote_sets_production_and_champion_and_archives_previous(reg):
     a, b = _register(reg, 5), _register(reg, 6)
+    assert reg.champion() is None
     _timed("promote", reg.promote, a, who="alice", why="offline baseline")
     before = reg.served()
     assert before.version == a and before.stage == PRODUCTION and before.aliases == [CHAMPION]
@@ -155,6 +156,7 @@ def test_promote_sets_production_and_champion_and_archives_previous(reg):
     assert (vb.stage, vb.aliases) == (PRODUCTION, [CHAMPION])
     assert (va.stage, va.aliases) == ("Archived", [])
     assert str(reg.client.get_model_version_by_alias(reg.model_name, CHAMPION).version) == b
+    assert reg.champion().version == b and reg.champion().aliases == [CHAMPION]
     assert sum(x.stage == PRODUCTION for x in reg.versions()) == 1
     assert reg.served().version == b
     t = vb.tags

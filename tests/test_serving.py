@@ -232,6 +232,15 @@ def test_item_descriptions_are_logged_when_they_change(registry, versions, logs,
             assert (known.category, known.entities) == (expected, ("E1",))
 
 
+def test_alias_mode_follows_the_champion_alias(registry, versions, logs, tmp_path):
+    lifecycle.promote(registry, logs, versions["a"], who="test", why="serve a", now=time.time())
+    with serve(_settings(tmp_path, follow="alias"), registry, logs) as client:
+        _wait_for(client, lambda s: s["version"] == versions["a"], "the champion")
+        registry.client.set_registered_model_alias(registry.model_name, "champion", versions["b"])  # by hand
+        state = _wait_for(client, lambda s: s["version"] == versions["b"], "the alias move")
+        assert state["follow"] == "alias" and _recommend(client).json()["model_version"] == versions["b"]
+
+
 def test_forged_duplicate_and_malformed_feedback(registry, versions, logs, tmp_path):
     _set_stage(registry, versions["a"])
     with serve(_settings(tmp_path), registry, logs) as client:
