@@ -106,6 +106,21 @@ class FeatureSchema:
 SCHEMA = FeatureSchema()
 
 
+def _columns(first: str, last: str) -> slice:
+    """The action columns from block `first` through block `last` (adjacent in the layout)."""
+    return slice(SCHEMA.index(first)[1].start, SCHEMA.index(last)[1].stop)
+
+
+# Where `FeatureState.features` writes each part of a candidate's row (the layout stays defined by `_blocks`).
+_METADATA = _columns("news.metadata", "news.metadata")
+_KNOWN = _columns("news.has_metadata", "news.has_metadata")
+_COUNTS = _columns(f"news.clicks_{WINDOWS[0][0]}", f"news.impressions_{WINDOWS[-1][0]}")  # clicks..., impressions...
+_CTR = _columns("news.ctr_24h", "news.ctr_1w")
+_OVERLAP = _columns(f"user_news.overlap_{PROFILE_WINDOWS[0]}", f"user_news.overlap_{PROFILE_WINDOWS[-1]}")
+_CLICKED, _SHOWN = (SCHEMA.index(name)[1].start for name in ("user_news.clicked_before", "user_news.shown_before"))
+_AGE, _DECAY = (SCHEMA.index(name)[1].start for name in ("freshness.log_age_hours", "freshness.decay"))
+
+
 @dataclass
 class FeatureBatch:
     """The features of one request: the shared state vector and one action row per candidate."""
@@ -303,15 +318,19 @@ class FeatureState:
         profiles, user_block = self._user_block(user_state, time)
         state = np.concatenate([user_block, _context(time)]).astype(np.float32)
         n = len(candidates)
-        metadata = self._items.metadata[rows]
+        # The candidates' rows are written in place, part by part, into one float32 array (one allocation, no
+        # concatenation, no float64 copy): this runs for every request.
+        action = np.empty((n, SCHEMA.action_dim), dtype=np.float32)
+        metadata = action[:, _METADATA] = self._items.metadata[rows]
         # overlap[c, w, f] = sum over field f's buckets of candidate c's metadata x profile w, as one product
-        overlap = metadata @ (profiles.T[:, :, None] * SEGMENT_ONE_HOT[:, None, :]).reshape(METADATA_DIM, -1)
+        by_field = (profiles.T[:, :, None] * SEGMENT_ONE_HOT[:, None, :]).reshape(METADATA_DIM, -1)
+        action[:, _OVERLAP] = metadata @ by_field
         clicked, shown = user_state.clicked, user_state.shown
-        personal = np.array([[c in clicked, shown.get(c, 0)] for c in candidates], dtype=np.float64).reshape(n, 2)
-        personal[:, 1] = np.log1p(personal[:, 1])
-        action = np.concatenate([metadata, self._news_block(rows), overlap, personal,
-                                 self._freshness_block(rows, time)], axis=1)
-        return FeatureBatch(state, action.astype(np.float32), tuple(candidates))
+        action[:, _CLICKED] = np.fromiter((c in clicked for c in candidates), dtype=np.float32, count=n)
+        action[:, _SHOWN] = np.log1p(np.fromiter((shown.get(c, 0) for c in candidates), dtype=np.float64, count=n))
+        self._news_block(rows, action)
+        self._freshness_block(rows, time, action)
+        return FeatureBatch(state, action, tuple(candidates))
 
     # ---- internals ----------------------------------------------------------------------------------------
     def _add_to_profile(self, state: _UserState, news_id: str) -> None:
@@ -346,20 +365,21 @@ class FeatureState:
                                 [math.log1p(max(since_last, 0.0))]])
         return profiles, block
 
-    def _news_block(self, rows: np.ndarray) -> np.ndarray:
+    def _news_block(self, rows: np.ndarray, action: np.ndarray) -> None:
         """Known flag, log click and impression counts per window, smoothed click rates over 24 h and 1 w."""
-        counts = self._items.counts[rows].astype(np.float64)
-        clicks, shows = counts[:, : len(WINDOWS)], counts[:, len(WINDOWS):]
-        ctr = (clicks[:, 2:4] + CTR_PRIOR_CLICKS) / (shows[:, 2:4] + CTR_PRIOR_IMPRESSIONS)
-        known = self._items.known[rows].astype(np.float64)[:, None]
-        return np.hstack([known, np.log1p(clicks), np.log1p(shows), ctr])
+        counts = self._items.counts[rows]
+        action[:, _KNOWN] = self._items.known[rows, None]
+        action[:, _COUNTS] = np.log1p(counts)
+        clicks, shows = counts[:, 2:4], counts[:, len(WINDOWS) + 2:len(WINDOWS) + 4]  # the 24 h and 1 w windows
+        action[:, _CTR] = (clicks + CTR_PRIOR_CLICKS) / (shows + CTR_PRIOR_IMPRESSIONS)
 
-    def _freshness_block(self, rows: np.ndarray, time: float) -> np.ndarray:
+    def _freshness_block(self, rows: np.ndarray, time: float, action: np.ndarray) -> None:
         """log(1 + age in hours) and exp(-age / 4.1 h); age from publication, else first sight, else 0."""
         published, first_seen = self._items.published[rows], self._items.first_seen[rows]
         born = np.where(np.isnan(published), first_seen, published)
         age_h = np.where(np.isnan(born), 0.0, np.maximum(time - born, 0.0) / HOUR)
-        return np.stack([np.log1p(age_h), np.exp(-age_h * HOUR / FRESHNESS_DECAY_S)], axis=1)
+        action[:, _AGE] = np.log1p(age_h)
+        action[:, _DECAY] = np.exp(-age_h * HOUR / FRESHNESS_DECAY_S)
 
 
 def _context(time: float) -> np.ndarray:

@@ -292,8 +292,18 @@ def test_bad_recommend_requests_are_refused_and_change_nothing(registry, version
         answers = {name: client.post("/recommend", json=payload) for name, payload in bad.items()}
         assert {name: r.status_code for name, r in answers.items()} == {name: 422 for name in bad}
         assert "duplicate candidates: N0" in answers["duplicates"].text
+        assert answers["malformed user"].json()["detail"][0]["loc"] == ["body", "user"]  # FastAPI's own 422 body
+        assert client.post("/recommend", content=b"{not json").status_code == 422
+        assert client.get("/recommend").status_code == 405
         assert logs.counts() == before
         assert client.post("/recommend", json=good).status_code == 200
+        document = client.get("/openapi.json").json()  # the fast route is documented like the others
+        body = document["paths"]["/recommend"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+        assert body["$ref"].rsplit("/", 1)[1] == "RecommendRequest"
+        assert {"user", "candidates"} <= set(document["components"]["schemas"]["RecommendRequest"]["required"])
+        assert "Candidate" in document["components"]["schemas"]
+        metrics = client.get("/metrics").text
+        assert 'drn_serving_requests_total{route="/recommend",status="200"}' in metrics
 
 
 def test_registry_outage_keeps_serving(registry, versions, logs, tmp_path, monkeypatch):
