@@ -9,10 +9,10 @@ what was served and what users did, and follow the registry without restarts.
     POST /admin/reload    look at the registry now, retrying a version that failed    (bearer DRN_SERVE_ADMIN_TOKEN)
     POST /admin/rollback  serve the previous (or a given) version, open a round for it (bearer DRN_SERVE_ADMIN_TOKEN)
 
-Threading: the online feature state is touched only on the event loop (routes are `async def`; torch scoring there
+Threading: the online feature state is touched only on the event loop (routes are `async def`; scoring there
 measured 5x faster than in Starlette's threadpool), so it needs no lock. Log store calls go to one writer thread:
 SQLite takes one writer at a time, and a single thread keeps them in arrival order without lock waits. Impressions
-are group-committed there (one transaction and one fsync for all that queued up during the previous commit), and
+are group-committed there (one transaction, one INSERT and one fsync for all that queued up meanwhile), and
 each request is answered only once its own impression is durable. Registry calls and model loads run in worker
 threads (see serving.holder). Configuration: serving.settings.
 """

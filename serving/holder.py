@@ -5,8 +5,9 @@ W, the round's seed and alpha, so it is rebuilt only when the version or the see
 A request reads `ModelHolder.current` once and uses that object throughout, so a swap (one reference assignment on
 the event loop) never mixes two models in one response.
 
-Loading happens off the request path: every `poll_s` seconds a worker thread asks the registry what is served and
-the log store which round is open, and builds a new `ServedModel` only when either changed. Whatever goes wrong
+Loading happens off the request path: every `poll_s` seconds a worker thread asks the log store which round is open,
+and the registry what is served when that round moved or `registry_poll_s` passed (see `ModelHolder.follow`); a new
+`ServedModel` is built only when either changed. Whatever goes wrong
 there (registry unreachable, a corrupt version, a feature schema this code does not compute) keeps the current
 model serving and is reported in /healthz and /metrics; a version that failed to load is not retried until the
 registry moves on or an admin asks (/admin/reload).
