@@ -193,7 +193,9 @@ class _ItemTable:
         self.published = np.full(capacity, np.nan)  # epoch seconds, NaN when not given
         self.first_seen = np.full(capacity, np.nan)  # first impression, NaN before it
         self.counts = np.zeros((capacity, len(self.KINDS) * len(WINDOWS)), dtype=np.int64)  # clicks..., impressions...
-        self._expiring: list[list[tuple[float, int]]] = [[] for _ in range(self.counts.shape[1])]  # per column
+        # per counter column, a heap of (time, event number, rows) of the events still inside that column's window
+        self._expiring: list[list[tuple[float, int, list[int]]]] = [[] for _ in range(self.counts.shape[1])]
+        self._events = 0  # events counted so far: orders a heap's entries of equal time without comparing rows
         self._rows = 1
 
     def row(self, news_id: str) -> int:
@@ -212,22 +214,23 @@ class _ItemTable:
         return np.fromiter((get(n, 0) for n in news_ids), dtype=np.intp, count=len(news_ids))
 
     def count(self, rows: list[int], kind: int, time: float) -> None:
-        """One event (kind 0: click, 1: impression) at `time` of each item at `rows` (distinct rows)."""
+        """One event (kind 0: click, 1: impression) at `time` of each item at `rows` (distinct rows). The items of
+        one event wait in each window's heap as one entry: a shown list is one push per window, not ten."""
         first = kind * len(WINDOWS)
         self.counts[rows, first:first + len(WINDOWS)] += 1
+        self._events += 1
         for column in range(first, first + len(WINDOWS)):
-            heap = self._expiring[column]
-            for row in rows:
-                heapq.heappush(heap, (time, row))
+            heapq.heappush(self._expiring[column], (time, self._events, rows))
 
     def expire(self, now: float) -> None:
         """Take events out of the windows they have left (time <= now - span)."""
         for column, heap in enumerate(self._expiring):
             cutoff = now - WINDOWS[column % len(WINDOWS)][1]
             while heap and heap[0][0] <= cutoff:
-                self.counts[heapq.heappop(heap)[1], column] -= 1
+                self.counts[heapq.heappop(heap)[2], column] -= 1
 
     def pending_events(self) -> int:
+        """Events still inside some window, counted once per window they are in."""
         return sum(len(heap) for heap in self._expiring)
 
     def _grow(self) -> None:

@@ -18,6 +18,11 @@ def top_k(scores: np.ndarray, k: int) -> list[int]:
     return np.argsort(-np.asarray(scores, dtype=np.float64), kind="stable")[:k].tolist()
 
 
+def rankings(scores: np.ndarray) -> list[list[int]]:
+    """`top_k` of every row of a (rankers, candidates) score matrix, all candidates, in one sort."""
+    return np.argsort(-np.asarray(scores, dtype=np.float64), axis=1, kind="stable").tolist()
+
+
 class Policy:
     """Base policy: greedy top-k by `scores`; learns nothing unless a subclass says so."""
 

@@ -29,7 +29,7 @@ from drn.interleaving import Interleaved, Interleaver
 from drn.lifecycle import network_of
 from drn.logstore import NO_TEAM, LogStore, Round
 from drn.model import DuelingQNetwork, network_from_weights
-from drn.policy import top_k
+from drn.policy import rankings, top_k
 from drn.registry import ModelBundle, Registry, VersionInfo
 from drn.scoring import StackedScorer
 from serving.telemetry import Telemetry
@@ -70,10 +70,9 @@ class ServedModel:
         if self.scorer is None:
             return _untagged(ids, top_k(_POPULARITY.scores(batch), k))
         scores = self.scorer.score(batch)
-        exploit = top_k(scores[0], len(ids))
         if self.explore is None:
-            return _untagged(ids, exploit[:k])
-        explore = top_k(scores[1], len(ids))
+            return _untagged(ids, top_k(scores[0], k))
+        exploit, explore = rankings(scores)
         return interleave([ids[i] for i in exploit], [ids[i] for i in explore], k, rng)
 
     def describe(self) -> dict:

@@ -7,6 +7,7 @@ import pytest
 from drn.exploration import explore_weights
 from drn.features import FeatureBatch
 from drn.model import NetworkConfig, build_network, network_from_weights
+from drn.policy import rankings, top_k
 from drn.scoring import StackedScorer
 
 
@@ -40,3 +41,8 @@ def test_stacked_scoring_ranks_like_the_network():
 def test_networks_of_different_shapes_are_not_stacked():
     with pytest.raises(ValueError, match="share one config"):
         StackedScorer([build_network(NetworkConfig()), build_network(NetworkConfig(hidden=(32,)))])
+
+
+def test_rankings_sort_every_row_like_top_k_ties_in_candidate_order():
+    scores = np.array([[0.5, 2.0, 0.5, -1.0], [1.0, 1.0, 3.0, 1.0]], dtype=np.float32)
+    assert rankings(scores) == [top_k(scores[0], 4), top_k(scores[1], 4)] == [[1, 0, 2, 3], [2, 0, 1, 3]]
