@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import json
 import os
 import re
@@ -130,6 +131,28 @@ def setup_home(home: Path, history: int) -> tuple[str, object, int]:
         clicks = seed_history(logs, history, time.time() - 60.0, np.random.default_rng(1))
         lifecycle.promote(registry, logs, version, who="serving_bench", why="benchmark", now=time.time())
     return version, bundle, clicks
+
+
+def follow_costs(home: Path, repeats: int = 10) -> dict:
+    """What keeping up with the registry costs, in this process (which, like the service, has MLflow, SQLAlchemy,
+    torch and FastAPI loaded): one look at the registry by stage and by alias, one look at the open round (ms,
+    medians), and one full garbage collection of everything loaded (ms) - what `gc.freeze()` spares the service."""
+    registry = Registry(f"sqlite:///{home / 'mlflow.db'}")
+
+    def median_ms(call) -> float:
+        timings = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            call()
+            timings.append((time.perf_counter() - start) * 1e3)
+        return statistics.median(timings)
+
+    with LogStore(os.environ["DRN_LOGSTORE_URL"]) as logs:
+        costs = {"registry_served_ms": median_ms(registry.served), "registry_champion_ms": median_ms(registry.champion),
+                 "open_round_ms": median_ms(logs.current_round)}
+    start = time.perf_counter()
+    gc.collect()
+    return {**costs, "full_gc_ms": (time.perf_counter() - start) * 1e3, "gc_objects": len(gc.get_objects())}
 
 
 def _request(payload: dict) -> bytes:
@@ -244,6 +267,7 @@ def main() -> None:
                       DRN_SERVE_SECRET="serving-bench-secret-0123456789")
     version, bundle, clicks = setup_home(home, args.history)
     scoring = scoring_time(bundle, os.environ["DRN_LOGSTORE_URL"], repeats=500)
+    follow = follow_costs(home)
 
     url = f"http://127.0.0.1:{args.port}"
     server = subprocess.Popen([sys.executable, "-m", "drn_cli.main", "serve", "--port", str(args.port),
@@ -266,7 +290,7 @@ def main() -> None:
     best = max(r["requests_per_s"] for r in levels)
     result = {"version": version, "candidates": CANDIDATES, "network": NetworkConfig().to_dict(),
               "log_store": os.environ["DRN_LOGSTORE_URL"], "history": {"impressions": args.history, "clicks": clicks},
-              "cpus": os.cpu_count(), "scoring": scoring, "rounds": args.rounds, "runs": runs,
+              "cpus": os.cpu_count(), "scoring": scoring, "follow": follow, "rounds": args.rounds, "runs": runs,
               "levels": levels, "targets": {"p99_ms_at_8": TARGET_P99_MS_AT_8, "requests_per_s": TARGET_RPS,
                                             "p99_at_8_met": at8["p99_ms"] <= TARGET_P99_MS_AT_8,
                                             "throughput_met": best >= TARGET_RPS},
@@ -279,6 +303,9 @@ def main() -> None:
           f"(torch forward: W {scoring['score_w_torch_ms_median']:.3f} ms, "
           f"W~ {scoring['score_w_tilde_torch_ms_median']:.3f} ms); "
           f"{scoring['nonzero_state_inputs_median']:.0f} of {NetworkConfig().state_dim} state inputs non-zero")
+    print(f"following the registry: a look by stage {follow['registry_served_ms']:.1f} ms, by alias "
+          f"{follow['registry_champion_ms']:.1f} ms, at the open round {follow['open_round_ms']:.2f} ms; one full "
+          f"garbage collection of {follow['gc_objects']} objects {follow['full_gc_ms']:.0f} ms")
     print(f"history: {args.history} impressions, {clicks} clicks logged before the run; "
           f"log store: {result['log_store']}")
     print(f"{'round':>5} {'loop ms':>7} {'clients':>7} {'requests':>8} {'fail':>4} {'req/s':>8} {'p50 ms':>7} "

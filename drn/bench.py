@@ -20,13 +20,13 @@ from scipy import stats as scipy_stats
 
 from drn.activeness import S0, UserActiveness
 from drn.baselines import LinUCBPolicy, PopularityPolicy, RandomPolicy
-from drn.features import FeatureState, replay
+from drn.features import FeatureState, record
 from drn.mind import Dataset
 from drn.model import build_network
-from drn.online import SLATE_SIZE, LiveResult, OnlineConfig, OnlineDRN, run_live, set_threads
+from drn.online import LiveResult, OnlineConfig, OnlineDRN, run_live, set_threads
 from drn.policy import Policy
 from drn.training import ReplayBuffer, TrainConfig, Trainer
-from drn.world import HOUR, WorldConfig, logged_world
+from drn.world import HOUR, SLATE_SIZE, WorldConfig, logged_world
 
 POLICIES = ("random", "popularity", "linucb", "drn", "drn-major", "drn-egreedy", "drn-dbgd", "drn-dbgd-major")
 # The DRN variants: (explorer, major updates), DRN.md's table rows.
@@ -102,8 +102,8 @@ def run_seed(seed: int, config: BenchConfig, progress: Callable[[str], None] | N
     linucb_warm = LinUCBPolicy()
     linucb_warm.fit(Dataset(logs, news))
     state = FeatureState(news)
-    for _ in replay(logs, state):
-        pass
+    for impression in logs:
+        record(impression, state)
     results = {}
     for name in POLICIES:
         policy = copy.deepcopy(linucb_warm) if name == "linucb" else _policy(name, network, config, train, seed, offline.buffer)

@@ -7,7 +7,7 @@ from typing import Callable
 
 import numpy as np
 
-from drn.features import FeatureState, replay
+from drn.features import FeatureState, record, replay
 from drn.metrics import RankingMetrics
 from drn.mind import Dataset, load_dataset, write_behaviors
 from drn.policy import Policy
@@ -21,8 +21,8 @@ def evaluate(policy: Policy, train: Dataset, test: Dataset, progress: Callable[[
     The policy must already be fitted; its weights stay frozen here (only the feature state moves on).
     """
     state = FeatureState({**train.news, **test.news})
-    for _ in replay(train.impressions, state):
-        pass
+    for impression in train.impressions:
+        record(impression, state)
     metrics = RankingMetrics()
     for done, sample in enumerate(replay(test.impressions, state), start=1):
         if sample.impression.labels is not None:

@@ -411,6 +411,13 @@ def replay(impressions: Iterable[Impression], state: FeatureState) -> Iterator[S
     for impression in impressions:
         state.see_history(impression.user, impression.history)
         yield Sample(impression, state.features(impression.user, impression.candidates, impression.time))
-        state.record_impression(impression.user, impression.candidates, impression.time)
-        for time, news_id in impression.timed_clicks():
-            state.record_click(impression.user, news_id, time)
+        record(impression, state)
+
+
+def record(impression: Impression, state: FeatureState) -> None:
+    """An impression's events (the user's earlier history, the list shown, its clicks at their own times), without
+    computing its features: what warming a state up needs; `replay` does the same after each sample."""
+    state.see_history(impression.user, impression.history)  # a no-op for a user already met
+    state.record_impression(impression.user, impression.candidates, impression.time)
+    for time, news_id in impression.timed_clicks():
+        state.record_click(impression.user, news_id, time)

@@ -227,6 +227,7 @@ class LogStore:
         placeholder = "?" if self._engine.dialect.paramstyle == "qmark" else "%s"
         self._impression_insert = f"INSERT INTO {_impressions.name} ({', '.join(columns)}) VALUES "
         self._impression_values = f"({', '.join([placeholder] * len(columns))})"
+        self._impression_width = len(columns)
         with self._writer.begin() as conn:
             _meta.create_all(conn)
 
@@ -264,7 +265,7 @@ class LogStore:
 
         This is serving's hot write, so the rows go to the driver as one multi-row INSERT and the database's own
         constraints (unique id, the round's foreign key) do the checking; only a refused batch is looked at again,
-        to say why. Through SQLAlchemy's compiled statements the writer thread held the GIL about twice as long, and
+        to say why. Through SQLAlchemy's compiled statements the writer thread held the GIL longer, and
         one statement instead of one per row is one release and re-take of the GIL instead of many (each re-take
         waits for the event loop thread to let go)."""
         for rec in records:
@@ -276,14 +277,14 @@ class LogStore:
         values = [value for rec in records for value in (
             rec.impression_id, rec.user, rec.time, json.dumps(rec.candidates), json.dumps(rec.served),
             json.dumps(rec.teams), rec.model_version, rec.round_id, rec.explore_seed)]
-        width = len(values) // max(len(records), 1)
         try:
             with self._writer.begin() as conn:
                 self._upsert_news(conn, news)
                 for start in range(0, len(records), BATCH):  # one multi-row statement per BATCH impressions
-                    chunk = values[start * width:(start + BATCH) * width]
-                    conn.exec_driver_sql(self._impression_insert + ", ".join([self._impression_values]
-                                                                             * (len(chunk) // width)), tuple(chunk))
+                    chunk = values[start * self._impression_width:(start + BATCH) * self._impression_width]
+                    rows = len(chunk) // self._impression_width
+                    conn.exec_driver_sql(self._impression_insert + ", ".join([self._impression_values] * rows),
+                                         tuple(chunk))
         except sa.exc.IntegrityError:
             self._why_refused(records)
             raise

@@ -20,12 +20,11 @@ from drn.features import FeatureBatch, FeatureState, Sample
 from drn.interleaving import DEFAULT_METHOD, interleaver, round_outcome
 from drn.mind import Impression
 from drn.model import DuelingQNetwork
-from drn.policy import Policy, top_k
+from drn.policy import Policy, rankings, top_k
 from drn.training import ReplayBuffer, TrainConfig, Trainer
-from drn.world import World
+from drn.world import SLATE_SIZE, World
 
 MINUTE = 60.0
-SLATE_SIZE = 10  # items shown per request in the live world (a phone screen of news)
 
 
 @dataclass(frozen=True)
@@ -86,8 +85,8 @@ class OnlineDRN(Policy):
             return self.egreedy.rank(scores)[:k]
         if self._explore_net is None:
             return top_k(scores, k)
-        exploit = [str(i) for i in top_k(scores, len(scores))]
-        explore = [str(i) for i in top_k(self._explore_net.score(batch), len(scores))]
+        exploit, explore = ([str(i) for i in ranking]
+                            for ranking in rankings(np.stack([scores, self._explore_net.score(batch)])))
         mixed = self.interleave(exploit, explore, k, self.rng)
         shown = [int(i) for i in mixed.served]
         self._teams[_key(batch, shown)] = tuple(mixed.teams)
@@ -205,7 +204,7 @@ def run_live(policy: Policy, world: World, state: FeatureState, impressions: int
 
 def set_threads() -> None:
     """One thread per process for torch and for numpy's BLAS: these networks are small, benchmark processes run
-    side by side, and OpenBLAS's second thread spins while it waits (it doubled serving's CPU per scored request
-    for a 12% shorter product)."""
+    side by side, and OpenBLAS's second thread spins while it waits, costing
+    more CPU than it saves on products this small."""
     torch.set_num_threads(1)
     threadpoolctl.threadpool_limits(1)

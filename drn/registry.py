@@ -463,9 +463,13 @@ class Registry:
         return self._info(mv, self._aliases_by_version())
 
     def champion(self) -> VersionInfo | None:
-        """The version alias `champion` names; None if none. One lookup, however many versions there are."""
-        version = self._alias_version(CHAMPION)
-        return self.version(version) if version is not None else None
+        """The version alias `champion` names; None if none. Two lookups (the version, the model's aliases), however
+        many versions there are."""
+        try:
+            mv = self.client.get_model_version_by_alias(self.model_name, CHAMPION)
+        except self._MlflowException:
+            return None
+        return self._info(mv, self._aliases_by_version())
 
     def versions(self) -> list[VersionInfo]:
         """Every version, oldest first (for a ``drn models`` table)."""

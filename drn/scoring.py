@@ -21,8 +21,7 @@ from drn.model import DuelingQNetwork
 
 def _linears(tower: nn.Sequential) -> list[tuple[np.ndarray, np.ndarray]]:
     """(weight transposed to (in, out), bias) of each Linear layer, as row-major float32 numpy arrays: gathering
-    the rows of the state's non-zero inputs from a column-major copy (what a plain transpose gives) took 1.5x as
-    long."""
+    the rows of the state's non-zero inputs from a column-major copy (what a plain transpose gives) is slower."""
     return [(np.ascontiguousarray(m.weight.detach().numpy().T, dtype=np.float32),
              m.bias.detach().numpy().astype(np.float32)) for m in tower if isinstance(m, nn.Linear)]
 
@@ -49,11 +48,11 @@ class StackedScorer:
         self._first_width = value_first[0][1].shape[0]
         # Later layers, stacked per network: (networks, in, out) weights and (networks, 1, out) biases.
         self._value_rest = _stack_layers([layers[1:] for layers in value])
+        self._activate_first = bool(self._value_rest)  # ReLU after the first layer unless it is also the last
         self._advantage_rest = _stack_layers([layers[1:] for layers in advantage])
 
     def score(self, batch: FeatureBatch) -> np.ndarray:
         count, width, n = self.count, self._first_width, len(batch.candidates)
-        first_layer_is_last = not self._value_rest
         # The state is mostly zeros (hashed one-hot profiles): only the rows of its non-zero inputs are read, a few
         # dozen of 899, instead of streaming the whole 1.8 MB matrix through the cache on every request.
         active = np.flatnonzero(batch.state)
@@ -61,8 +60,8 @@ class StackedScorer:
         value = shared[: count * width].reshape(count, 1, width)
         advantage = (batch.action @ self._action_first).reshape(n, count, width).transpose(1, 0, 2)
         advantage = advantage + shared[count * width:].reshape(count, 1, width)
-        value = _forward(value, self._value_rest, activate_first=not first_layer_is_last)[:, :, 0]  # (networks, 1)
-        advantage = _forward(advantage, self._advantage_rest, activate_first=not first_layer_is_last)[:, :, 0]
+        value = _forward(value, self._value_rest, activate_first=self._activate_first)[:, :, 0]  # (networks, 1)
+        advantage = _forward(advantage, self._advantage_rest, activate_first=self._activate_first)[:, :, 0]
         if self.config.aggregation == "mean":
             advantage = advantage - advantage.mean(axis=1, keepdims=True)
         return value + advantage

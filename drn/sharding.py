@@ -3,16 +3,17 @@ update at scale), with exactly the features one sequential replay gives.
 
 A shard is a contiguous slice of the time-ordered log. Features are point-in-time: an impression's features depend
 on every earlier event (windowed item counts, the user's all-time profile), so a shard rebuilds the state by
-replaying everything before it through the same `drn.features.replay` code path, and keeps only its own samples.
+recording everything before it through the same code path (`drn.features.record`, features not computed), then
+replays its own slice.
 Shards are therefore independent and pure (same inputs, same samples), and the result equals one sequential replay;
-the price is that shard k also replays the k earlier shards' events, so the speed-up comes from computing each
+the price is that shard k also records the k earlier shards' events, so the speed-up comes from computing each
 shard's own features in parallel, not from splitting the state.
 """
 from __future__ import annotations
 
 from typing import Mapping, Sequence
 
-from drn.features import FeatureState, Sample, replay
+from drn.features import FeatureState, Sample, record, replay
 from drn.mind import Impression, NewsItem
 
 
@@ -27,4 +28,6 @@ def shard_bounds(n_impressions: int, shards: int) -> list[tuple[int, int]]:
 def shard_samples(impressions: Sequence[Impression], news: Mapping[str, NewsItem], lo: int, hi: int) -> list[Sample]:
     """The samples of impressions[lo:hi] (time-ordered log), as a full sequential replay would compute them."""
     state = FeatureState(news)
-    return [sample for i, sample in enumerate(replay(impressions[:hi], state)) if i >= lo]
+    for impression in impressions[:lo]:
+        record(impression, state)
+    return list(replay(impressions[lo:hi], state))

@@ -22,6 +22,7 @@ from drn.mind import Impression, NewsItem, write_behaviors, write_news
 
 HOUR = 3600.0
 DAY = 24 * HOUR
+SLATE_SIZE = 10  # items shown per request in the live world (a phone screen of news)
 
 
 @dataclass(frozen=True)

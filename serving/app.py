@@ -39,7 +39,7 @@ from fastapi.responses import Response
 from pydantic import TypeAdapter, ValidationError
 
 from drn import lifecycle
-from drn.features import FeatureState, replay
+from drn.features import FeatureState, record
 from drn.interleaving import interleaver
 from drn.logstore import ClickNotServed, ImpressionRecord, LogStore, UnknownImpression
 from drn.mind import NewsItem
@@ -70,12 +70,13 @@ class PendingImpression(NamedTuple):
 
 def rebuild_feature_state(logs: LogStore) -> tuple[FeatureState, dict[str, NewsItem], int]:
     """The online feature state as it was before a restart: the news table, then every logged impression and its
-    clicks replayed in time order through the same code training uses. Returns (state, news, impressions)."""
+    clicks recorded in time order through the same code training uses (their features are not computed: nothing
+    needs them). Returns (state, news, impressions)."""
     news = logs.news()
     state = FeatureState(news)
     count = 0
-    for count, _ in enumerate(replay((logged.to_impression() for logged in logs.window()), state), start=1):
-        pass
+    for count, logged in enumerate(logs.window(), start=1):
+        record(logged.to_impression(), state)
     return state, news, count
 
 
@@ -115,8 +116,8 @@ class Service:
                                   self.telemetry)
         await self.holder.refresh()  # start with the promoted model (or popularity, saying why) before serving
         # What exists now (MLflow, SQLAlchemy, torch, the rebuilt state: half a million objects) lives as long as
-        # the process: out of the collector's sight, a full collection no longer walks it. Such a walk took 130 to
-        # 290 ms, every few thousand requests, and set the p99 latency.
+        # the process: out of the collector's sight, a full collection no longer walks it. Such a walk (hundreds of
+        # ms: serving_bench's `full_gc_ms`) came every few thousand requests and set the p99 latency.
         gc.freeze()
         self._follow = asyncio.create_task(self.holder.follow(self.settings.poll_s, self.settings.registry_poll_s))
 
@@ -363,7 +364,7 @@ class RecommendRoute:
     """POST /recommend as a plain ASGI app in front of FastAPI's routing; everything else passes through.
 
     The hot route skips the router, FastAPI's dependency solving, the Request object and the exception and exit-stack
-    middlewares, which took about a fifth of the event loop's time per request; errors still get FastAPI's own
+    middlewares, a large share of the event loop's time per request; errors still get FastAPI's own
     handlers (the same 4xx bodies as any other route), and anything unexpected reaches the server-error middleware
     (a 500). The body is validated by `_parse` straight from its bytes; /docs shows it (`_openapi_with_recommend`)."""
 

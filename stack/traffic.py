@@ -19,8 +19,7 @@ from typing import Callable
 
 import httpx
 
-from drn.online import SLATE_SIZE
-from drn.world import HOUR, Request, World, WorldConfig, logged_world
+from drn.world import HOUR, SLATE_SIZE, Request, World, WorldConfig, logged_world
 from stack.up import WorldSpec
 
 CLOCK_HEADER = "X-DRN-Clock-Token"  # serving's header for trusted event times (serving.app.CLOCK_HEADER)
