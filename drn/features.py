@@ -20,7 +20,7 @@ import zlib
 from bisect import bisect_right, insort
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Iterable, Iterator, Mapping, Sequence
+from typing import Iterable, Iterator, Mapping, NamedTuple, Sequence
 
 import numpy as np
 
@@ -162,6 +162,21 @@ class _UserState:
     clicked: set[str] = field(default_factory=set)
     shown: dict[str, int] = field(default_factory=dict)
     impression_times: list[float] = field(default_factory=list)
+    profiles: _Profiles | None = None  # the last profiles computed, for `profiles.key`
+
+
+class _Profiles(NamedTuple):
+    """A user's per-window profiles, as features need them. They change only when a click arrives or leaves a
+    window (or an item's metadata changes), far more rarely than the user asks for recommendations, so they are kept
+    with the key they were computed for."""
+
+    key: tuple[int, ...]  # (known items' metadata changes, clicks ever applied, clicks in each window)
+    matrix: np.ndarray  # (profile windows, METADATA_DIM): fractions of the window's clicks per metadata value
+    by_field: np.ndarray  # (METADATA_DIM, windows x fields): one product with it gives every user-news overlap
+
+
+def _click_time(click: tuple[float, str]) -> float:
+    return click[0]
 
 
 def _count_since(times: list[float], since: float) -> int:
@@ -252,6 +267,7 @@ class FeatureState:
         self.now = float("-inf")  # time of the latest request seen; later clicks wait in `_pending` until due
         self._pending: list[tuple[float, int, str, str]] = []  # heap of (click time, arrival order, user, news id)
         self._arrivals = 0
+        self._metadata_changes = 0  # known items whose metadata changed: part of the key of users' cached profiles
         for item in (news or {}).values():
             self.add_news(item)
 
@@ -262,7 +278,10 @@ class FeatureState:
         new = item.news_id not in items.index
         row = items.row(item.news_id)
         if new or item.known or item.published is not None:
-            items.metadata[row], items.known[row] = metadata_vector(item), item.known
+            vector = metadata_vector(item)
+            if not new and not np.array_equal(vector, items.metadata[row]):
+                self._metadata_changes += 1  # users' cached profiles may hold the old vector
+            items.metadata[row], items.known[row] = vector, item.known
             if item.published is not None:
                 items.published[row] = item.published
 
@@ -318,16 +337,15 @@ class FeatureState:
         self.advance(time)
         user_state = self._users.get(user) or _UserState()
         rows = self._items.rows(candidates)
-        profiles, user_block = self._user_block(user_state, time)
-        state = np.concatenate([user_block, _context(time)]).astype(np.float32)
+        profiles = self._profiles(user_state, time)
+        state = np.concatenate([profiles.matrix.ravel(), self._user_counts(user_state, profiles.key, time),
+                                _context(time)]).astype(np.float32)
         n = len(candidates)
         # The candidates' rows are written in place, part by part, into one float32 array (one allocation, no
         # concatenation, no float64 copy): this runs for every request.
         action = np.empty((n, SCHEMA.action_dim), dtype=np.float32)
         metadata = action[:, _METADATA] = self._items.metadata[rows]
-        # overlap[c, w, f] = sum over field f's buckets of candidate c's metadata x profile w, as one product
-        by_field = (profiles.T[:, :, None] * SEGMENT_ONE_HOT[:, None, :]).reshape(METADATA_DIM, -1)
-        action[:, _OVERLAP] = metadata @ by_field
+        action[:, _OVERLAP] = metadata @ profiles.by_field
         clicked, shown = user_state.clicked, user_state.shown
         action[:, _CLICKED] = np.fromiter((c in clicked for c in candidates), dtype=np.float32, count=n)
         action[:, _SHOWN] = np.log1p(np.fromiter((shown.get(c, 0) for c in candidates), dtype=np.float64, count=n))
@@ -342,31 +360,43 @@ class FeatureState:
         state.all_time_clicks += 1
         state.clicked.add(news_id)
 
-    def _user_block(self, state: _UserState, time: float) -> tuple[np.ndarray, np.ndarray]:
-        """Per-window normalised profiles (fractions of clicks per metadata value) and the user group vector.
+    def _profiles(self, state: _UserState, time: float) -> _Profiles:
+        """Per-window normalised profiles (fractions of clicks per metadata value), computed again only when the
+        user's clicks per window have changed since the last request.
 
         The clicks are in time order and every window ends now, so each window's clicks are a suffix of the list:
         one cumulative sum from the newest click back gives every window's profile."""
-        profiles = np.zeros((len(PROFILE_WINDOWS), METADATA_DIM), dtype=np.float32)
-        counts = np.zeros(len(PROFILE_WINDOWS), dtype=np.float32)
         clicks = state.clicks
-        if clicks and clicks[-1][0] > time:  # only when features are asked for a time before the latest click
+        early = bool(clicks) and clicks[-1][0] > time  # features asked for a time before the latest click
+        if early:
             clicks = [(t, news_id) for t, news_id in clicks if t <= time]
+        key = (self._metadata_changes, state.all_time_clicks,
+               *(len(clicks) - bisect_right(clicks, time - span, key=_click_time) for _, span in WINDOWS))
+        if not early and state.profiles is not None and state.profiles.key == key:
+            return state.profiles
+        matrix = np.zeros((len(PROFILE_WINDOWS), METADATA_DIM), dtype=np.float32)
         if clicks:
-            times = [t for t, _ in clicks]
             newest_first = self._items.metadata[[self._items.index[n] for _, n in reversed(clicks)]].cumsum(axis=0)
-            for w, (_, span) in enumerate(WINDOWS):
-                counts[w] = len(times) - bisect_right(times, time - span)
-                if counts[w]:
-                    profiles[w] = newest_first[int(counts[w]) - 1] / counts[w]
-        counts[-1] = state.all_time_clicks
+            for w, count in enumerate(key[2:]):
+                if count:
+                    matrix[w] = newest_first[count - 1] / count
         if state.all_time_clicks:
-            profiles[-1] = state.all_time_profile / state.all_time_clicks
+            matrix[-1] = state.all_time_profile / state.all_time_clicks
+        # by_field[:, (w, f)]: profile w on field f's buckets only, so metadata @ by_field is every candidate's
+        # overlap with every profile, field by field
+        by_field = (matrix.T[:, :, None] * SEGMENT_ONE_HOT[:, None, :]).reshape(METADATA_DIM, -1)
+        profiles = _Profiles(key, matrix, by_field)
+        if not early:
+            state.profiles = profiles
+        return profiles
+
+    @staticmethod
+    def _user_counts(state: _UserState, key: tuple[int, ...], time: float) -> np.ndarray:
+        """log(1 + count) of clicks per window and all-time (from the key of the user's profiles) and of impressions
+        per window, and log(1 + hours since the user's last request)."""
         impressions = [_count_since(state.impression_times, time - span) for _, span in WINDOWS]
         since_last = (time - state.impression_times[-1]) / HOUR if state.impression_times else 0.0
-        block = np.concatenate([profiles.ravel(), np.log1p(counts), np.log1p(impressions),
-                                [math.log1p(max(since_last, 0.0))]])
-        return profiles, block
+        return np.log1p([*key[2:], key[1], *impressions, max(since_last, 0.0)])
 
     def _news_block(self, rows: np.ndarray, action: np.ndarray) -> None:
         """Known flag, log click and impression counts per window, smoothed click rates over 24 h and 1 w."""

@@ -9,8 +9,10 @@ by URL. This is the only module of the project that imports SQLAlchemy.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import threading
 import time as clock
 from dataclasses import dataclass
 from pathlib import Path
@@ -210,6 +212,33 @@ def _check(rec: ImpressionRecord) -> None:
         raise ValueError(f"impression {rec.impression_id}: served items that are not candidates")
 
 
+def _news_rows(items: Iterable[NewsItem]) -> list[tuple]:
+    """log_news rows in column order, one per id, the last description of an id winning: PostgreSQL refuses to
+    update one row twice in one statement, and a batch of requests may well introduce the same item twice."""
+    newest = {i.news_id: i for i in items}
+    return [(i.news_id, i.category, i.subcategory, i.title, i.provider, json.dumps(list(i.entities)), i.abstract,
+             i.url, i.published) for i in newest.values()]
+
+
+class _RowsSql:
+    """Multi-row INSERT (or, with `upsert_key`, insert-or-update) statements into one table, in driver SQL: the
+    columns in table order, the auto-increment `seq` left to the database."""
+
+    def __init__(self, table: sa.Table, placeholder: str, upsert_key: str | None = None):
+        columns = [c.name for c in table.columns if c.name != "seq"]
+        self._head = f"INSERT INTO {table.name} ({', '.join(columns)}) VALUES "
+        self._row = f"({', '.join([placeholder] * len(columns))})"
+        updated = ", ".join(f"{c} = excluded.{c}" for c in columns if c != upsert_key)
+        self._tail = f" ON CONFLICT ({upsert_key}) DO UPDATE SET {updated}" if upsert_key else ""
+
+    def execute(self, cursor: Any, rows: Sequence[tuple]) -> None:
+        """One statement per BATCH rows; nothing for no rows."""
+        for start in range(0, len(rows), BATCH):
+            chunk = rows[start:start + BATCH]
+            cursor.execute(self._head + ", ".join([self._row] * len(chunk)) + self._tail,
+                           tuple(value for row in chunk for value in row))
+
+
 class LogStore:
     """Impressions, clicks, returns and exploration rounds in one SQL database; safe to share between threads."""
 
@@ -223,11 +252,14 @@ class LogStore:
             _sqlite_durable(self._engine)
         self._writer = self._engine.execution_options(**{_WRITE: True})
         self._insert = sqlite.insert if backend == "sqlite" else postgresql.insert  # for ON CONFLICT
-        columns = [c.name for c in _impressions.columns if c.name != "seq"]
         placeholder = "?" if self._engine.dialect.paramstyle == "qmark" else "%s"
-        self._impression_insert = f"INSERT INTO {_impressions.name} ({', '.join(columns)}) VALUES "
-        self._impression_values = f"({', '.join([placeholder] * len(columns))})"
-        self._impression_width = len(columns)
+        self._impression_sql = _RowsSql(_impressions, placeholder)
+        self._news_sql = _RowsSql(_news, placeholder, upsert_key="news_id")
+        self._begin_write = "BEGIN IMMEDIATE" if backend == "sqlite" else None  # see _sqlite_durable
+        self._integrity_error = self._engine.dialect.loaded_dbapi.IntegrityError
+        self._driver = threading.local()  # per thread, one driver connection kept for log_impressions
+        self._driver_connections: list[Any] = []  # all of them, closed by close()
+        self._driver_lock = threading.Lock()
         with self._writer.begin() as conn:
             _meta.create_all(conn)
 
@@ -242,6 +274,10 @@ class LogStore:
         return f"LogStore({self._engine.url.render_as_string(hide_password=True)!r})"
 
     def close(self) -> None:
+        with self._driver_lock:
+            for connection in self._driver_connections:
+                connection.close()
+            self._driver_connections.clear()
         self._engine.dispose()
 
     def __enter__(self) -> LogStore:
@@ -263,30 +299,53 @@ class LogStore:
         commit was on disk, instead of one per request. A duplicate impression id or an unknown round refuses the
         whole batch (DuplicateImpression / UnknownRound); the caller retries one by one to find whose it was.
 
-        This is serving's hot write, so the rows go to the driver as one multi-row INSERT and the database's own
-        constraints (unique id, the round's foreign key) do the checking; only a refused batch is looked at again,
-        to say why. Through SQLAlchemy's compiled statements the writer thread held the GIL longer, and
-        one statement instead of one per row is one release and re-take of the GIL instead of many (each re-take
-        waits for the event loop thread to let go)."""
+        This is serving's hot write, and every moment its thread holds the GIL the event loop waits. So the rows go
+        as multi-row statements straight through this thread's own driver connection (`_driver_transaction`: no
+        pool checkout and reset, no SQLAlchemy execution machinery), and the database's own constraints (unique
+        id, the round's foreign key) do the checking; only a refused batch is looked at again, to say why."""
         for rec in records:
             _check(rec)
         ids = [rec.impression_id for rec in records]
         repeated = sorted({i for i in ids if ids.count(i) > 1}) if len(set(ids)) != len(ids) else []
         if repeated:
             raise DuplicateImpression(f"impressions repeated in one batch: {', '.join(repeated[:10])}")
-        values = [value for rec in records for value in (
-            rec.impression_id, rec.user, rec.time, json.dumps(rec.candidates), json.dumps(rec.served),
-            json.dumps(rec.teams), rec.model_version, rec.round_id, rec.explore_seed)]
+        impressions = [(rec.impression_id, rec.user, rec.time, json.dumps(rec.candidates), json.dumps(rec.served),
+                        json.dumps(rec.teams), rec.model_version, rec.round_id, rec.explore_seed) for rec in records]
         try:
-            with self._writer.begin() as conn:
-                self._upsert_news(conn, news)
-                for start in range(0, len(records), BATCH):  # one multi-row statement per BATCH impressions
-                    chunk = values[start * self._impression_width:(start + BATCH) * self._impression_width]
-                    rows = len(chunk) // self._impression_width
-                    conn.exec_driver_sql(self._impression_insert + ", ".join([self._impression_values] * rows),
-                                         tuple(chunk))
-        except sa.exc.IntegrityError:
+            with self._driver_transaction() as cursor:
+                self._news_sql.execute(cursor, _news_rows(news))
+                self._impression_sql.execute(cursor, impressions)
+        except self._integrity_error:
             self._why_refused(records)
+            raise
+
+    @contextlib.contextmanager
+    def _driver_transaction(self) -> Iterator[Any]:
+        """A write transaction on this thread's driver connection (opened on first use and kept). A failure rolls
+        it back; one that leaves the connection unusable (the server went away) drops it, so the next call opens a
+        new one."""
+        connection = getattr(self._driver, "connection", None)
+        if connection is None:
+            connection = self._driver.connection = self._engine.raw_connection()
+            with self._driver_lock:
+                self._driver_connections.append(connection)
+        try:
+            cursor = connection.cursor()
+            try:
+                if self._begin_write:
+                    cursor.execute(self._begin_write)
+                yield cursor
+            finally:
+                cursor.close()
+            connection.commit()
+        except BaseException:
+            try:
+                connection.rollback()
+            except Exception:
+                self._driver.connection = None
+                with self._driver_lock:
+                    self._driver_connections.remove(connection)
+                connection.invalidate()
             raise
 
     def _why_refused(self, records: Sequence[ImpressionRecord]) -> None:
@@ -337,20 +396,9 @@ class LogStore:
 
     def log_news(self, items: Iterable[NewsItem]) -> int:
         """Insert or update news metadata (the newest description of an id wins); returns how many were written."""
-        with self._writer.begin() as conn:
-            return self._upsert_news(conn, items)
-
-    def _upsert_news(self, conn: sa.Connection, items: Iterable[NewsItem]) -> int:
-        """Items are deduplicated first (the last description of an id wins): PostgreSQL refuses to update one row
-        twice in one statement, and a batch of requests may well introduce the same item twice."""
-        newest = {i.news_id: i for i in items}
-        rows = [dict(news_id=i.news_id, category=i.category, subcategory=i.subcategory, title=i.title,
-                     provider=i.provider, entities=list(i.entities), abstract=i.abstract, url=i.url,
-                     published=i.published) for i in newest.values()]
-        for start in range(0, len(rows), BATCH):
-            insert = self._insert(_news).values(rows[start:start + BATCH])
-            updated = {c.name: insert.excluded[c.name] for c in _news.columns if c.name != "news_id"}
-            conn.execute(insert.on_conflict_do_update(index_elements=["news_id"], set_=updated))
+        rows = _news_rows(items)
+        with self._driver_transaction() as cursor:
+            self._news_sql.execute(cursor, rows)
         return len(rows)
 
     # leases: at most one holder per name

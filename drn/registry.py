@@ -456,11 +456,18 @@ class Registry:
     def served(self) -> VersionInfo | None:
         """The version in stage Production (the most recently moved there if several); None if none.
         Production wins over alias champion."""
-        prod = [mv for mv in self._all_mvs() if mv.current_stage == PRODUCTION]
-        if not prod:
-            return None
-        mv = max(prod, key=lambda m: (m.last_updated_timestamp or 0, int(m.version)))
-        return self._info(mv, self._aliases_by_version())
+        mv = self._production()
+        return None if mv is None else self._info(mv, self._aliases_by_version())
+
+    def served_version(self) -> str | None:
+        """The number of the version `served()` describes, from one query where `served()` makes three (it also
+        reads the version's run and the aliases): what serving asks at every registry look."""
+        mv = self._production()
+        return None if mv is None else str(mv.version)
+
+    def champion_version(self) -> str | None:
+        """The number of the version `champion()` describes, from one query."""
+        return self._alias_version(CHAMPION)
 
     def champion(self) -> VersionInfo | None:
         """The version alias `champion` names; None if none. Two lookups (the version, the model's aliases), however
@@ -491,6 +498,10 @@ class Registry:
             return self.client.get_model_version(self.model_name, str(version))
         except self._MlflowException as e:
             raise RegistryError(f"model {self.model_name!r} has no version {version!r}") from e
+
+    def _production(self):
+        prod = [mv for mv in self._all_mvs() if mv.current_stage == PRODUCTION]
+        return max(prod, key=lambda m: (m.last_updated_timestamp or 0, int(m.version))) if prod else None
 
     def _all_mvs(self) -> list:
         out, token = [], None

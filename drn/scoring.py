@@ -20,14 +20,18 @@ from drn.model import DuelingQNetwork
 
 
 def _linears(tower: nn.Sequential) -> list[tuple[np.ndarray, np.ndarray]]:
-    """(weight transposed to (in, out), bias) of each Linear layer, as row-major float32 numpy arrays: gathering
-    the rows of the state's non-zero inputs from a column-major copy (what a plain transpose gives) is slower."""
-    return [(np.ascontiguousarray(m.weight.detach().numpy().T, dtype=np.float32),
+    """(weight (out, in), bias (out,)) of each Linear layer, as row-major float32 numpy arrays."""
+    return [(np.ascontiguousarray(m.weight.detach().numpy(), dtype=np.float32),
              m.bias.detach().numpy().astype(np.float32)) for m in tower if isinstance(m, nn.Linear)]
 
 
 class StackedScorer:
-    """Q of every candidate under each of `networks` (same NetworkConfig): `score(batch)` -> (networks, candidates)."""
+    """Q of every candidate under each of `networks` (same NetworkConfig): `score(batch)` -> (networks, candidates).
+
+    Activations are held unit by candidate, (networks, units, candidates), so every product is weight @ inputs:
+    for the advantage tower's first layer that is (2 x 128, 211) @ (211, 50), which OpenBLAS computed about three
+    times faster than the same product as inputs @ weight, (50, 211) @ (211, 256), on this project's CPU machine
+    (benchmarks/serving_bench.py prints both)."""
 
     def __init__(self, networks: Sequence[DuelingQNetwork]):
         configs = {network.config for network in networks}
@@ -39,14 +43,15 @@ class StackedScorer:
         value = [_linears(network.value) for network in networks]
         advantage = [_linears(network.advantage) for network in networks]
         value_first, advantage_first = [layers[0] for layers in value], [layers[0] for layers in advantage]
-        # First layers: every network's value layer and the state rows of its advantage layer in one matrix, so one
-        # product with the state serves them all; the candidate rows of the advantage layers in another.
-        self._state_first = np.concatenate([w for w, _ in value_first] + [w[:state_dim] for w, _ in advantage_first],
-                                           axis=1)
+        # First layers: every network's value layer and the state columns of its advantage layer in one matrix (as
+        # (state inputs, units), so the rows of the state's non-zero inputs are contiguous), one product with the
+        # state serving them all; the candidate columns of the advantage layers in another, (units, action inputs).
+        self._state_first = np.ascontiguousarray(np.concatenate(
+            [w for w, _ in value_first] + [w[:, :state_dim] for w, _ in advantage_first], axis=0).T)
         self._state_bias = np.concatenate([b for _, b in value_first] + [b for _, b in advantage_first])
-        self._action_first = np.concatenate([w[state_dim:] for w, _ in advantage_first], axis=1)
+        self._action_first = np.ascontiguousarray(np.concatenate([w[:, state_dim:] for w, _ in advantage_first]))
         self._first_width = value_first[0][1].shape[0]
-        # Later layers, stacked per network: (networks, in, out) weights and (networks, 1, out) biases.
+        # Later layers, stacked per network: (networks, out, in) weights and (networks, out, 1) biases.
         self._value_rest = _stack_layers([layers[1:] for layers in value])
         self._activate_first = bool(self._value_rest)  # ReLU after the first layer unless it is also the last
         self._advantage_rest = _stack_layers([layers[1:] for layers in advantage])
@@ -57,11 +62,11 @@ class StackedScorer:
         # dozen of 899, instead of streaming the whole 1.8 MB matrix through the cache on every request.
         active = np.flatnonzero(batch.state)
         shared = batch.state[active] @ self._state_first[active] + self._state_bias  # (2 * networks * width,)
-        value = shared[: count * width].reshape(count, 1, width)
-        advantage = (batch.action @ self._action_first).reshape(n, count, width).transpose(1, 0, 2)
-        advantage = advantage + shared[count * width:].reshape(count, 1, width)
-        value = _forward(value, self._value_rest, activate_first=self._activate_first)[:, :, 0]  # (networks, 1)
-        advantage = _forward(advantage, self._advantage_rest, activate_first=self._activate_first)[:, :, 0]
+        value = shared[: count * width].reshape(count, width, 1)
+        advantage = (self._action_first @ batch.action.T).reshape(count, width, n)
+        advantage += shared[count * width:].reshape(count, width, 1)
+        value = _forward(value, self._value_rest, activate_first=self._activate_first)[:, 0, :]  # (networks, 1)
+        advantage = _forward(advantage, self._advantage_rest, activate_first=self._activate_first)[:, 0, :]
         if self.config.aggregation == "mean":
             advantage = advantage - advantage.mean(axis=1, keepdims=True)
         return value + advantage
@@ -71,16 +76,17 @@ def _stack_layers(per_network: list[list[tuple[np.ndarray, np.ndarray]]]) -> lis
     stacked = []
     for depth in range(len(per_network[0])):
         weights, biases = zip(*(layers[depth] for layers in per_network))
-        stacked.append((np.stack(weights), np.stack(biases)[:, None, :]))
+        stacked.append((np.stack(weights), np.stack(biases)[:, :, None]))
     return stacked
 
 
 def _forward(x: np.ndarray, layers: list[tuple[np.ndarray, np.ndarray]], activate_first: bool) -> np.ndarray:
-    """ReLU on the first layer's output (when more layers follow), then the stacked layers, ReLU between them."""
+    """ReLU on the first layer's output (when more layers follow), then the stacked layers, ReLU between them;
+    x is (networks, units, candidates)."""
     if activate_first:
         x = np.maximum(x, 0.0)
     for i, (weight, bias) in enumerate(layers):
-        x = x @ weight + bias
+        x = weight @ x + bias
         if i < len(layers) - 1:
             x = np.maximum(x, 0.0)
     return x

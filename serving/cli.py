@@ -17,9 +17,12 @@ def cmd_serve(args: argparse.Namespace) -> None:
                                       max_candidates=args.max_candidates, interleaving=args.interleaving)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
     # No access log: every request is already counted and timed in /metrics, and a log line per request costs
-    # a noticeable share of the 2 ms a /recommend takes.
+    # a noticeable share of the 2 ms a /recommend takes. asyncio's own event loop, not uvloop: under steady load from 8
+    # keep-alive clients, uvloop settled into a cycle that left the same 2 connections waiting a whole extra round
+    # every time (twice the others' latency, for a quarter of all requests: that was the p99), where asyncio's loop
+    # served all 8 alike (serving_bench reports the spread between connections).
     uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level=args.log_level,
-                access_log=False)
+                access_log=False, loop="asyncio")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

@@ -154,11 +154,9 @@ class ModelHolder:
             self._registry = self._open_registry()
         return self._registry
 
-    def _served_info(self) -> VersionInfo | None:
+    def _served_version(self) -> str | None:
         registry = self._registry_client()
-        if self._follow == "stage":
-            return registry.served()
-        return registry.champion()
+        return registry.served_version() if self._follow == "stage" else registry.champion_version()
 
     def _round_moved(self) -> bool:
         """Whether the log store's open round is another than the one last seen (a log store error counts as no)."""
@@ -171,18 +169,19 @@ class ModelHolder:
     def _next(self, force: bool) -> ServedModel:
         current = self.current
         try:
-            info = self._served_info()
+            # the version number first (one query); its whole record (its stage) only when it is one to load
+            version = self._served_version()
+            new = version not in (None, current.version) and (version != self._failed or force)
+            info = self._registry_client().version(version) if new else None
             self.registry_error, self.last_sync = None, time.time()
         except Exception as e:  # unreachable, locked, misconfigured: keep serving what we have
             self.registry_error = f"{type(e).__name__}: {e}"
             self._telemetry.errors.labels("registry_unreachable").inc()
             log.warning("registry unavailable, keeping %s: %s", current.label, self.registry_error)
             return self._with_round(current)
-        if info is None:
+        if version is None:
             return current if current.version is None else cold()
-        if info.version == current.version:
-            return self._with_round(current)
-        if info.version == self._failed and not force:
+        if info is None:
             return self._with_round(current)
         try:
             bundle = self._registry_client().load(info.version)

@@ -128,6 +128,18 @@ def test_a_batch_of_impressions_is_all_or_nothing(store):
     store.log_impressions([])
 
 
+def test_a_broken_write_connection_is_replaced(tmp_path):
+    """Impressions are written through a driver connection the store keeps; when it dies (a database server that
+    went away), that write fails and the next one gets a new connection."""
+    with LogStore.at(tmp_path) as store:
+        store.log_impression(rec("i1", 1.0))
+        store._driver.connection.driver_connection.close()
+        with pytest.raises(Exception, match="closed"):
+            store.log_impression(rec("i2", 2.0))
+        store.log_impression(rec("i2", 2.0))
+        assert ids(store.window()) == ["i1", "i2"]
+
+
 def test_clicks_are_idempotent(store):
     store.log_impression(rec("i1", 1.0))
     assert store.log_click("i1", "n2", 2.0) is True

@@ -147,10 +147,11 @@ def test_crash_mid_register_leaves_no_version(reg, monkeypatch):
 
 def test_promote_sets_production_and_champion_and_archives_previous(reg):
     a, b = _register(reg, 5), _register(reg, 6)
-    assert reg.champion() is None
+    assert reg.champion() is None and reg.champion_version() is None and reg.served_version() is None
     _timed("promote", reg.promote, a, who="alice", why="offline baseline")
     before = reg.served()
     assert before.version == a and before.stage == PRODUCTION and before.aliases == [CHAMPION]
+    assert reg.served_version() == reg.champion_version() == a
     _timed("promote", reg.promote, b, who="bob", why="major update beats parent")
     va, vb = reg.version(a), reg.version(b)
     assert (vb.stage, vb.aliases) == (PRODUCTION, [CHAMPION])
@@ -158,7 +159,7 @@ def test_promote_sets_production_and_champion_and_archives_previous(reg):
     assert str(reg.client.get_model_version_by_alias(reg.model_name, CHAMPION).version) == b
     assert reg.champion().version == b and reg.champion().aliases == [CHAMPION]
     assert sum(x.stage == PRODUCTION for x in reg.versions()) == 1
-    assert reg.served().version == b
+    assert reg.served().version == b and reg.served_version() == reg.champion_version() == b
     t = vb.tags
     assert (t["promoted_by"], t["promotion_reason"], t["previous_version"], t["promotion_action"]) == (
         "bob", "major update beats parent", a, "promote")
@@ -178,7 +179,7 @@ def test_rollback_to_previous_and_to_named_version(reg):
     assert reg.version(c).stage == "Archived"
     assert reg.rollback(who="oncall", why="still bad") == a  # again: what was served before b
     assert reg.rollback(to=c, who="oncall", why="false alarm") == c
-    assert reg.served().version == c
+    assert reg.served().version == reg.served_version() == c
     recs = reg.history()[n:]
     assert [(r["action"], r["version"], r["previous_version"], r["who"]) for r in recs] == [
         ("rollback", b, c, "oncall"), ("rollback", a, b, "oncall"), ("rollback", c, a, "oncall")]

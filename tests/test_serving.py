@@ -311,9 +311,9 @@ def test_registry_outage_keeps_serving(registry, versions, logs, tmp_path, monke
     with serve(_settings(tmp_path), registry, logs) as client:
         assert _recommend(client).json()["model_version"] == versions["a"]
 
-        def unreachable():
+        def unreachable(*args, **kwargs):
             raise ConnectionError("registry database is gone")
-        monkeypatch.setattr(registry, "served", unreachable)
+        monkeypatch.setattr(registry.client, "search_model_versions", unreachable)  # what every look at it reads
         state = _wait_for(client, lambda s: s["status"] == "degraded", "the outage to show")
         assert "registry database is gone" in state["registry_error"]
         answers = [_recommend(client) for _ in range(5)]
