@@ -15,6 +15,7 @@ depends on the data; the schema names every block so a model version can be chec
 from __future__ import annotations
 
 import heapq
+import itertools
 import math
 import zlib
 from bisect import bisect_right, insort
@@ -112,6 +113,9 @@ def _columns(first: str, last: str) -> slice:
 
 
 # Where `FeatureState.features` writes each part of a candidate's row (the layout stays defined by `_blocks`).
+# The columns of a candidate's row that change only when the item's description does (`FeatureBatch.item_stamps`
+# says when): they lead the row, so a scorer can keep per-item work on them.
+ITEM_STATIC = _columns("news.metadata", "news.has_metadata")
 _METADATA = _columns("news.metadata", "news.metadata")
 _KNOWN = _columns("news.has_metadata", "news.has_metadata")
 _COUNTS = _columns(f"news.clicks_{WINDOWS[0][0]}", f"news.impressions_{WINDOWS[-1][0]}")  # clicks..., impressions...
@@ -128,6 +132,11 @@ class FeatureBatch:
     state: np.ndarray  # (state_dim,) float32
     action: np.ndarray  # (n_candidates, action_dim) float32
     candidates: tuple[str, ...]
+    # Per candidate, its item's row in the state's item table and the stamp of the last write of its ITEM_STATIC
+    # columns (unique in the process): a scorer may reuse work on those columns while the stamp is unchanged.
+    # None for batches not taken from a FeatureState.
+    item_rows: np.ndarray | None = None
+    item_stamps: np.ndarray | None = None
 
     def column(self, name: str) -> np.ndarray:
         """A named block, e.g. `news.clicks_24h` -> (n,) for per-item blocks of size 1."""
@@ -190,6 +199,9 @@ def _prune(times: list, before: float, key=None) -> None:
         del times[: bisect_right(probe, before)]
 
 
+_STAMPS = itertools.count(1)  # item description writes, numbered across every FeatureState of the process
+
+
 class _ItemTable:
     """Per-item state as rows of arrays, so a request's candidates are read with one index instead of a Python loop.
 
@@ -208,6 +220,7 @@ class _ItemTable:
         self.published = np.full(capacity, np.nan)  # epoch seconds, NaN when not given
         self.first_seen = np.full(capacity, np.nan)  # first impression, NaN before it
         self.counts = np.zeros((capacity, len(self.KINDS) * len(WINDOWS)), dtype=np.int64)  # clicks..., impressions...
+        self.stamps = np.zeros(capacity, dtype=np.int64)  # per row, when `metadata` and `known` were last written
         # per counter column, a heap of (time, event number, rows) of the events still inside that column's window
         self._expiring: list[list[tuple[float, int, list[int]]]] = [[] for _ in range(self.counts.shape[1])]
         self._events = 0  # events counted so far: orders a heap's entries of equal time without comparing rows
@@ -222,6 +235,9 @@ class _ItemTable:
             row = self.index[news_id] = self._rows
             self._rows += 1
         return row
+
+    def describe(self, row: int, metadata: np.ndarray, known: bool) -> None:
+        self.metadata[row], self.known[row], self.stamps[row] = metadata, known, next(_STAMPS)
 
     def rows(self, news_ids: Sequence[str]) -> np.ndarray:
         """Rows of a request's candidates; 0 (the unknown item) for ids never met, without adding them."""
@@ -249,7 +265,7 @@ class _ItemTable:
         return sum(len(heap) for heap in self._expiring)
 
     def _grow(self) -> None:
-        for name in ("metadata", "known", "published", "first_seen", "counts"):
+        for name in ("metadata", "known", "published", "first_seen", "counts", "stamps"):
             current = getattr(self, name)
             grown = np.zeros((2 * len(current), *current.shape[1:]), dtype=current.dtype)
             if name in ("published", "first_seen"):
@@ -281,7 +297,7 @@ class FeatureState:
             vector = metadata_vector(item)
             if not new and not np.array_equal(vector, items.metadata[row]):
                 self._metadata_changes += 1  # users' cached profiles may hold the old vector
-            items.metadata[row], items.known[row] = vector, item.known
+            items.describe(row, vector, item.known)
             if item.published is not None:
                 items.published[row] = item.published
 
@@ -351,7 +367,7 @@ class FeatureState:
         action[:, _SHOWN] = np.log1p(np.fromiter((shown.get(c, 0) for c in candidates), dtype=np.float64, count=n))
         self._news_block(rows, action)
         self._freshness_block(rows, time, action)
-        return FeatureBatch(state, action, tuple(candidates))
+        return FeatureBatch(state, action, tuple(candidates), rows, self._items.stamps[rows])
 
     # ---- internals ----------------------------------------------------------------------------------------
     def _add_to_profile(self, state: _UserState, news_id: str) -> None:

@@ -15,7 +15,7 @@ from typing import Sequence
 import numpy as np
 from torch import nn
 
-from drn.features import FeatureBatch
+from drn.features import ITEM_STATIC, FeatureBatch
 from drn.model import DuelingQNetwork
 
 
@@ -50,6 +50,12 @@ class StackedScorer:
             [w for w, _ in value_first] + [w[:, :state_dim] for w, _ in advantage_first], axis=0).T)
         self._state_bias = np.concatenate([b for _, b in value_first] + [b for _, b in advantage_first])
         self._action_first = np.ascontiguousarray(np.concatenate([w[:, state_dim:] for w, _ in advantage_first]))
+        # ...and that, split: the item's static columns (ITEM_STATIC, leading the row) and the rest. An item's
+        # product with the static part is kept per item-table row, with the stamp of the description it came from.
+        self._static_first = np.ascontiguousarray(self._action_first[:, ITEM_STATIC].T)  # (static inputs, units)
+        self._dynamic_first = np.ascontiguousarray(self._action_first[:, ITEM_STATIC.stop:])  # (units, the rest)
+        self._per_item = np.zeros((0, self._action_first.shape[0]), dtype=np.float32)  # (item rows, units)
+        self._per_item_stamps = np.zeros(0, dtype=np.int64)  # 0: nothing kept (stamps start at 1)
         self._first_width = value_first[0][1].shape[0]
         # Later layers, stacked per network: (networks, out, in) weights and (networks, out, 1) biases.
         self._value_rest = _stack_layers([layers[1:] for layers in value])
@@ -63,13 +69,36 @@ class StackedScorer:
         active = np.flatnonzero(batch.state)
         shared = batch.state[active] @ self._state_first[active] + self._state_bias  # (2 * networks * width,)
         value = shared[: count * width].reshape(count, width, 1)
-        advantage = (self._action_first @ batch.action.T).reshape(count, width, n)
+        advantage = self._advantage_first(batch).reshape(count, width, n)
         advantage += shared[count * width:].reshape(count, width, 1)
         value = _forward(value, self._value_rest, activate_first=self._activate_first)[:, 0, :]  # (networks, 1)
         advantage = _forward(advantage, self._advantage_rest, activate_first=self._activate_first)[:, 0, :]
         if self.config.aggregation == "mean":
             advantage = advantage - advantage.mean(axis=1, keepdims=True)
         return value + advantage
+
+
+    def _advantage_first(self, batch: FeatureBatch) -> np.ndarray:
+        """(units, candidates): the advantage towers' first layer on the candidates' columns. Most of those columns are
+        the item's description, the same request after request: its product is taken once per item (and again when
+        the description changes), and only the rest of the row is multiplied per request."""
+        rows, stamps = batch.item_rows, batch.item_stamps
+        if rows is None:
+            return self._action_first @ batch.action.T
+        if len(rows) and rows.max() >= len(self._per_item_stamps):
+            self._grow(int(rows.max()) + 1)
+        stale = self._per_item_stamps[rows] != stamps
+        if stale.any():
+            self._per_item[rows[stale]] = batch.action[stale, ITEM_STATIC] @ self._static_first
+            self._per_item_stamps[rows[stale]] = stamps[stale]
+        return self._per_item[rows].T + self._dynamic_first @ batch.action[:, ITEM_STATIC.stop:].T
+
+    def _grow(self, rows: int) -> None:
+        capacity = max(rows, 2 * len(self._per_item_stamps), 1024)
+        self._per_item = np.concatenate([self._per_item, np.zeros((capacity - len(self._per_item),
+                                                                   self._per_item.shape[1]), dtype=np.float32)])
+        self._per_item_stamps = np.concatenate([self._per_item_stamps,
+                                                np.zeros(capacity - len(self._per_item_stamps), dtype=np.int64)])
 
 
 def _stack_layers(per_network: list[list[tuple[np.ndarray, np.ndarray]]]) -> list[tuple[np.ndarray, np.ndarray]]:

@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 
 from drn.exploration import explore_weights
-from drn.features import FeatureBatch
+from drn.features import FeatureBatch, FeatureState
+from drn.mind import NewsItem
 from drn.model import NetworkConfig, build_network, network_from_weights
 from drn.policy import rankings, top_k
 from drn.scoring import StackedScorer
@@ -46,3 +47,25 @@ def test_networks_of_different_shapes_are_not_stacked():
 def test_rankings_sort_every_row_like_top_k_ties_in_candidate_order():
     scores = np.array([[0.5, 2.0, 0.5, -1.0], [1.0, 1.0, 3.0, 1.0]], dtype=np.float32)
     assert rankings(scores) == [top_k(scores[0], 4), top_k(scores[1], 4)] == [[1, 0, 2, 3], [2, 0, 1, 3]]
+
+
+def test_per_item_work_follows_each_items_description():
+    """Batches taken from a FeatureState let the scorer keep each item's product with its description; a changed
+    description (a new category, an item first seen without metadata) must be scored with the new one."""
+    exploit = build_network(NetworkConfig(), seed=4)
+    explore = network_from_weights(exploit.config, explore_weights(exploit.state_dict(), seed=6, alpha=0.1))
+    scorer = StackedScorer([exploit, explore])
+    state = FeatureState({f"N{i}": NewsItem(f"N{i}", f"cat{i % 5}", f"sub{i}", entities=(f"E{i}",)) for i in range(30)})
+    state.record_click("U1", "N3", 0.0)
+    candidates = [f"N{i}" for i in range(0, 30, 2)] + ["N99"]  # N99: never described
+
+    def check(time: float) -> None:
+        batch = state.features("U1", candidates, time)
+        expected = np.stack([exploit.score(batch), explore.score(batch)])
+        np.testing.assert_allclose(scorer.score(batch), expected, rtol=1e-5, atol=1e-5)
+
+    check(10.0)
+    check(20.0)  # every item's product reused
+    state.add_news(NewsItem("N4", "sports", "football", entities=("E1", "E2")))
+    state.add_news(NewsItem("N99", "news", "world"))
+    check(30.0)
