@@ -144,8 +144,8 @@ def setup_home(home: Path, history: int) -> tuple[str, object, int]:
 
 def follow_costs(home: Path, repeats: int = 10) -> dict:
     """What keeping up with the registry costs, in this process (which, like the service, has MLflow, SQLAlchemy,
-    torch and FastAPI loaded): one look at the registry by stage and by alias, one look at the open round (ms,
-    medians), and one full garbage collection of everything loaded (ms) - what `gc.freeze()` spares the service."""
+    torch and FastAPI loaded): one look at the registry by stage and by alias (the version number, as serving asks it:
+    `Registry.served_version` / `champion_version`), one look at the open round (ms, medians), and one full garbage collection of everything loaded (ms) - what `gc.freeze()` spares the service."""
     registry = Registry(f"sqlite:///{home / 'mlflow.db'}")
 
     def median_ms(call) -> float:
@@ -157,7 +157,8 @@ def follow_costs(home: Path, repeats: int = 10) -> dict:
         return statistics.median(timings)
 
     with LogStore(os.environ["DRN_LOGSTORE_URL"]) as logs:
-        costs = {"registry_served_ms": median_ms(registry.served), "registry_champion_ms": median_ms(registry.champion),
+        costs = {"registry_served_version_ms": median_ms(registry.served_version),
+                 "registry_champion_version_ms": median_ms(registry.champion_version),
                  "open_round_ms": median_ms(logs.current_round)}
     start = time.perf_counter()
     gc.collect()
@@ -320,8 +321,8 @@ def main() -> None:
           f"{scoring['nonzero_state_inputs_median']:.0f} of {NetworkConfig().state_dim} state inputs non-zero; "
           f"advantage first layers as weight @ inputs {scoring['first_layer_weight_at_inputs_ms_median']:.3f} ms, "
           f"as inputs @ weight {scoring['first_layer_inputs_at_weight_ms_median']:.3f} ms")
-    print(f"following the registry: a look by stage {follow['registry_served_ms']:.1f} ms, by alias "
-          f"{follow['registry_champion_ms']:.1f} ms, at the open round {follow['open_round_ms']:.2f} ms; one full "
+    print(f"following the registry: a look by stage {follow['registry_served_version_ms']:.1f} ms, by alias "
+          f"{follow['registry_champion_version_ms']:.1f} ms, at the open round {follow['open_round_ms']:.2f} ms; one full "
           f"garbage collection of {follow['gc_objects']} objects {follow['full_gc_ms']:.0f} ms")
     print(f"history: {args.history} impressions, {clicks} clicks logged before the run; "
           f"log store: {result['log_store']}")
