@@ -83,7 +83,8 @@ def _settings(home: Path, **kw) -> ServeSettings:
 def serve(settings: ServeSettings, registry: Registry, logs: LogStore) -> Iterator[httpx.Client]:
     """The app under uvicorn on 127.0.0.1 (a free port) in a thread; a client for it."""
     app = create_app(settings, open_registry=lambda: registry, logs=logs)
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", access_log=False))
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", access_log=False,
+                                           loop="asyncio"))  # as `drn serve` runs it
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 30
