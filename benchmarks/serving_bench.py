@@ -71,8 +71,8 @@ def _payload(rng: np.random.Generator) -> dict:
 def scoring_time(bundle, logs_url: str, repeats: int) -> dict:
     """In-process, on the feature state the service rebuilds from the seeded log store: features for 50 candidates;
     W and W~ together in serving's stacked pass (drn.scoring); and, for comparison, each network's torch forward,
-    and the stacked pass's largest product, the advantage towers' first layer, as it computes it (weight @ inputs)
-    and the other way round (inputs @ weight)."""
+    and the advantage towers' whole first layer in the order the stacked pass multiplies (weight @ inputs) and the
+    other way round (inputs @ weight)."""
     set_threads()
     rng = np.random.default_rng(0)
     with LogStore(logs_url) as logs:
@@ -84,7 +84,7 @@ def scoring_time(bundle, logs_url: str, repeats: int) -> dict:
     timings: dict[str, list[float]] = {"features": [], "score_w_and_w_tilde_stacked": [], "score_w_torch": [],
                                        "score_w_tilde_torch": [], "first_layer_weight_at_inputs": [],
                                        "first_layer_inputs_at_weight": []}
-    first_layer = stacked._action_first  # (W's and W~'s units, action inputs): the largest product per request
+    first_layer = stacked._action_first  # (W's and W~'s units, action inputs): the largest product, both ways round
     first_layer_t = np.ascontiguousarray(first_layer.T)
     active = []
     for i in range(repeats):
@@ -99,7 +99,7 @@ def scoring_time(bundle, logs_url: str, repeats: int) -> dict:
         t3 = time.perf_counter()
         explore.score(batch)
         t4 = time.perf_counter()
-        first_layer @ batch.action.T  # how StackedScorer computes it
+        first_layer @ batch.action.T  # in the order StackedScorer multiplies (it sends only 34 of the 211 inputs)
         t5 = time.perf_counter()
         batch.action @ first_layer_t  # the same product the other way round
         t6 = time.perf_counter()
@@ -144,8 +144,9 @@ def setup_home(home: Path, history: int) -> tuple[str, object, int]:
 
 def follow_costs(home: Path, repeats: int = 10) -> dict:
     """What keeping up with the registry costs, in this process (which, like the service, has MLflow, SQLAlchemy,
-    torch and FastAPI loaded): one look at the registry by stage and by alias (the version number, as serving asks it:
-    `Registry.served_version` / `champion_version`), one look at the open round (ms, medians), and one full garbage collection of everything loaded (ms) - what `gc.freeze()` spares the service."""
+    torch and FastAPI loaded): one look at the registry by stage and by alias (the version number, as serving asks
+    it: `Registry.served_version` / `champion_version`), one look at the open round (ms, medians), and one full
+    garbage collection of everything loaded (ms) - what `gc.freeze()` spares the service."""
     registry = Registry(f"sqlite:///{home / 'mlflow.db'}")
 
     def median_ms(call) -> float:
@@ -322,8 +323,8 @@ def main() -> None:
           f"advantage first layers as weight @ inputs {scoring['first_layer_weight_at_inputs_ms_median']:.3f} ms, "
           f"as inputs @ weight {scoring['first_layer_inputs_at_weight_ms_median']:.3f} ms")
     print(f"following the registry: a look by stage {follow['registry_served_version_ms']:.1f} ms, by alias "
-          f"{follow['registry_champion_version_ms']:.1f} ms, at the open round {follow['open_round_ms']:.2f} ms; one full "
-          f"garbage collection of {follow['gc_objects']} objects {follow['full_gc_ms']:.0f} ms")
+          f"{follow['registry_champion_version_ms']:.1f} ms, at the open round {follow['open_round_ms']:.2f} ms; "
+          f"one full garbage collection of {follow['gc_objects']} objects {follow['full_gc_ms']:.0f} ms")
     print(f"history: {args.history} impressions, {clicks} clicks logged before the run; "
           f"log store: {result['log_store']}")
     print(f"{'round':>5} {'loop ms':>7} {'clients':>7} {'requests':>8} {'fail':>4} {'req/s':>8} {'p50 ms':>7} "

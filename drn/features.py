@@ -19,6 +19,7 @@ import itertools
 import math
 import zlib
 from bisect import bisect_right, insort
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Iterable, Iterator, Mapping, NamedTuple, Sequence
@@ -46,6 +47,9 @@ SEGMENT_ONE_HOT = np.eye(len(METADATA_FIELDS), dtype=np.float32)[  # (bucket, fi
     np.repeat(np.arange(len(METADATA_FIELDS)), [size for _, size in METADATA_FIELDS])]
 CTR_PRIOR_CLICKS, CTR_PRIOR_IMPRESSIONS = 1.0, 25.0  # smoothing of an item's click rate (~4%, MIND's rate)
 FRESHNESS_DECAY_S = 4.1 * HOUR  # DRN.md: mean time from publication to last click was 4.1 h
+# Users whose profiles are kept between their requests, most recently asked for first (about 18 KB each): the
+# active users of a serving process; a training replay over millions of users keeps only the latest.
+PROFILES_KEPT = 4096
 
 
 def _blocks() -> dict[str, list[tuple[str, int]]]:
@@ -171,7 +175,6 @@ class _UserState:
     clicked: set[str] = field(default_factory=set)
     shown: dict[str, int] = field(default_factory=dict)
     impression_times: list[float] = field(default_factory=list)
-    profiles: _Profiles | None = None  # the last profiles computed, for `profiles.key`
 
 
 class _Profiles(NamedTuple):
@@ -284,6 +287,7 @@ class FeatureState:
         self._pending: list[tuple[float, int, str, str]] = []  # heap of (click time, arrival order, user, news id)
         self._arrivals = 0
         self._metadata_changes = 0  # known items whose metadata changed: part of the key of users' cached profiles
+        self._profiles_kept: OrderedDict[str, _Profiles] = OrderedDict()  # by user, least recently asked for first
         for item in (news or {}).values():
             self.add_news(item)
 
@@ -343,7 +347,7 @@ class FeatureState:
         user_state = self._users.setdefault(user, _UserState())
         self._items.count([self._items.row(news_id)], 0, time)
         insort(user_state.clicks, (time, news_id))
-        _prune(user_state.clicks, time - WINDOWS[-1][1], key=lambda c: c[0])
+        _prune(user_state.clicks, time - WINDOWS[-1][1], key=_click_time)
         self._add_to_profile(user_state, news_id)
 
     # ---- features -----------------------------------------------------------------------------------------
@@ -353,7 +357,7 @@ class FeatureState:
         self.advance(time)
         user_state = self._users.get(user) or _UserState()
         rows = self._items.rows(candidates)
-        profiles = self._profiles(user_state, time)
+        profiles = self._profiles(user, user_state, time)
         state = np.concatenate([profiles.matrix.ravel(), self._user_counts(user_state, profiles.key, time),
                                 _context(time)]).astype(np.float32)
         n = len(candidates)
@@ -376,9 +380,9 @@ class FeatureState:
         state.all_time_clicks += 1
         state.clicked.add(news_id)
 
-    def _profiles(self, state: _UserState, time: float) -> _Profiles:
+    def _profiles(self, user: str, state: _UserState, time: float) -> _Profiles:
         """Per-window normalised profiles (fractions of clicks per metadata value), computed again only when the
-        user's clicks per window have changed since the last request.
+        user's clicks per window have changed since their last request (for the PROFILES_KEPT latest users).
 
         The clicks are in time order and every window ends now, so each window's clicks are a suffix of the list:
         one cumulative sum from the newest click back gives every window's profile."""
@@ -388,8 +392,10 @@ class FeatureState:
             clicks = [(t, news_id) for t, news_id in clicks if t <= time]
         key = (self._metadata_changes, state.all_time_clicks,
                *(len(clicks) - bisect_right(clicks, time - span, key=_click_time) for _, span in WINDOWS))
-        if not early and state.profiles is not None and state.profiles.key == key:
-            return state.profiles
+        kept = self._profiles_kept.get(user)
+        if not early and kept is not None and kept.key == key:
+            self._profiles_kept.move_to_end(user)
+            return kept
         matrix = np.zeros((len(PROFILE_WINDOWS), METADATA_DIM), dtype=np.float32)
         if clicks:
             newest_first = self._items.metadata[[self._items.index[n] for _, n in reversed(clicks)]].cumsum(axis=0)
@@ -403,7 +409,10 @@ class FeatureState:
         by_field = (matrix.T[:, :, None] * SEGMENT_ONE_HOT[:, None, :]).reshape(METADATA_DIM, -1)
         profiles = _Profiles(key, matrix, by_field)
         if not early:
-            state.profiles = profiles
+            self._profiles_kept[user] = profiles
+            self._profiles_kept.move_to_end(user)
+            if len(self._profiles_kept) > PROFILES_KEPT:
+                self._profiles_kept.popitem(last=False)
         return profiles
 
     @staticmethod

@@ -257,9 +257,13 @@ class LogStore:
         self._news_sql = _RowsSql(_news, placeholder, upsert_key="news_id")
         self._begin_write = "BEGIN IMMEDIATE" if backend == "sqlite" else None  # see _sqlite_durable
         self._integrity_error = self._engine.dialect.loaded_dbapi.IntegrityError
-        self._driver = threading.local()  # per thread, one driver connection kept for log_impressions
-        self._driver_connections: list[Any] = []  # all of them, closed by close()
+        # SQLite: each writing thread keeps one driver connection, outside the pool (a file does not hang up).
+        # PostgreSQL: a server can drop an idle connection, so each write takes one from the pool, which pings it.
+        self._keep_driver_connections = backend == "sqlite"
+        self._driver = threading.local()  # this thread's kept connection, and the `_opened` it was opened in
+        self._driver_connections: set[Any] = set()  # every kept one, closed by close()
         self._driver_lock = threading.Lock()
+        self._opened = 0  # bumped by close(): connections kept before it are not used again
         with self._writer.begin() as conn:
             _meta.create_all(conn)
 
@@ -275,6 +279,7 @@ class LogStore:
 
     def close(self) -> None:
         with self._driver_lock:
+            self._opened += 1
             for connection in self._driver_connections:
                 connection.close()
             self._driver_connections.clear()
@@ -300,9 +305,9 @@ class LogStore:
         whole batch (DuplicateImpression / UnknownRound); the caller retries one by one to find whose it was.
 
         This is serving's hot write, and every moment its thread holds the GIL the event loop waits. So the rows go
-        as multi-row statements straight through this thread's own driver connection (`_driver_transaction`: no
-        pool checkout and reset, no SQLAlchemy execution machinery), and the database's own constraints (unique
-        id, the round's foreign key) do the checking; only a refused batch is looked at again, to say why."""
+        as multi-row statements straight through a driver connection (`_driver_transaction`: no SQLAlchemy
+        execution machinery, and on SQLite no pool checkout and reset either), and the database's own constraints
+        (unique id, the round's foreign key) do the checking; only a refused batch is looked at again, to say why."""
         for rec in records:
             _check(rec)
         ids = [rec.impression_id for rec in records]
@@ -321,14 +326,9 @@ class LogStore:
 
     @contextlib.contextmanager
     def _driver_transaction(self) -> Iterator[Any]:
-        """A write transaction on this thread's driver connection (opened on first use and kept). A failure rolls
-        it back; one that leaves the connection unusable (the server went away) drops it, so the next call opens a
-        new one."""
-        connection = getattr(self._driver, "connection", None)
-        if connection is None:
-            connection = self._driver.connection = self._engine.raw_connection()
-            with self._driver_lock:
-                self._driver_connections.append(connection)
+        """A write transaction on a driver connection: this thread's kept one on SQLite, a pooled one on PostgreSQL.
+        A failure rolls it back; a connection that cannot roll back is never used again."""
+        connection = self._driver_connection()
         try:
             cursor = connection.cursor()
             try:
@@ -342,11 +342,38 @@ class LogStore:
             try:
                 connection.rollback()
             except Exception:
-                self._driver.connection = None
-                with self._driver_lock:
-                    self._driver_connections.remove(connection)
-                connection.invalidate()
+                self._discard(connection)
+                raise
+            self._release(connection)
             raise
+        self._release(connection)
+
+    def _driver_connection(self) -> Any:
+        if not self._keep_driver_connections:
+            return self._engine.raw_connection()
+        kept = getattr(self._driver, "kept", None)
+        if kept is not None and kept[0] == self._opened:
+            return kept[1]
+        connection = self._engine.raw_connection()
+        connection.detach()  # out of the pool: a kept connection must not hold one of its places
+        with self._driver_lock:
+            self._driver_connections.add(connection)
+        self._driver.kept = (self._opened, connection)
+        return connection
+
+    def _release(self, connection: Any) -> None:
+        if not self._keep_driver_connections:
+            connection.close()  # back to the pool
+
+    def _discard(self, connection: Any) -> None:
+        if not self._keep_driver_connections:
+            connection.invalidate()  # the pool opens another in its place
+            return
+        self._driver.kept = None
+        with self._driver_lock:
+            self._driver_connections.discard(connection)
+        with contextlib.suppress(Exception):
+            connection.close()
 
     def _why_refused(self, records: Sequence[ImpressionRecord]) -> None:
         """After the database refused a batch: raise DuplicateImpression or UnknownRound naming the culprit."""

@@ -472,11 +472,8 @@ class Registry:
     def champion(self) -> VersionInfo | None:
         """The version alias `champion` names; None if none. Two lookups (the version, the model's aliases), however
         many versions there are."""
-        try:
-            mv = self.client.get_model_version_by_alias(self.model_name, CHAMPION)
-        except self._MlflowException:
-            return None
-        return self._info(mv, self._aliases_by_version())
+        mv = self._by_alias(CHAMPION)
+        return None if mv is None else self._info(mv, self._aliases_by_version())
 
     def versions(self) -> list[VersionInfo]:
         """Every version, oldest first (for a ``drn models`` table)."""
@@ -520,10 +517,18 @@ class Registry:
         return out
 
     def _alias_version(self, alias: str) -> str | None:
+        mv = self._by_alias(alias)
+        return None if mv is None else str(mv.version)
+
+    def _by_alias(self, alias: str):
+        """The version `alias` names; None when the model or the alias does not exist. Any other failure (the registry
+        unreachable) is raised: following serving must not read an outage as "nothing promoted" (popularity)."""
         try:
-            return str(self.client.get_model_version_by_alias(self.model_name, alias).version)
-        except self._MlflowException:
-            return None
+            return self.client.get_model_version_by_alias(self.model_name, alias)
+        except self._MlflowException as e:
+            if e.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):  # no such model / alias
+                return None
+            raise
 
     def _info(self, mv, aliases: Mapping[str, list[str]]) -> VersionInfo:
         tags = dict(mv.tags or {})

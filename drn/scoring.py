@@ -28,10 +28,12 @@ def _linears(tower: nn.Sequential) -> list[tuple[np.ndarray, np.ndarray]]:
 class StackedScorer:
     """Q of every candidate under each of `networks` (same NetworkConfig): `score(batch)` -> (networks, candidates).
 
-    Activations are held unit by candidate, (networks, units, candidates), so every product is weight @ inputs:
-    for the advantage tower's first layer that is (2 x 128, 211) @ (211, 50), which OpenBLAS computed about three
-    times faster than the same product as inputs @ weight, (50, 211) @ (211, 256), on this project's CPU machine
-    (benchmarks/serving_bench.py prints both)."""
+    Activations are held unit by candidate, (networks, units, candidates), so every product is weight @ inputs: with
+    this project's CPU machine's OpenBLAS, the advantage towers' whole first layer as (2 x 128, 211) @ (211, 50) took
+    less than half the time of (50, 211) @ (211, 256) (benchmarks/serving_bench.py prints both); per request, only
+    the 34 inputs that are not the item's description go through it (see `_advantage_first`).
+
+    Not thread-safe: `score` keeps per-item products (serving scores on its event loop only)."""
 
     def __init__(self, networks: Sequence[DuelingQNetwork]):
         configs = {network.config for network in networks}
@@ -52,6 +54,8 @@ class StackedScorer:
         self._action_first = np.ascontiguousarray(np.concatenate([w[:, state_dim:] for w, _ in advantage_first]))
         # ...and that, split: the item's static columns (ITEM_STATIC, leading the row) and the rest. An item's
         # product with the static part is kept per item-table row, with the stamp of the description it came from.
+        if ITEM_STATIC.start != 0:
+            raise ValueError("the item's static columns must lead the action row")
         self._static_first = np.ascontiguousarray(self._action_first[:, ITEM_STATIC].T)  # (static inputs, units)
         self._dynamic_first = np.ascontiguousarray(self._action_first[:, ITEM_STATIC.stop:])  # (units, the rest)
         self._per_item = np.zeros((0, self._action_first.shape[0]), dtype=np.float32)  # (item rows, units)
@@ -76,7 +80,6 @@ class StackedScorer:
         if self.config.aggregation == "mean":
             advantage = advantage - advantage.mean(axis=1, keepdims=True)
         return value + advantage
-
 
     def _advantage_first(self, batch: FeatureBatch) -> np.ndarray:
         """(units, candidates): the advantage towers' first layer on the candidates' columns. Most of those columns are

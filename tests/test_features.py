@@ -4,7 +4,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from drn.features import HOUR, SCHEMA, WINDOWS, FeatureSchema, FeatureState, replay
+from drn.features import HOUR, PROFILES_KEPT, SCHEMA, WINDOWS, FeatureSchema, FeatureState, replay
 from drn.mind import NewsItem
 
 T0 = 1_573_257_600.0  # 2019-11-09 00:00 UTC
@@ -108,3 +108,51 @@ def test_state_stays_bounded_as_logs_grow():
     hourly_events_in_windows = sum(int(span // HOUR) + 1 for _, span in WINDOWS)
     assert state._items.pending_events() <= 2 * hourly_events_in_windows
     assert len(state._users["U1"].clicks) <= 7 * 24 + 1
+
+
+def _asked_once(events, user: str, candidates: list[str], time: float):
+    """The features of a state that saw `events` (callables on it) and is asked only now: nothing kept before."""
+    fresh = FeatureState()
+    for event in events:
+        event(fresh)
+    return fresh.features(user, candidates, time)
+
+
+def test_kept_profiles_follow_clicks_windows_and_descriptions():
+    """A user's profiles are kept between requests; they must match a state asked for the first time after a click
+    arrives, after a click leaves a window, after a clicked item's description changes, and after the user's kept
+    profiles were pushed out by others."""
+    candidates = ["N1", "N2", "N3"]
+    def click(news_id: str, time: float):  # applied at once, while N1 still has the description it had then
+        return lambda s: (s.advance(time), s.record_click("U1", news_id, time))
+
+    events = [lambda s: s.add_news(NewsItem("N1", "sports", "football", entities=("E1",))),
+              lambda s: s.add_news(NewsItem("N2", "news", "world")), click("N1", 0.0)]
+    state = FeatureState()
+    for event in events:
+        event(state)
+
+    def check(time: float) -> None:
+        kept, fresh = state.features("U1", candidates, time), _asked_once(events, "U1", candidates, time)
+        np.testing.assert_array_equal(kept.state, fresh.state)
+        np.testing.assert_array_equal(kept.action, fresh.action)
+
+    check(60.0)
+    check(2 * HOUR)  # the click left the 1 h window
+    for event in (click("N2", 2 * HOUR + 1), lambda s: s.add_news(NewsItem("N1", "tech"))):
+        event(state)
+        events.append(event)
+        check(3 * HOUR)
+    for other in range(PROFILES_KEPT + 10):  # more users than profiles are kept
+        state.features(f"U{other + 2}", candidates, 3 * HOUR)
+    assert len(state._profiles_kept) == PROFILES_KEPT
+    check(3 * HOUR)
+
+
+def test_item_rows_and_stamps_follow_descriptions():
+    state = FeatureState({"N1": NewsItem("N1", "sports")})
+    first = state.features("U1", ["N1", "N9"], 1.0)
+    assert first.item_rows[1] == 0 and first.item_stamps[1] == 0  # never described: the unknown item's row
+    state.add_news(NewsItem("N1", "news"))
+    again = state.features("U1", ["N1", "N9"], 2.0)
+    assert again.item_rows[0] == first.item_rows[0] and again.item_stamps[0] > first.item_stamps[0]

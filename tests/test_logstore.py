@@ -128,16 +128,18 @@ def test_a_batch_of_impressions_is_all_or_nothing(store):
     store.log_impressions([])
 
 
-def test_a_broken_write_connection_is_replaced(tmp_path):
-    """Impressions are written through a driver connection the store keeps; when it dies (a database server that
-    went away), that write fails and the next one gets a new connection."""
+def test_a_broken_kept_write_connection_is_replaced(tmp_path):
+    """On SQLite each writing thread keeps its driver connection; when it breaks, that write fails and the next one
+    gets a new connection. A store used again after close() opens a new one too."""
     with LogStore.at(tmp_path) as store:
         store.log_impression(rec("i1", 1.0))
-        store._driver.connection.driver_connection.close()
+        store._driver.kept[1].dbapi_connection.close()
         with pytest.raises(Exception, match="closed"):
             store.log_impression(rec("i2", 2.0))
         store.log_impression(rec("i2", 2.0))
-        assert ids(store.window()) == ["i1", "i2"]
+        store.close()
+        store.log_impression(rec("i3", 3.0))
+        assert ids(store.window()) == ["i1", "i2", "i3"]
 
 
 def test_clicks_are_idempotent(store):

@@ -169,6 +169,18 @@ def test_promote_sets_production_and_champion_and_archives_previous(reg):
         "action": "promote", "version": b, "previous_version": a, "who": "bob", "why": "major update beats parent"}
 
 
+def test_a_registry_outage_is_not_read_as_no_champion(reg, monkeypatch):
+    from mlflow.exceptions import MlflowException
+    reg.promote(_register(reg, 10), who="ci", why="first")
+
+    def unreachable(*args, **kwargs):
+        raise MlflowException("tracking server unreachable", error_code="TEMPORARILY_UNAVAILABLE")
+    monkeypatch.setattr(reg.client, "get_model_version_by_alias", unreachable)
+    for look in (reg.champion_version, reg.champion):
+        with pytest.raises(MlflowException, match="unreachable"):
+            look()
+
+
 def test_rollback_to_previous_and_to_named_version(reg):
     a, b, c = _register(reg, 7), _register(reg, 8), _register(reg, 9)
     for v in (a, b, c):

@@ -55,9 +55,10 @@ def test_per_item_work_follows_each_items_description():
     exploit = build_network(NetworkConfig(), seed=4)
     explore = network_from_weights(exploit.config, explore_weights(exploit.state_dict(), seed=6, alpha=0.1))
     scorer = StackedScorer([exploit, explore])
-    state = FeatureState({f"N{i}": NewsItem(f"N{i}", f"cat{i % 5}", f"sub{i}", entities=(f"E{i}",)) for i in range(30)})
+    state = FeatureState({f"N{i}": NewsItem(f"N{i}", f"cat{i % 5}", f"sub{i}", entities=(f"E{i}",))
+                          for i in range(1100)})  # more item rows than the scorer first makes room for
     state.record_click("U1", "N3", 0.0)
-    candidates = [f"N{i}" for i in range(0, 30, 2)] + ["N99"]  # N99: never described
+    candidates = [f"N{i}" for i in range(0, 30, 2)] + ["N9999"]  # N9999: never described
 
     def check(time: float) -> None:
         batch = state.features("U1", candidates, time)
@@ -67,5 +68,7 @@ def test_per_item_work_follows_each_items_description():
     check(10.0)
     check(20.0)  # every item's product reused
     state.add_news(NewsItem("N4", "sports", "football", entities=("E1", "E2")))
-    state.add_news(NewsItem("N99", "news", "world"))
+    state.add_news(NewsItem("N9999", "news", "world"))
     check(30.0)
+    candidates += ["N1050", "N1099"]  # rows past the first 1024: the kept products grow, the earlier ones stay
+    check(40.0)
