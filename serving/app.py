@@ -189,14 +189,24 @@ class Service:
         await self._outcome(committed)
 
     def _drain(self, loop: asyncio.AbstractEventLoop) -> None:
-        """On the writer thread: commit batches until the queue is empty, handing each batch's outcome to the loop."""
-        while True:
+        """On the writer thread: commit batches until the queue is empty, handing each batch's outcome to the loop.
+        Should anything escape (a closed loop, no memory), the impressions in hand and in the queue fail with it and
+        the next one wakes the writer again: otherwise no later request would ever be answered."""
+        batch: list[PendingImpression] = []
+        try:
+            while True:
+                with self._queue_lock:
+                    batch, self._pending = self._pending, []
+                    if not batch:
+                        self._draining = False
+                        return
+                loop.call_soon_threadsafe(_settle, batch, self._commit(batch))
+        except BaseException as e:
             with self._queue_lock:
-                batch, self._pending = self._pending, []
-                if not batch:
-                    self._draining = False
-                    return
-            loop.call_soon_threadsafe(_settle, batch, self._commit(batch))
+                stranded, self._pending, self._draining = batch + self._pending, [], False
+            with contextlib.suppress(RuntimeError):  # a closed loop: nobody is waiting any more
+                loop.call_soon_threadsafe(_settle, stranded, [e] * len(stranded))
+            raise
 
     def _commit(self, batch: list[PendingImpression]) -> list[BaseException | None]:
         """Each impression's outcome (None: durable). When the batch fails, each is tried alone, so a failure reaches

@@ -13,6 +13,7 @@ from typing import Iterator
 import httpx
 import pytest
 import uvicorn
+from fastapi import HTTPException
 
 from drn import lifecycle
 from drn.config import Settings
@@ -175,6 +176,30 @@ def test_a_failed_group_commit_fails_only_the_impressions_at_fault(logs, tmp_pat
 
     failed, durable, cancelled = asyncio.run(settle())
     assert isinstance(failed.exception(), DuplicateImpression) and durable.result() is None and cancelled.cancelled()
+    service.writer.shutdown()
+
+
+def test_a_failure_escaping_the_writer_fails_its_requests_and_later_ones_are_served(logs, tmp_path, monkeypatch):
+    service = Service(_settings(tmp_path), lambda: None, logs, Telemetry())
+    signer = ImpressionSigner(SECRET)
+
+    def record() -> ImpressionRecord:
+        return ImpressionRecord(signer.new_id(), "U1", 1.0, ("N1", "N2"), ("N1",), (-1,), "popularity")
+
+    def broken(batch):
+        raise RuntimeError("the writer thread broke")
+
+    async def serve_two() -> tuple[int, str]:
+        monkeypatch.setattr(service, "_commit", broken)
+        with pytest.raises(HTTPException) as failed:
+            await asyncio.wait_for(service._log_served(record(), []), timeout=10)
+        monkeypatch.undo()
+        later = record()
+        await asyncio.wait_for(service._log_served(later, []), timeout=10)  # would wait for good before the mend
+        return failed.value.status_code, later.impression_id
+
+    status, later = asyncio.run(serve_two())
+    assert status == 503 and logs.impression(later) is not None
     service.writer.shutdown()
 
 
