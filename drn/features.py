@@ -116,10 +116,10 @@ def _columns(first: str, last: str) -> slice:
     return slice(SCHEMA.index(first)[1].start, SCHEMA.index(last)[1].stop)
 
 
-# Where `FeatureState.features` writes each part of a candidate's row (the layout stays defined by `_blocks`).
 # The columns of a candidate's row that change only when the item's description does (`FeatureBatch.item_stamps`
 # says when): they lead the row, so a scorer can keep per-item work on them.
 ITEM_STATIC = _columns("news.metadata", "news.has_metadata")
+# Where `FeatureState.features` writes each part of a candidate's row (the layout stays defined by `_blocks`).
 _METADATA = _columns("news.metadata", "news.metadata")
 _KNOWN = _columns("news.has_metadata", "news.has_metadata")
 _COUNTS = _columns(f"news.clicks_{WINDOWS[0][0]}", f"news.impressions_{WINDOWS[-1][0]}")  # clicks..., impressions...
@@ -239,8 +239,12 @@ class _ItemTable:
             self._rows += 1
         return row
 
-    def describe(self, row: int, metadata: np.ndarray, known: bool) -> None:
+    def describe(self, row: int, metadata: np.ndarray, known: bool) -> bool:
+        """Write an item's description; a new stamp, and True, only when it differs from what the row held."""
+        if known == self.known[row] and np.array_equal(metadata, self.metadata[row]):
+            return False
         self.metadata[row], self.known[row], self.stamps[row] = metadata, known, next(_STAMPS)
+        return True
 
     def rows(self, news_ids: Sequence[str]) -> np.ndarray:
         """Rows of a request's candidates; 0 (the unknown item) for ids never met, without adding them."""
@@ -298,10 +302,8 @@ class FeatureState:
         new = item.news_id not in items.index
         row = items.row(item.news_id)
         if new or item.known or item.published is not None:
-            vector = metadata_vector(item)
-            if not new and not np.array_equal(vector, items.metadata[row]):
-                self._metadata_changes += 1  # users' cached profiles may hold the old vector
-            items.describe(row, vector, item.known)
+            if items.describe(row, metadata_vector(item), item.known) and not new:
+                self._metadata_changes += 1  # users' kept profiles may hold the old vector
             if item.published is not None:
                 items.published[row] = item.published
 

@@ -204,7 +204,7 @@ def run_live(policy: Policy, world: World, state: FeatureState, impressions: int
 
 def set_threads() -> None:
     """One thread per process for torch and for numpy's BLAS: these networks are small, benchmark processes run
-    side by side, and OpenBLAS's second thread spins while it waits, costing
-    more CPU than it saves on products this small."""
+    side by side, and OpenBLAS's second thread spins while it waits, costing more CPU than it saves on products
+    this small."""
     torch.set_num_threads(1)
     threadpoolctl.threadpool_limits(1)

@@ -444,7 +444,7 @@ class Registry:
         served = self.served()
         if served is None:
             return False
-        champion = self._alias_version(CHAMPION)
+        champion = self.champion_version()
         if champion == served.version:
             return False
         self.client.set_registered_model_alias(self.model_name, CHAMPION, served.version)
@@ -467,7 +467,8 @@ class Registry:
 
     def champion_version(self) -> str | None:
         """The number of the version `champion()` describes, from one query."""
-        return self._alias_version(CHAMPION)
+        mv = self._by_alias(CHAMPION)
+        return None if mv is None else str(mv.version)
 
     def champion(self) -> VersionInfo | None:
         """The version alias `champion` names; None if none. Two lookups (the version, the model's aliases), however
@@ -515,10 +516,6 @@ class Registry:
         for alias, v in self.client.get_registered_model(self.model_name).aliases.items():
             out.setdefault(str(v), []).append(alias)
         return out
-
-    def _alias_version(self, alias: str) -> str | None:
-        mv = self._by_alias(alias)
-        return None if mv is None else str(mv.version)
 
     def _by_alias(self, alias: str):
         """The version `alias` names; None when the model or the alias does not exist. Any other failure (the registry

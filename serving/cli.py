@@ -19,8 +19,8 @@ def cmd_serve(args: argparse.Namespace) -> None:
     # No access log: every request is already counted and timed in /metrics, and a log line per request costs
     # a noticeable share of the 2 ms a /recommend takes. asyncio's own event loop, not uvloop: under steady load from 8
     # keep-alive clients, uvloop settled into a cycle that left the same 2 connections waiting a whole extra round
-    # every time (twice the others' latency, for a quarter of all requests: that was the p99), where asyncio's loop
-    # served all 8 alike (serving_bench reports the spread between connections).
+    # every time (twice the others' latency, for a quarter of all requests: that was the p99, in a diagnostic run
+    # with uvloop installed), where asyncio's loop served all 8 alike (serving_bench's "spread" column shows it now).
     uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level=args.log_level,
                 access_log=False, loop="asyncio")
 

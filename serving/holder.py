@@ -30,7 +30,7 @@ from drn.lifecycle import network_of
 from drn.logstore import NO_TEAM, LogStore, Round
 from drn.model import DuelingQNetwork, network_from_weights
 from drn.policy import rankings, top_k
-from drn.registry import ModelBundle, Registry, VersionInfo
+from drn.registry import ModelBundle, Registry
 from drn.scoring import StackedScorer
 from serving.telemetry import Telemetry
 
