@@ -9,7 +9,8 @@ level is bounded by --requests and --seconds, and the levels are run --rounds ti
 per round and as the median over rounds, which the targets are checked on: p99 <= 20 ms at 8 clients, >= 500
 requests/s at the best level. The client shares the machine's cores with the service. Before each round a fixed
 pure-Python loop is timed: on this shared machine the same code ran up to 40-75% slower from one minute to the next,
-so read the CPU columns and that speed before comparing latencies between runs.
+and 3.5 times slower in one session than in another (serving/README.md), so read the CPU columns and that speed
+before comparing latencies between runs.
 
     .venv/bin/python benchmarks/serving_bench.py --out out/serving_bench.json
     .venv/bin/python benchmarks/serving_bench.py --logstore-dir /dev/shm/drn-bench --out /tmp/serving_bench_shm.json
