@@ -50,7 +50,12 @@ def who() -> str:
 # ------------------------------------------------------------------------------------------------------- tasks
 @io_task
 def served(settings: Settings) -> tuple[VersionInfo, ModelBundle] | None:
-    """The promoted version and its checked bundle, or None when nothing is promoted yet."""
+    """The promoted version and its checked bundle, or None when nothing is promoted yet.
+
+    A stage change made by hand (the MLflow UI) is first recorded as such and alias champion moved onto the served
+    version (`Registry.reconcile`): every update flow starts here, so the history and the alias catch up with an
+    engineer's rollback within one minor-update period, not only at the next `drn rollback`."""
+    registry(settings).reconcile()
     info = registry(settings).served()
     return None if info is None else (info, registry(settings).load(info.version))
 

@@ -16,7 +16,7 @@ from drn import lifecycle
 from drn.config import Settings
 from drn.logstore import EXPLOIT, EXPLORE, ImpressionRecord, LogStore
 from drn.mind import load_dataset
-from drn.registry import Registry
+from drn.registry import PRODUCTION, Registry
 from drn.training import TrainConfig
 from drn.world import generate_logs
 
@@ -180,6 +180,20 @@ def test_rollback_restores_the_previous_version(world, v1):
     result = rollback(reason="CTR dropped")
     assert result["decision"] == "rolled back" and result["version"] == "1" and result["previous"] == "2"
     assert served_version(registry) == "1" and registry.version("1").tags["promotion_reason"] == "CTR dropped"
+    assert logs.current_round().model_version == "1"
+
+
+def test_a_stage_change_by_hand_is_recorded_by_the_next_update(world, v1):
+    from flows.minor_update import minor_update
+    registry, logs = v1
+    log_round(logs, world, EXPLORE)
+    assert minor_update()["decision"] == "promoted"
+    registry.client.transition_model_version_stage(registry.model_name, "1", PRODUCTION,  # as in the MLflow UI
+                                                   archive_existing_versions=True)
+    assert minor_update()["decision"] == "no step"  # the open round was v2's
+    assert "champion" in registry.version("1").aliases and registry.champion_version() == "1"
+    last = registry.history()[-1]
+    assert (last["action"], last["version"], last["previous_version"]) == ("stage_change", "1", "2")
     assert logs.current_round().model_version == "1"
 
 
