@@ -330,13 +330,10 @@ class LogStore:
         A failure rolls it back; a connection that cannot roll back is never used again."""
         connection = self._driver_connection()
         try:
-            cursor = connection.cursor()
-            try:
+            with contextlib.closing(connection.cursor()) as cursor:
                 if self._begin_write:
                     cursor.execute(self._begin_write)
                 yield cursor
-            finally:
-                cursor.close()
             connection.commit()
         except BaseException:
             try:

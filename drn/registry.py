@@ -441,14 +441,11 @@ class Registry:
     def reconcile(self, who: str = "mlflow-ui") -> bool:
         """If the Production stage was changed outside this module (the MLflow UI), record it as a rollback
         (action ``stage_change``) and move alias champion onto the served version. Returns True if it did."""
-        served = self.served()
-        if served is None:
+        served, champion = self.served_version(), self.champion_version()  # every update flow asks: numbers only
+        if served is None or champion == served:
             return False
-        champion = self.champion_version()
-        if champion == served.version:
-            return False
-        self.client.set_registered_model_alias(self.model_name, CHAMPION, served.version)
-        self._record(served.version, action="stage_change", who=who,
+        self.client.set_registered_model_alias(self.model_name, CHAMPION, served)
+        self._record(served, action="stage_change", who=who,
                      why="stage Production changed outside drn", previous=champion)
         return True
 

@@ -17,7 +17,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
                                       max_candidates=args.max_candidates, interleaving=args.interleaving)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
     # No access log: every request is already counted and timed in /metrics, and a log line per request costs
-    # a noticeable share of the 2 ms a /recommend takes. asyncio's own event loop, not uvloop: under steady load from 8
+    # a noticeable share of a /recommend's CPU time. asyncio's own event loop, not uvloop: under steady load from 8
     # keep-alive clients, uvloop settled into a cycle that left the same 2 connections waiting a whole extra round
     # every time (twice the others' latency, for a quarter of all requests: that was the p99, in a diagnostic run
     # with uvloop installed), where asyncio's loop served all 8 alike (serving_bench's "spread" column shows it now).

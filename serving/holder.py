@@ -131,8 +131,8 @@ class ModelHolder:
         """The background task, until cancelled: every `round_every_s` look at the log store's open round (a fraction
         of a millisecond); refresh from the registry when the round moved (the pipeline opens a round with every
         promotion and rollback), and every `registry_every_s` anyway, for stage changes made by hand in the MLflow
-        UI. A registry look costs tens of ms of MLflow client work holding the GIL (serving_bench prints it), which
-        every request in flight waits out: done every 2 s it set the p99 latency."""
+        UI. A registry look is milliseconds of MLflow client work holding the GIL (serving_bench prints it), which
+        every request in flight waits out: done every 2 s (when a look read the whole record) it set the p99 latency."""
         while True:
             await asyncio.sleep(round_every_s)
             try:

@@ -42,7 +42,7 @@ class ServeSettings:
     port: int = 8000
     follow: str = "stage"
     poll_s: float = 2.0  # seconds between looks at the log store's open round (cheap)
-    registry_poll_s: float = 10.0  # seconds between registry looks when no round moved (tens of ms each: serving_bench)
+    registry_poll_s: float = 10.0  # seconds between registry looks when no round moved (ms each: serving_bench)
     max_candidates: int = 500
     interleaving: str = "team_draft"
     explore_noise: str = "element"
