@@ -264,7 +264,7 @@ def wait_ready(url: str, server: subprocess.Popen, timeout: float = 120.0) -> di
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--out", required=True, help="JSON results")
+    ap.add_argument("--out", required=True, type=Path, help="JSON results (its folder is made if missing)")
     ap.add_argument("--requests", type=int, default=3000, help="measured requests per concurrency level, at most")
     ap.add_argument("--seconds", type=float, default=20.0, help="time per concurrency level, at most")
     ap.add_argument("--rounds", type=int, default=3, help="times each level is run; medians are reported")
@@ -273,6 +273,7 @@ def main() -> None:
                     help="impressions of the day before, logged before the service starts (users with a past)")
     ap.add_argument("--logstore-dir", help="folder for the log store (default: inside the temporary DRN_HOME)")
     args = ap.parse_args()
+    args.out.parent.mkdir(parents=True, exist_ok=True)  # before the run, so that its minutes are not lost at the end
 
     home = Path(tempfile.mkdtemp(prefix="drn-serving-bench-"))
     logdir = Path(args.logstore_dir) if args.logstore_dir else home
@@ -314,7 +315,7 @@ def main() -> None:
                                             "throughput_met": best >= TARGET_RPS},
               "server_impressions": next((line for line in metrics_text.splitlines()
                                           if line.startswith("drn_serving_impressions_total")), None)}
-    Path(args.out).write_text(json.dumps(result, indent=2))
+    args.out.write_text(json.dumps(result, indent=2))
 
     print(f"in-process, 50 candidates (medians): features {scoring['features_ms_median']:.3f} ms, "
           f"W and W~ stacked {scoring['score_w_and_w_tilde_stacked_ms_median']:.3f} ms "
