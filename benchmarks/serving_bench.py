@@ -271,12 +271,13 @@ def main() -> None:
     ap.add_argument("--port", type=int, default=8765)
     ap.add_argument("--history", type=int, default=20_000,
                     help="impressions of the day before, logged before the service starts (users with a past)")
-    ap.add_argument("--logstore-dir", help="folder for the log store (default: inside the temporary DRN_HOME)")
+    ap.add_argument("--logstore-dir", type=Path,
+                    help="folder for the log store (default: inside the temporary DRN_HOME)")
     args = ap.parse_args()
     args.out.parent.mkdir(parents=True, exist_ok=True)  # before the run, so that its minutes are not lost at the end
 
     home = Path(tempfile.mkdtemp(prefix="drn-serving-bench-"))
-    logdir = Path(args.logstore_dir) if args.logstore_dir else home
+    logdir = args.logstore_dir or home
     logdir.mkdir(parents=True, exist_ok=True)
     os.environ.update(DRN_HOME=str(home), DRN_LOGSTORE_URL=f"sqlite:///{(logdir / 'bench-logs.db').resolve()}",
                       DRN_SERVE_SECRET="serving-bench-secret-0123456789")

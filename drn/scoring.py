@@ -29,9 +29,10 @@ class StackedScorer:
     """Q of every candidate under each of `networks` (same NetworkConfig): `score(batch)` -> (networks, candidates).
 
     Activations are held unit by candidate, (networks, units, candidates), so every product is weight @ inputs: on
-    one session's machine, the advantage towers' whole first layer as (2 x 128, 211) @ (211, 50) took less than half
-    the time of (50, 211) @ (211, 256), on another both took the same (benchmarks/serving_bench.py prints both); per
-    request, only the 34 inputs that are not the item's description go through it (see `_advantage_first`).
+    the slowest machine measured, the advantage towers' whole first layer as (2 x 128, 211) @ (211, 50) took less
+    than half the time of (50, 211) @ (211, 256); on faster ones the two tied or this order was ~15 us slower
+    (benchmarks/serving_bench.py prints both; serving/README.md has the figures). Per request, only the 34 inputs
+    that are not the item's description go through it (see `_advantage_first`).
 
     Not thread-safe: `score` keeps per-item products (serving scores on its event loop only)."""
 
