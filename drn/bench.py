@@ -26,7 +26,7 @@ from drn.model import build_network
 from drn.online import LiveResult, OnlineConfig, OnlineDRN, run_live, set_threads
 from drn.policy import Policy
 from drn.training import ReplayBuffer, TrainConfig, Trainer
-from drn.world import HOUR, SLATE_SIZE, WorldConfig, logged_world
+from drn.world import DEFAULT_WORLD, HOUR, SLATE_SIZE, WorldConfig, logged_world, world_config
 
 POLICIES = ("random", "popularity", "linucb", "drn", "drn-major", "drn-egreedy", "drn-dbgd", "drn-dbgd-major")
 # The DRN variants: (explorer, major updates), DRN.md's table rows.
@@ -39,6 +39,7 @@ class BenchConfig:
     seeds: int = 3
     impressions: int = 6000  # live requests per policy and seed
     users: int = 500
+    world: str = DEFAULT_WORLD  # a name of drn.world.WORLDS
     log_days: int = 3  # offline logs each seed trains on before going live
     slate_size: int = SLATE_SIZE
     warmup_fraction: float = 0.2  # share of each live run left out of the reported CTR / activeness
@@ -77,7 +78,7 @@ CLAIMS = (("drn-dbgd", "drn"), ("drn-dbgd-major", "drn-major"), ("drn-dbgd-major
 
 def effective_train(config: BenchConfig, seed: int) -> TrainConfig:
     """The training settings a seed really uses: its seed and the survival model on the world's clock."""
-    active = compressed_activeness(WorldConfig(n_users=config.users))
+    active = compressed_activeness(world_config(config.world, n_users=config.users))
     return replace(config.train, seed=seed, activeness_lambda0=active["lambda0"], activeness_sa=active["sa"])
 
 
@@ -89,10 +90,10 @@ def stderr_line(line: str) -> None:
 def run_seed(seed: int, config: BenchConfig, progress: Callable[[str], None] | None = stderr_line) -> dict[str, LiveResult]:
     """One seed: log, train offline, then every policy live from the same start."""
     set_threads()
-    world_config = WorldConfig(n_users=config.users)
-    active = compressed_activeness(world_config)
+    world_settings = world_config(config.world, n_users=config.users)
+    active = compressed_activeness(world_settings)
     train = effective_train(config, seed)
-    world, logs = logged_world(world_config, seed, config.log_days)
+    world, logs = logged_world(world_settings, seed, config.log_days)
     news = {n: world.item(n) for imp in logs for n in imp.candidates + imp.history}
     network = build_network(seed=seed)
     offline = Trainer(network, train)

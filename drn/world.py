@@ -2,7 +2,12 @@
 
 News items arrive as a Poisson process and go stale within hours; users with slowly drifting interests come
 back at random times, click with a known ground-truth probability, and come back sooner when they clicked more
-(the "user activeness" that DRN's reward includes). Everything is driven by seeded numpy Generators, one per
+(the "user activeness" that DRN's reward includes).
+
+Two named worlds (`WORLDS`): "interaction", the default, whose click model has terms that no linear function of
+the features can express (what a category is worth depends on the hour of day, how fast it goes stale on the
+category, a provider's appeal on the category, and a user's interest in a category saturates with the clicks they
+just made in it), and "logistic", the earlier world, where the click logit is linear in interest and quality. Everything is driven by seeded numpy Generators, one per
 stream, so the same seed gives the same world, and the news pool and the users' interest drift do not depend on
 the policy being evaluated (policies compared on one seed see the same news).
 
@@ -47,7 +52,7 @@ class WorldConfig:
     max_candidates: int = 50  # ... drawn uniformly without replacement from the live (young enough) items
     category_share_concentration: float = 2.0  # Dirichlet concentration of the categories' shares of new items
     # click model: P(click) = position_bias(rank) * sigmoid(logit) * freshness(age)
-    click_logit_bias: float = -2.5  # logit intercept; sets the overall click rate (2-6% over random-order lists)
+    click_logit_bias: float = -2.7  # logit intercept; sets the overall click rate (2-6% over random-order lists)
     quality_sd: float = 0.5  # item quality (global, same for all users) adds N(0, sd) to the logit
     category_popularity_sd: float = 0.5  # population-mean interest per category (global taste), N(0, sd)
     category_interest_sd: float = 1.2  # personal interest per category around the population mean
@@ -55,6 +60,14 @@ class WorldConfig:
     entity_interest_sd: float = 0.6  # personal interest per entity (the item's entities are averaged)
     provider_interest_sd: float = 0.3  # personal interest per provider
     position_bias_power: float = 0.5  # position_bias(rank) = 1 / log2(rank + 2) ** power (rank 0 = top)
+    # interaction terms of the click logit (all 0 in the "logistic" world): what a linear model cannot fit
+    daily_cycle_amplitude: float = 0.8  # category c adds amplitude * cos(2 pi (hour - peak_c) / 24): morning
+    #   and evening readers want different news (peak hours drawn uniformly per category)
+    half_life_spread: float = 1.0  # category c's freshness half-life is the base one times exp(U(-spread, spread)):
+    #   breaking news goes stale in an hour, features keep for hours
+    provider_category_sd: float = 0.5  # a provider's appeal differs per category: N(0, sd) per (provider, category)
+    satiation_per_click: float = 0.7  # each recent click of the user in the item's category lowers the logit by this
+    satiation_memory_hours: float = 2.0  # recent clicks fade with this time constant (a user reads on, then moves on)
     # interest drift: an Ornstein-Uhlenbeck random walk around the population means, stepped for all users at once
     interest_memory_days: float = 30.0  # correlation of a user's interests d days apart is exp(-d / this)
     drift_tick_hours: float = 6.0  # interests step every this many hours of world time
@@ -98,10 +111,11 @@ class _Streams:
     clicks: np.random.Generator
     returns: np.random.Generator
     warmup: np.random.Generator
+    interactions: np.random.Generator  # last: the logistic world's streams stay those of the world before it
 
     @classmethod
     def from_seed(cls, seed: int) -> _Streams:
-        children = np.random.SeedSequence(seed).spawn(7)
+        children = np.random.SeedSequence(seed).spawn(8)
         return cls(*(np.random.default_rng(child) for child in children))
 
 
@@ -114,6 +128,7 @@ class World:
         self._setup_taxonomy()
         self._setup_items()
         self._setup_users()
+        self._setup_interactions()
         self._pos_bias = position_bias(np.arange(config.max_candidates), config.position_bias_power)
         self._pending: dict[str, Request] = {}
         self._issued = 0
@@ -167,6 +182,16 @@ class World:
         self._users = tuple(f"U{i + 1}" for i in range(c.n_users))
         self._user_index = {u: i for i, u in enumerate(self._users)}
         self._interest = self._mean + self._sd * self._rng.setup.standard_normal((c.n_users, len(self._mean)))
+
+    def _setup_interactions(self) -> None:
+        """The global tables of the interaction terms, and each user's satiation per category (fading counts)."""
+        c, rng = self.config, self._rng.interactions
+        self._peak_hour = rng.uniform(0.0, 24.0, c.n_categories)
+        spread = rng.uniform(-1.0, 1.0, c.n_categories) * c.half_life_spread
+        self._half_life_s = c.freshness_half_life_hours * HOUR * np.exp(spread)
+        self._provider_taste = rng.standard_normal((c.n_providers, c.n_categories)) * c.provider_category_sd
+        self._satiation = np.zeros((c.n_users, c.n_categories))
+        self._satiation_at = np.zeros(c.n_users)  # when each user's satiation row was last brought up to date
 
     # ----- clock -----
     def _publish_until(self, t: float) -> None:
@@ -260,6 +285,10 @@ class World:
         clicked = np.flatnonzero(self._rng.clicks.random(len(shown)) < p)
         times = request.time + np.cumsum(self._rng.clicks.exponential(c.click_delay_seconds, len(clicked)))
         clicks = tuple((shown[j], float(t)) for j, t in zip(clicked, times))
+        if self.config.satiation_per_click:
+            self._satiation[user] = self._satiation_now(user, request.time)
+            self._satiation_at[user] = request.time
+            np.add.at(self._satiation[user], self._cols[items[clicked], 0], 1.0)
         mean_gap = c.return_gap_hours * HOUR / (1.0 + c.return_rate_per_click * len(clicks))
         last = clicks[-1][1] if clicks else request.time
         return_time = max(self.now, last + float(self._rng.returns.exponential(mean_gap)))
@@ -283,13 +312,31 @@ class World:
             raise ValueError(f"shown has ids that are not candidates of {request.request_id}: {sorted(unknown)[:5]}")
 
     def _relevance(self, user: int, items: np.ndarray, time: float) -> np.ndarray:
-        """sigmoid(bias + personal interest + quality) * freshness: what the user would click at the top slot."""
+        """sigmoid(bias + personal interest + quality + interactions) * freshness: what the user would click at the
+        top slot."""
         c = self.config
         z = self._interest[user]
         logit = c.click_logit_bias + self._quality[items] + (z[self._cols[items]] * self._weights[items]).sum(axis=1)
+        category = self._cols[items, 0]
+        logit += self._interaction_logit(user, items, category, time)
         age = time - self._published[items]
-        freshness = np.where(age >= 0, 0.5 ** (np.maximum(age, 0) / (c.freshness_half_life_hours * HOUR)), 0.0)
+        freshness = np.where(age >= 0, 0.5 ** (np.maximum(age, 0) / self._half_life_s[category]), 0.0)
         return freshness / (1.0 + np.exp(-logit))
+
+    def _interaction_logit(self, user: int, items: np.ndarray, category: np.ndarray, time: float) -> np.ndarray:
+        """Hour x category, provider x category and the user's satiation in the category (fading recent clicks)."""
+        c = self.config
+        hour = (time % DAY) / HOUR
+        logit = c.daily_cycle_amplitude * np.cos(2 * math.pi * (hour - self._peak_hour[category]) / 24.0)
+        logit += self._provider_taste[self._cols[items, 2] - self._prov_col, category]
+        if c.satiation_per_click:
+            logit -= c.satiation_per_click * self._satiation_now(user, time)[category]
+        return logit
+
+    def _satiation_now(self, user: int, time: float) -> np.ndarray:
+        """The user's fading count of recent clicks per category, as of `time` (no earlier than its last update)."""
+        elapsed = max(time - self._satiation_at[user], 0.0)
+        return self._satiation[user] * math.exp(-elapsed / (self.config.satiation_memory_hours * HOUR))
 
     def click_probability(self, user: str, news_id: str, position: int, time: float) -> float:
         """Ground truth P(click) at 0-based `position` and `time` (with the user's interests as of the clock now)."""
@@ -327,6 +374,22 @@ class World:
     def users(self) -> tuple[str, ...]:
         """Every user id (U1..Un), for policies and checks that iterate over the population."""
         return self._users
+
+
+# The named worlds of the benchmark, the demo and `drn world generate`.
+WORLDS: dict[str, WorldConfig] = {
+    "interaction": WorldConfig(),
+    "logistic": WorldConfig(click_logit_bias=-2.5, daily_cycle_amplitude=0.0, half_life_spread=0.0,
+                            provider_category_sd=0.0, satiation_per_click=0.0),
+}
+DEFAULT_WORLD = "interaction"
+
+
+def world_config(name: str = DEFAULT_WORLD, **overrides) -> WorldConfig:
+    """A named world with some fields replaced (e.g. n_users); an unknown name is refused with the choices."""
+    if name not in WORLDS:
+        raise ValueError(f"unknown world {name!r}; choose one of {sorted(WORLDS)}")
+    return replace(WORLDS[name], **overrides)
 
 
 def mean_hours_to_last_click(impressions: Iterable[Impression], published: Mapping[str, float],

@@ -17,6 +17,8 @@ from serving import cli as serving_cli
 from stack import cli as stack_cli
 
 Handler = Callable[[argparse.Namespace], object]
+# drn.world (numpy) is imported by the commands only, so the names are listed here for --help
+WORLD_HELP = "simulated world: interaction (default: clicks depend on feature interactions) or logistic"
 
 
 class UsageError(Exception):
@@ -35,9 +37,9 @@ def _load(folder: str):
 
 def cmd_world_generate(args: argparse.Namespace) -> object:
     from drn.progress import Progress
-    from drn.world import generate_logs
+    from drn.world import DEFAULT_WORLD, generate_logs, world_config
     return generate_logs(Path(args.out), days=args.days, users=args.users, seed=args.seed,
-                         progress=Progress("world generate"))
+                         config=world_config(args.world or DEFAULT_WORLD), progress=Progress("world generate"))
 
 
 def cmd_data_stats(args: argparse.Namespace) -> object:
@@ -79,10 +81,12 @@ def cmd_evaluate(args: argparse.Namespace) -> object:
 
 def cmd_bench_learning(args: argparse.Namespace) -> object:
     from drn.bench import BenchConfig, bench_learning
+    from drn.world import DEFAULT_WORLD, world_config
+    world_config(args.world or DEFAULT_WORLD)  # an unknown name stops here, before any seed runs
     if args.seeds < 1 or args.impressions < 10:
         raise UsageError("--seeds must be >= 1 and --impressions >= 10")
     config = BenchConfig(seeds=args.seeds, impressions=args.impressions, users=args.users, log_days=args.log_days,
-                         workers=args.workers)
+                         workers=args.workers, world=args.world or DEFAULT_WORLD)
     return bench_learning(config, Path(args.out))
 
 
@@ -96,6 +100,7 @@ def parser() -> argparse.ArgumentParser:
     gen.add_argument("--days", type=int, default=5)
     gen.add_argument("--users", type=int, default=1000)
     gen.add_argument("--seed", type=int, default=0)
+    gen.add_argument("--world", default=None, help=WORLD_HELP)
     gen.set_defaults(handler=cmd_world_generate)
 
     data = sub.add_parser("data", help="MIND-format logs").add_subparsers(dest="data_command", required=True)
@@ -123,6 +128,7 @@ def parser() -> argparse.ArgumentParser:
     learning.add_argument("--users", type=int, default=500)
     learning.add_argument("--log-days", type=int, default=3, help="offline log days DRN trains on first")
     learning.add_argument("--workers", type=int, default=2, help="seeds run in parallel processes")
+    learning.add_argument("--world", default=None, help=WORLD_HELP)
     learning.add_argument("--out", required=True)
     learning.set_defaults(handler=cmd_bench_learning)
     flows_commands.register(sub)

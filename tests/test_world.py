@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from drn.mind import Impression, load_dataset
-from drn.world import HOUR, Request, World, WorldConfig, generate_logs, mean_hours_to_last_click
+from drn.world import (DEFAULT_WORLD, HOUR, Request, World, WorldConfig, generate_logs, mean_hours_to_last_click,
+                       world_config)
 
 SMALL = WorldConfig(n_users=100, warmup_days=1.0)
 
@@ -215,3 +216,57 @@ def test_live_face_is_fast():
     started = time.perf_counter()
     run_policy(world, order, 2000, top_k=50)
     assert 2000 / (time.perf_counter() - started) > 1000  # target >= 3,000/s on one core; loose for busy CI
+
+
+def _category_hour_effect(world: World) -> np.ndarray:
+    """log P(click) twelve hours later minus now, per item of the pool: the same for every item when the hour of
+    day does not change what is worth reading (the freshness factor is shared), spread out when it does."""
+    request = world.next_request()
+    items = request.candidates
+    user, at = request.user, request.time
+    now = np.array([world.click_probability(user, n, 0, at) for n in items])
+    later = np.array([world.click_probability(user, n, 0, at + 12 * HOUR) for n in items])
+    return np.log(later) - np.log(now)
+
+
+def test_interaction_world_makes_the_hour_of_day_change_what_is_worth_reading():
+    logistic = World(world_config("logistic", n_users=50, warmup_days=0.5), seed=1)
+    assert np.ptp(_category_hour_effect(logistic)) < 1e-9
+    interaction = World(world_config("interaction", n_users=50, warmup_days=0.5), seed=1)
+    assert np.ptp(_category_hour_effect(interaction)) > 0.5
+
+
+def _satiation_after_clicks(config: WorldConfig) -> float:
+    """Ratio of a user's P(click) on an unclicked item of a category they just clicked in, after / before."""
+    world = World(config, seed=2)
+    for _ in range(2000):
+        request = world.next_request()
+        clicked_category = {world.item(n).category for n in request.candidates[:20]}
+        before = {n: world.click_probability(request.user, n, 0, request.time) for n in request.candidates[20:]}
+        response = world.respond(request, request.candidates[:20])
+        categories = {world.item(n).category for n, _ in response.clicks} & clicked_category
+        same = [n for n in before if world.item(n).category in categories]
+        if same:
+            after = [world.click_probability(request.user, n, 0, request.time) for n in same]
+            return float(np.mean(np.array(after) / np.array([before[n] for n in same])))
+    raise AssertionError("no request had a click in a category with other candidates")
+
+
+def test_interaction_world_users_tire_of_a_category_they_just_read():
+    assert _satiation_after_clicks(world_config("logistic", n_users=50, warmup_days=0.5)) == pytest.approx(1.0)
+    assert _satiation_after_clicks(world_config("interaction", n_users=50, warmup_days=0.5)) < 0.8
+
+
+def test_staleness_and_provider_appeal_depend_on_the_category():
+    world = World(world_config("interaction", n_users=20, warmup_days=0.5), seed=3)
+    assert np.ptp(world._half_life_s) > HOUR  # breaking news goes stale faster than features
+    assert world._provider_taste.std() > 0.3
+    logistic = World(world_config("logistic", n_users=20, warmup_days=0.5), seed=3)
+    assert np.ptp(logistic._half_life_s) == 0 and not logistic._provider_taste.any()
+
+
+def test_named_worlds():
+    assert world_config() == WorldConfig() == world_config(DEFAULT_WORLD)
+    assert world_config("logistic", n_users=7).n_users == 7
+    with pytest.raises(ValueError, match="interaction"):
+        world_config("nonsense")
