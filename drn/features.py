@@ -307,13 +307,15 @@ class FeatureState:
             if item.published is not None:
                 items.published[row] = item.published
 
-    def see_history(self, user: str, history: Iterable[str]) -> None:
-        """Seed a user met for the first time with clicks from before the log (they join the all-time profile)."""
+    def see_history(self, user: str, history: Iterable[str]) -> bool:
+        """Seed a user met for the first time with clicks from before the log (they join the all-time profile).
+        True when the user was new (seeded); a user already met keeps their state, so a repeated history counts once."""
         if user in self._users:
-            return
+            return False
         state = self._users[user] = _UserState()
         for news_id in history:
             self._add_to_profile(state, news_id)
+        return True
 
     def record_impression(self, user: str, shown: Sequence[str], time: float) -> None:
         """The list shown to the user at `time` (after its features were taken)."""

@@ -4,19 +4,22 @@ It also keeps the news metadata the logs refer to (so a major update can rebuild
 alone) and named leases that keep two runs of one update kind from working at once, however they were started.
 
 The minor update reads one exploration round, the major update a time window; both get `LoggedImpression`s, which
-turn into `drn.mind.Impression`s so training reads logs exactly like MIND data. A SQLite file by default, PostgreSQL
-by URL. This is the only module of the project that imports SQLAlchemy.
+turn into `drn.mind.Impression`s so training reads logs exactly like MIND data. Historical logs (MIND folders that
+offline training learned from) are imported beside what serving logged, marked as such (`source`), so serving's
+feature state, rebuilt from the log store alone, holds the events a model was trained and evaluated with.
+A SQLite file by default, PostgreSQL by URL. This is the only module of the project that imports SQLAlchemy.
 """
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import os
 import threading
 import time as clock
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
@@ -25,7 +28,9 @@ from drn.mind import Impression, NewsItem
 
 LOG_FILE = "logs.db"  # the SQLite file `LogStore.at` keeps under a data directory
 NO_TEAM, EXPLOIT, EXPLORE = -1, 0, 1  # `teams` values: which network (W or W~) put a served item in its position
-BATCH = 1000  # impressions per read when streaming a window, and per multi-row insert
+BATCH = 1000  # impressions per read when streaming a window, per multi-row insert, per import transaction
+SERVED, IMPORTED = "served", "imported"  # `source` of an impression: logged by serving, or imported from a MIND log
+T = TypeVar("T")
 _WRITE = "drn_logstore_write"  # execution option: on SQLite, take the write lock at BEGIN (see _sqlite_durable)
 
 
@@ -66,6 +71,8 @@ class ImpressionRecord:
     model_version: str
     round_id: int | None = None  # the exploration round it was interleaved in
     explore_seed: int | None = None  # the seed W~ was generated with
+    history: tuple[str, ...] = ()  # the user's clicks from before (MIND's column), when this impression gave them
+    source: str = SERVED  # SERVED, or IMPORTED: a historical log's impression, which no version of this pipeline served
 
 
 @dataclass(frozen=True)
@@ -85,11 +92,11 @@ class LoggedImpression:
     def clicked(self) -> frozenset[str]:
         return frozenset(c.news_id for c in self.clicks)
 
-    def to_impression(self, history: Sequence[str] = ()) -> Impression:
-        """As MIND data: the served list labelled clicked or not (logs keep no history; replay rebuilds it)."""
+    def to_impression(self) -> Impression:
+        """As MIND data: the served list labelled clicked or not, with the history the impression was logged with."""
         rec, clicked = self.record, self.clicked
         labels = tuple(int(n in clicked) for n in rec.served)
-        return Impression(rec.impression_id, rec.user, rec.time, tuple(history), rec.served, labels)
+        return Impression(rec.impression_id, rec.user, rec.time, rec.history, rec.served, labels)
 
 
 @dataclass(frozen=True)
@@ -133,9 +140,12 @@ _impressions = sa.Table(
     sa.Column("model_version", sa.Text, nullable=False),
     sa.Column("round_id", _ID, sa.ForeignKey(_rounds.c.round_id)),
     sa.Column("explore_seed", sa.BigInteger),
+    sa.Column("history", sa.JSON(none_as_null=True)),  # NULL: none given
+    sa.Column("source", sa.Text, nullable=False, server_default=SERVED),
     sa.Index("ix_log_impressions_time", "time", "seq"),
     sa.Index("ix_log_impressions_round", "round_id", "time", "seq"),
 )
+ADDED_COLUMNS = ("history", "source")  # log_impressions columns newer than the first schema: added to older files
 _clicks = sa.Table(
     "log_clicks", _meta,
     sa.Column("seq", _ID, primary_key=True, autoincrement=True),
@@ -189,6 +199,16 @@ def _sqlite_durable(engine: sa.Engine) -> None:
         conn.exec_driver_sql("BEGIN IMMEDIATE" if conn.get_execution_options().get(_WRITE) else "BEGIN")
 
 
+def _add_missing_columns(conn: sa.Connection) -> None:
+    """Bring a log store made by an earlier release up to this schema: `create_all` makes missing tables only, so the
+    columns added since are added here (nullable or with a default, so the rows already logged stay valid)."""
+    present = {column["name"] for column in sa.inspect(conn).get_columns(_impressions.name)}
+    for name in ADDED_COLUMNS:
+        if name not in present:
+            ddl = sa.schema.CreateColumn(_impressions.c[name]).compile(dialect=conn.dialect)
+            conn.exec_driver_sql(f"ALTER TABLE {_impressions.name} ADD COLUMN {ddl}")
+
+
 def _between(column: sa.ColumnElement, start: float | None, end: float | None) -> list[sa.ColumnElement]:
     """Half-open [start, end), so consecutive windows never share an event; None leaves that side open."""
     return ([column >= start] if start is not None else []) + ([column < end] if end is not None else [])
@@ -196,7 +216,8 @@ def _between(column: sa.ColumnElement, start: float | None, end: float | None) -
 
 def _record(row: sa.Row) -> ImpressionRecord:
     return ImpressionRecord(row.impression_id, row.user_id, row.time, tuple(row.candidates), tuple(row.served),
-                            tuple(row.teams), row.model_version, row.round_id, row.explore_seed)
+                            tuple(row.teams), row.model_version, row.round_id, row.explore_seed,
+                            tuple(row.history or ()), row.source)
 
 
 def _round(row: sa.Row) -> Round:
@@ -212,6 +233,39 @@ def _check(rec: ImpressionRecord) -> None:
         raise ValueError(f"impression {rec.impression_id}: served items that are not candidates")
 
 
+def _impression_row(rec: ImpressionRecord) -> tuple:
+    """A log_impressions row in column order (`seq` left to the database)."""
+    return (rec.impression_id, rec.user, rec.time, json.dumps(rec.candidates), json.dumps(rec.served),
+            json.dumps(rec.teams), rec.model_version, rec.round_id, rec.explore_seed,
+            json.dumps(rec.history) if rec.history else None, rec.source)
+
+
+def imported_id(imp: Impression) -> str:
+    """The log store's id of a historical impression. MIND numbers impressions per file (1, 2, ...), so two folders
+    share ids; with the user and the time the id names one impression across folders, and importing a folder again
+    (or a split of it, `drn data split`) finds every impression already there."""
+    return f"{IMPORTED}:{imp.impression_id}:{imp.user}:{imp.time!r}"
+
+
+def _imported(imp: Impression) -> tuple[ImpressionRecord, list[tuple[str, str, float]]]:
+    """A MIND impression as logged: every candidate shown (MIND lists what the user saw), no team, no round, no
+    version of ours (model_version IMPORTED), its history kept; each clicked item once, at its click time (MIND has
+    none: the impression's)."""
+    key = imported_id(imp)
+    record = ImpressionRecord(key, imp.user, imp.time, imp.candidates, imp.candidates,
+                              (NO_TEAM,) * len(imp.candidates), IMPORTED, history=imp.history, source=IMPORTED)
+    first: dict[str, float] = {}
+    for time, news_id in imp.timed_clicks():
+        first.setdefault(news_id, time)  # a click counts once, as log_clicks keeps it
+    return record, [(key, news_id, time) for news_id, time in first.items()]
+
+
+def _chunks(items: Iterable[T], size: int) -> Iterator[list[T]]:
+    iterator = iter(items)
+    while chunk := list(itertools.islice(iterator, size)):
+        yield chunk
+
+
 def _news_rows(items: Iterable[NewsItem]) -> list[tuple]:
     """log_news rows in column order, one per id, the last description of an id winning: PostgreSQL refuses to
     update one row twice in one statement, and a batch of requests may well introduce the same item twice."""
@@ -221,22 +275,27 @@ def _news_rows(items: Iterable[NewsItem]) -> list[tuple]:
 
 
 class _RowsSql:
-    """Multi-row INSERT (or, with `upsert_key`, insert-or-update) statements into one table, in driver SQL: the
-    columns in table order, the auto-increment `seq` left to the database."""
+    """Multi-row INSERT statements into one table, in driver SQL: the columns in table order, the auto-increment
+    `seq` left to the database. With `upsert_key`, a row whose key exists updates it; with `skip_key` (columns), such
+    a row is left out."""
 
-    def __init__(self, table: sa.Table, placeholder: str, upsert_key: str | None = None):
+    def __init__(self, table: sa.Table, placeholder: str, upsert_key: str | None = None, skip_key: str | None = None):
         columns = [c.name for c in table.columns if c.name != "seq"]
         self._head = f"INSERT INTO {table.name} ({', '.join(columns)}) VALUES "
         self._row = f"({', '.join([placeholder] * len(columns))})"
         updated = ", ".join(f"{c} = excluded.{c}" for c in columns if c != upsert_key)
-        self._tail = f" ON CONFLICT ({upsert_key}) DO UPDATE SET {updated}" if upsert_key else ""
+        self._tail = (f" ON CONFLICT ({upsert_key}) DO UPDATE SET {updated}" if upsert_key
+                      else f" ON CONFLICT ({skip_key}) DO NOTHING" if skip_key else "")
 
-    def execute(self, cursor: Any, rows: Sequence[tuple]) -> None:
-        """One statement per BATCH rows; nothing for no rows."""
+    def execute(self, cursor: Any, rows: Sequence[tuple]) -> int:
+        """One statement per BATCH rows; nothing for no rows. Returns how many rows were written."""
+        written = 0
         for start in range(0, len(rows), BATCH):
             chunk = rows[start:start + BATCH]
             cursor.execute(self._head + ", ".join([self._row] * len(chunk)) + self._tail,
                            tuple(value for row in chunk for value in row))
+            written += cursor.rowcount
+        return written
 
 
 class LogStore:
@@ -255,6 +314,8 @@ class LogStore:
         placeholder = "?" if self._engine.dialect.paramstyle == "qmark" else "%s"
         self._impression_sql = _RowsSql(_impressions, placeholder)
         self._news_sql = _RowsSql(_news, placeholder, upsert_key="news_id")
+        self._import_sql = _RowsSql(_impressions, placeholder, skip_key="impression_id")
+        self._import_clicks_sql = _RowsSql(_clicks, placeholder, skip_key="impression_id, news_id")
         self._begin_write = "BEGIN IMMEDIATE" if backend == "sqlite" else None  # see _sqlite_durable
         self._integrity_error = self._engine.dialect.loaded_dbapi.IntegrityError
         # SQLite: each writing thread keeps one driver connection, outside the pool (a file does not hang up).
@@ -266,6 +327,7 @@ class LogStore:
         self._opened = 0  # bumped by close(): connections kept before it are not used again
         with self._writer.begin() as conn:
             _meta.create_all(conn)
+            _add_missing_columns(conn)
 
     @classmethod
     def at(cls, folder: str | os.PathLike) -> LogStore:
@@ -314,12 +376,10 @@ class LogStore:
         repeated = sorted({i for i in ids if ids.count(i) > 1}) if len(set(ids)) != len(ids) else []
         if repeated:
             raise DuplicateImpression(f"impressions repeated in one batch: {', '.join(repeated[:10])}")
-        impressions = [(rec.impression_id, rec.user, rec.time, json.dumps(rec.candidates), json.dumps(rec.served),
-                        json.dumps(rec.teams), rec.model_version, rec.round_id, rec.explore_seed) for rec in records]
         try:
             with self._driver_transaction() as cursor:
                 self._news_sql.execute(cursor, _news_rows(news))
-                self._impression_sql.execute(cursor, impressions)
+                self._impression_sql.execute(cursor, [_impression_row(rec) for rec in records])
         except self._integrity_error:
             self._why_refused(records)
             raise
@@ -417,6 +477,25 @@ class LogStore:
         if returns:
             with self._writer.begin() as conn:
                 conn.execute(sa.insert(_returns), [dict(user_id=user, time=time) for user, time in returns])
+
+    def import_impressions(self, impressions: Iterable[Impression], *, batch: int = BATCH,
+                           progress: Callable[[int, int | None], None] | None = None) -> int:
+        """Historical impressions (a MIND log) with their clicks and their users' history, as source IMPORTED: events
+        serving's feature state is rebuilt from and major updates may replay, but no exploration round's feedback.
+
+        Idempotent: an impression already in the store (`imported_id`) is left as it is, so importing a folder
+        again adds nothing, and an import cut short is completed by running it again. One transaction per `batch`
+        impressions, so a log of millions neither holds the write lock long nor fills memory; `progress(done,
+        None)` after each. Returns how many impressions were new."""
+        added = done = 0
+        for chunk in _chunks(map(_imported, impressions), batch):
+            with self._driver_transaction() as cursor:
+                added += self._import_sql.execute(cursor, [_impression_row(rec) for rec, _ in chunk])
+                self._import_clicks_sql.execute(cursor, [click for _, clicks in chunk for click in clicks])
+            done += len(chunk)
+            if progress:
+                progress(done, None)
+        return added
 
     def log_news(self, items: Iterable[NewsItem]) -> int:
         """Insert or update news metadata (the newest description of an id wins); returns how many were written."""

@@ -21,7 +21,8 @@ LEASE_S = 4 * 3600.0  # longer than any replay of the logs; a dead run blocks th
 
 @common.io_task
 def replay_logs(settings: Settings, version: str) -> tuple[float | None, list[LoggedImpression], dict[str, NewsItem]]:
-    """(replay start, the impressions logged since, the news metadata they refer to)."""
+    """(replay start, the impressions logged since, the news metadata they refer to). Logs imported for an offline
+    version lie inside its data window, before the start: they are not replayed again as new feedback."""
     versions = {v.version: v for v in common.registry(settings).versions()}
     start = lifecycle.replay_start(versions, version)
     logs = common.log_store(settings)

@@ -1,5 +1,9 @@
-"""Offline training: a MIND folder -> a freshly trained DRN -> registered (kind offline) -> promoted when nothing is
-promoted yet or when it is at least as good as the promoted model on the same test days."""
+"""Offline training: a MIND folder -> imported into the log store -> a freshly trained DRN -> registered (kind offline)
+-> promoted when nothing is promoted yet or when it is at least as good as the promoted model on the same test days.
+
+The import comes first: serving rebuilds its feature state from the log store alone, so the folder's impressions,
+clicks and histories must be there before a version trained on them can go live (and a failed training leaves only
+logs that importing again would not add to)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -10,7 +14,8 @@ from prefect import flow
 from drn import lifecycle
 from drn.config import Settings
 from drn.exploration import ALPHA
-from drn.mind import read_news
+from drn.mind import iter_behaviors, read_news
+from drn.progress import Progress
 from drn.training import TrainConfig
 from flows import common
 
@@ -19,10 +24,16 @@ LEASE_S = 12 * 3600.0  # longer than training on a full MIND log
 
 
 @common.io_task
-def store_news(settings: Settings, data_dir: str) -> int:
-    """Put the folder's news metadata into the log store: later major updates rebuild item features from it."""
-    news_file = Path(data_dir) / "news.tsv"
-    return common.log_store(settings).log_news(read_news(news_file).values()) if news_file.is_file() else 0
+def import_logs(settings: Settings, data_dir: str) -> dict[str, int]:
+    """Put the folder's news metadata and impressions (with their clicks and users' histories) into the log store:
+    serving's feature state and later major updates are rebuilt from it. Safe to retry: the import is idempotent.
+    Returns the news items written and the impressions new to the store."""
+    folder, logs = Path(data_dir), common.log_store(settings)
+    news_file = folder / "news.tsv"
+    news = logs.log_news(read_news(news_file).values()) if news_file.is_file() else 0
+    added = logs.import_impressions(iter_behaviors(folder / "behaviors.tsv"), progress=Progress("impressions imported"))
+    print(f"imported {added} new impressions and {news} news items from {folder}")
+    return {"news_items": news, "imported_impressions": added}
 
 
 @common.compute_task
@@ -42,7 +53,7 @@ def offline_training(data_dir: str, train_config: dict[str, Any] | None = None, 
         if not held:
             return common.report(KIND, "skipped", "another offline training is running", {})
         config = TrainConfig(**(train_config or {}))
-        news = store_news(settings, data_dir)
+        imported = import_logs(settings, data_dir)
         current = common.served(settings)
         promoted_info, promoted = current if current else (None, None)
         candidate = train(data_dir, config, seed, promoted, test_days)
@@ -56,5 +67,5 @@ def offline_training(data_dir: str, train_config: dict[str, Any] | None = None, 
             description=f"offline training on {data_dir}")
         previous = promoted_info.version if promoted_info else None
         decision, why = common.promote_if_passed(settings, version, verdict, previous, alpha)
-        return common.report(KIND, decision, why, {"version": version, "previous": previous, "news_items": news,
+        return common.report(KIND, decision, why, {"version": version, "previous": previous, **imported,
                                                    **candidate.metrics})

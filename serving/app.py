@@ -1,7 +1,7 @@
 """The HTTP service: rank candidates with the promoted DRN (interleaved with its explore network during a round), log
 what was served and what users did, and follow the registry without restarts.
 
-    POST /recommend       user, candidates (+ metadata of new items), k, context.time -> served list, impression id
+    POST /recommend       user, candidates (+ metadata of new items), k, context.time, history -> served list, id
     POST /feedback        clicks (impression id, news id) and returns (user); a repeated click counts once
     GET  /healthz         liveness and what is wrong (registry unreachable, a version that did not load)
     GET  /model           version, stage, exploration round and seed, when loaded, feature schema version
@@ -69,9 +69,10 @@ class PendingImpression(NamedTuple):
 
 
 def rebuild_feature_state(logs: LogStore) -> tuple[FeatureState, dict[str, NewsItem], int]:
-    """The online feature state as it was before a restart: the news table, then every logged impression and its
-    clicks recorded in time order through the same code training uses (their features are not computed: nothing
-    needs them). Returns (state, news, impressions)."""
+    """The online feature state as it was before a restart: the news table, then every logged impression (served or
+    imported from the logs offline training learned from) with its history and clicks, recorded in time order through
+    the same code training uses (their features are not computed: nothing needs them). So a version goes live with
+    the user and item state it was evaluated with. Returns (state, news, impressions)."""
     news = logs.news()
     state = FeatureState(news)
     count = 0
@@ -236,12 +237,16 @@ class Service:
             raise HTTPException(422, f"duplicate candidates: {', '.join(repeated[:10])}")
         now = self._time(body.get("context", {}).get("time"), trusted)
         news = self._describe(body["candidates"])
+        history = tuple(body.get("history", ()))
+        # A user met for the first time is seeded with the history before their features are taken (as replay does);
+        # the impression keeps only a history that was used, so a rebuild seeds the same user the same way.
+        seeded = bool(history) and self.state.see_history(body["user"], history)
         model = self.holder.current  # one model for the whole request, whatever swaps meanwhile
         batch = self.state.features(body["user"], ids, now)
         ranked = model.rank(batch, body.get("k", DEFAULT_K), self.interleave, self.rng)
         record = ImpressionRecord(self.signer.new_id(), body["user"], now, tuple(ids), ranked.served, ranked.teams,
                                   model.label, model.round.round_id if model.explore else None,
-                                  model.round.seed if model.explore else None)
+                                  model.round.seed if model.explore else None, history if seeded else ())
         await self._log_served(record, news)
         for item in news:
             self.news[item.news_id] = item

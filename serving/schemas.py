@@ -19,6 +19,7 @@ EpochSeconds = Annotated[float, Field(ge=0.0, le=4_102_444_800.0, allow_inf_nan=
 Label = Annotated[str, Field(min_length=1, max_length=128)]
 MAX_ENTITIES = 64  # per news item; MIND items have a handful
 MAX_FEEDBACK_EVENTS = 1000  # clicks plus returns in one /feedback call: a client's batch, not a bulk import
+MAX_HISTORY = 1000  # news ids in a /recommend `history`; MIND's longest histories hold a few hundred
 
 
 class Strict(BaseModel):
@@ -51,6 +52,11 @@ class RecommendRequest(TypedDict):
     candidates: Annotated[list[Candidate], Field(min_length=1)]
     k: NotRequired[Annotated[int, Field(ge=1)]]  # default DEFAULT_K
     context: NotRequired[Context]
+    history: NotRequired[Annotated[list[Id], Field(
+        max_length=MAX_HISTORY,
+        description="The user's clicked news ids from before (MIND's `history` column), oldest first. Seeds the "
+                    "profile of a user the service does not know yet, and is logged with the impression; ignored "
+                    f"for a user it knows. At most {MAX_HISTORY} ids.")]]
 
 
 RECOMMEND_REQUEST = TypeAdapter(RecommendRequest)

@@ -61,12 +61,14 @@ def trained(world):
 @pytest.fixture
 def v1(world, stores, trained):
     """What the offline-training flow leaves (test_offline_training_... checks the flow itself): v1 registered,
-    promoted, a round open around it, the world's news in the log store."""
+    promoted, a round open around it, the world's news and impressions in the log store."""
     from flows.common import candidate_metrics
     registry, logs = stores
     version = registry.register(trained.bundle, kind="offline", parent=None, data_window=trained.data_window,
                                 params={}, metrics=candidate_metrics(trained))
-    logs.log_news(load_dataset(world).news.values())
+    data = load_dataset(world)
+    logs.log_news(data.news.values())
+    logs.import_impressions(data.impressions)  # inside v1's data window: major updates replay only what came after
     lifecycle.promote(registry, logs, version, who="test", why="offline training", now=time.time())
     assert version == "1"
     return stores
@@ -100,6 +102,9 @@ def test_offline_training_registers_promotes_and_opens_a_round(world, stores):
     assert "champion" in info.aliases and 0.0 <= info.metrics["auc"] <= 1.0
     assert logs.current_round().model_version == "1"
     assert len(logs.news()) > 100  # the world's news metadata, for later major updates
+    impressions = len(load_dataset(world).impressions)  # and its impressions, for serving's feature state
+    assert result["imported_impressions"] == logs.counts()["impressions"] == impressions
+    assert logs.import_impressions(load_dataset(world).impressions) == 0  # what the flow imported, it imported once
 
 
 def test_second_offline_training_is_compared_with_the_promoted_one(world, v1):

@@ -14,8 +14,9 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from drn.logstore import (EXPLOIT, EXPLORE, NO_TEAM, ClickNotServed, DuplicateImpression, ImpressionRecord, LogStore,
-                          RoundClosed, UnknownImpression, UnknownRound)
+from drn.logstore import (ADDED_COLUMNS, EXPLOIT, EXPLORE, IMPORTED, NO_TEAM, SERVED, ClickNotServed,
+                          DuplicateImpression, ImpressionRecord, LogStore, RoundClosed, UnknownImpression, UnknownRound,
+                          imported_id)
 from drn.mind import Impression
 
 PG_URL = os.environ.get("DRN_TEST_PG_URL", "postgresql+psycopg://127.0.0.1:5432/test")
@@ -81,7 +82,7 @@ def ids(logged) -> list[str]:
 def test_round_trip(store, url):
     r = store.open_round("v1", seed=7, alpha=0.1, time=5.0)
     record = ImpressionRecord("i1", "u1", 10.25, ("n0", "n1", "n2", "n3"), ("n2", "n1", "n3"),
-                              (EXPLOIT, EXPLORE, NO_TEAM), "v1", r.round_id, 2**40)
+                              (EXPLOIT, EXPLORE, NO_TEAM), "v1", r.round_id, 2**40, history=("h1",))
     store.log_impression(record)
     assert store.log_click("i1", "n1", 11.5) is True
     store.log_return("u1", 12.0)
@@ -90,8 +91,8 @@ def test_round_trip(store, url):
     assert store.impression("nope") is None
     [logged] = list(store.window())
     assert logged.record == record and [(c.news_id, c.time) for c in logged.clicks] == [("n1", 11.5)]
-    assert logged.to_impression(history=("h1",)) == Impression("i1", "u1", 10.25, ("h1",), ("n2", "n1", "n3"),
-                                                                 (0, 1, 0))
+    assert logged.to_impression() == Impression("i1", "u1", 10.25, ("h1",), ("n2", "n1", "n3"), (0, 1, 0))
+    assert record.source == SERVED
     assert store.returns() == [("u1", 12.0)]
     assert store.counts() == {"impressions": 1, "clicks": 1, "returns": 1, "rounds": 1}
     assert store.time_range() == (10.25, 12.0)
@@ -208,6 +209,58 @@ def test_round_feedback(store):
     assert [c.news_id for c in feedback[0].clicks] == ["n1", "n2"]
     assert ids(store.round_feedback(r2.round_id)) == ["b0"]
     assert store.round_feedback(999) == []
+
+
+def mind_log(first_id: int = 1, user: str = "U7", start: float = 100.0) -> list[Impression]:
+    """Three MIND impressions of one user, ids numbered per file as MIND numbers them; the second has two clicks."""
+    history = ("h1", "h2")
+    return [Impression(str(first_id), user, start, history, ("n1", "n2", "n3"), (0, 1, 0)),
+            Impression(str(first_id + 1), user, start + 5.0, history, ("n2", "n4"), (1, 1)),
+            Impression(str(first_id + 2), user, start + 9.0, history, ("n5",), (0,))]
+
+
+def test_imported_impressions_keep_history_and_clicks_and_import_once(store):
+    log = mind_log()
+    assert store.import_impressions(log) == 3
+    assert store.import_impressions(log) == 0  # the same folder again adds nothing
+    assert store.counts() == {"impressions": 3, "clicks": 3, "returns": 0, "rounds": 0}
+    logged = list(store.window())
+    assert [li.to_impression() for li in logged] == [  # as MIND gave them, ids made unique across folders
+        Impression(imported_id(imp), imp.user, imp.time, imp.history, imp.candidates, imp.labels) for imp in log]
+    assert all(li.record.source == IMPORTED and li.record.round_id is None for li in logged)
+    assert set(logged[0].record.teams) == {NO_TEAM} and logged[0].record.served == ("n1", "n2", "n3")
+    assert [(c.news_id, c.time) for c in logged[1].clicks] == [("n2", 105.0), ("n4", 105.0)]  # MIND: at its time
+    # another folder numbers its impressions 1, 2, 3 as well: they are other impressions, not repeats
+    assert store.import_impressions(mind_log(user="U8", start=200.0)) == 3
+
+
+def test_an_import_cut_short_is_completed_by_importing_again(store):
+    log = mind_log() + mind_log(first_id=4, start=300.0)
+    seen = []
+    assert store.import_impressions(log[:4], batch=2, progress=lambda done, total: seen.append(done)) == 4
+    assert seen == [2, 4]  # one transaction, and one progress report, per batch
+    assert store.import_impressions(log, batch=4) == 2 and store.counts()["clicks"] == 6
+
+
+def test_imported_impressions_are_no_round_feedback(store):
+    r = store.open_round("v1", 1, 0.1, 0.0)
+    store.log_impression(rec("served", 107.0, round_id=r.round_id))
+    store.import_impressions(mind_log())
+    assert ids(store.round_feedback(r.round_id)) == ["served"]
+    assert [li.record.source for li in store.window()] == [IMPORTED, IMPORTED, SERVED, IMPORTED]  # one time order
+
+
+def test_an_older_log_store_gains_the_new_columns(tmp_path):
+    path = tmp_path / "logs.db"
+    with LogStore(f"sqlite:///{path}") as store:
+        store.log_impression(rec("old", 1.0))
+    with sqlite3.connect(path) as conn:  # the file as the release before these columns left it
+        for column in ADDED_COLUMNS:
+            conn.execute(f"ALTER TABLE log_impressions DROP COLUMN {column}")
+    with LogStore(f"sqlite:///{path}") as store:
+        assert store.impression("old") == rec("old", 1.0)  # history () and source "served"
+        store.import_impressions(mind_log())
+        assert [li.record.source for li in store.window()] == [SERVED, IMPORTED, IMPORTED, IMPORTED]
 
 
 def test_window_order_and_bounds(store):

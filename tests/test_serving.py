@@ -17,12 +17,15 @@ from fastapi import HTTPException
 
 from drn import lifecycle
 from drn.config import Settings
-from drn.features import SCHEMA
-from drn.logstore import DuplicateImpression, ImpressionRecord, LogStore
-from drn.mind import NewsItem
+from drn.features import SCHEMA, FeatureState, record
+from drn.logstore import IMPORTED, DuplicateImpression, ImpressionRecord, LogStore
+from drn.mind import NewsItem, load_dataset
 from drn.model import NetworkConfig, build_network
+from drn.policy import top_k
 from drn.registry import PRODUCTION, ModelBundle, Registry
+from drn.scoring import StackedScorer
 from serving.app import PendingImpression, Service, _settle, create_app
+from serving.schemas import MAX_HISTORY, news_item
 from serving.settings import ServeSettings
 from serving.signing import ImpressionSigner
 from serving.telemetry import Telemetry
@@ -314,6 +317,10 @@ def test_bad_recommend_requests_are_refused_and_change_nothing(registry, version
             "negative time": {**good, "context": {"time": -5}},
             "k zero": {**good, "k": 0},
             "unknown field": {**good, "candidate": []},
+            "history not a list": {**good, "history": "N1 N2"},
+            "history not of ids": {**good, "history": [1, 2]},
+            "malformed history id": {**good, "history": ["N1", "../etc"]},
+            "history too long": {**good, "history": ["N1"] * (MAX_HISTORY + 1)},
         }
         answers = {name: client.post("/recommend", json=payload) for name, payload in bad.items()}
         assert {name: r.status_code for name, r in answers.items()} == {name: 422 for name in bad}
@@ -326,7 +333,9 @@ def test_bad_recommend_requests_are_refused_and_change_nothing(registry, version
         document = client.get("/openapi.json").json()  # the fast route is documented like the others
         body = document["paths"]["/recommend"]["post"]["requestBody"]["content"]["application/json"]["schema"]
         assert body["$ref"].rsplit("/", 1)[1] == "RecommendRequest"
-        assert {"user", "candidates"} <= set(document["components"]["schemas"]["RecommendRequest"]["required"])
+        request = document["components"]["schemas"]["RecommendRequest"]
+        assert {"user", "candidates"} <= set(request["required"]) and "history" not in request["required"]
+        assert request["properties"]["history"]["maxItems"] == MAX_HISTORY
         assert "Candidate" in document["components"]["schemas"]
         metrics = client.get("/metrics").text
         assert 'drn_serving_requests_total{route="/recommend",status="200"}' in metrics
@@ -413,3 +422,81 @@ def test_client_time_only_with_the_clock_token(registry, versions, logs, tmp_pat
     assert model["feature_schema_version"] == SCHEMA.version and model["follow"] == "stage"
     assert 'drn_serving_request_seconds_bucket{le="0.02",route="/recommend"}' in metrics
     assert f'drn_serving_model_info{{round_id="",source="drn",version="{versions["a"]}"}} 1.0' in metrics
+
+
+def _ranked(network_bundle: ModelBundle, state: FeatureState, user: str, ids: list[str], now: float, k: int) -> list:
+    """The list the promoted network alone (no round open) serves from `state`: what /recommend must answer."""
+    scores = StackedScorer([lifecycle.network_of(network_bundle)]).score(state.features(user, ids, now))[0]
+    return [ids[i] for i in top_k(scores, k)]
+
+
+def test_history_seeds_an_unknown_user_and_a_restart_rebuilds_it(registry, versions, logs, tmp_path):
+    _set_stage(registry, versions["a"])  # by hand: no round, so the network alone ranks (deterministic)
+    bundle, described = registry.load(versions["a"]), _candidates(20)
+    ids, history, t0 = [c["news_id"] for c in described], ["N3", "N5", "N5", "N8"], 1_800_000_000.0
+
+    def expected(seed: list[str], shown: list[str] = ()) -> FeatureState:
+        state = FeatureState({c["news_id"]: news_item(c, None) for c in described})
+        state.see_history("U9", seed)
+        if shown:
+            state.record_impression("U9", shown, t0)
+        return state
+
+    settings, clock = _settings(tmp_path), {"X-DRN-Clock-Token": CLOCK}
+    with serve(settings, registry, logs) as client:
+        first = client.post("/recommend", headers=clock, json={
+            "user": "U9", "candidates": described, "k": 5, "history": history, "context": {"time": t0}}).json()
+    assert first["items"] == _ranked(bundle, expected(history), "U9", ids, t0, 5)
+    assert first["items"] != _ranked(bundle, expected([]), "U9", ids, t0, 5)  # the history made the difference
+    assert logs.impression(first["impression_id"]).history == tuple(history)
+    with serve(settings, registry, logs) as client:  # a restart: the user is rebuilt with that history
+        again = client.post("/recommend", headers=clock, json={
+            "user": "U9", "candidates": [{"news_id": n} for n in ids], "k": 5, "history": ["N1"],
+            "context": {"time": t0 + 60}}).json()
+    warm = expected(history, first["items"])
+    assert again["items"] == _ranked(bundle, warm, "U9", ids, t0 + 60, 5)  # the known user's new history is ignored
+    assert logs.impression(again["impression_id"]).history == ()
+
+
+def test_a_model_trained_offline_ranks_its_first_request_with_the_training_logs_state(
+        prefect_server, tmp_path, monkeypatch):
+    """The path of `drn flows run offline-training --param data_dir=...` then `drn up`: the served version's first
+    request sees the users' clicks and histories and the items' click counts of the logs it was trained on."""
+    from drn.world import generate_logs
+    from flows.offline_training import offline_training
+    folder, home = tmp_path / "logs", tmp_path / "drn"
+    generate_logs(folder, days=2, users=10, seed=3)
+    monkeypatch.setenv("DRN_HOME", str(home))
+    for var in ("DRN_MLFLOW_URI", "DRN_LOGSTORE_URL", "DRN_MODEL_NAME"):
+        monkeypatch.delenv(var, raising=False)
+    result = offline_training(str(folder), train_config={"epochs": 1, "buffer_impressions": 128,
+                                                         "batch_impressions": 16, "train_every": 8})
+    assert result["decision"] == "promoted"
+    data = load_dataset(folder)
+    stores = Settings.from_env()
+    registry, logs = Registry(stores.mlflow_uri, stores.model_name), LogStore(stores.logstore_url)
+    try:
+        assert logs.counts()["impressions"] == result["imported_impressions"] == len(data.impressions)
+        versions = {v.version: v for v in registry.versions()}
+        assert list(logs.window(lifecycle.replay_start(versions, result["version"]))) == []  # no major replay of them
+        round_ = logs.current_round()
+        logs.close_round(round_.round_id, {"winner": "none", "why": "the test ranks with W alone"}, time.time())
+        evaluated = FeatureState(data.news)  # the state the evaluation ended with: every logged event, in time order
+        for impression in data.impressions:
+            record(impression, evaluated)
+        user = max({i.user for i in data.impressions}, key=lambda u: sum(len(i.clicked) for i in data.impressions
+                                                                         if i.user == u))
+        clicks = {n: sum(n in i.clicked for i in data.impressions) for n in data.news}
+        ids = sorted(clicks, key=clicks.get, reverse=True)[:10] + sorted(clicks, key=clicks.get)[:10]
+        now = data.impressions[-1].time + 60.0
+        bundle = registry.load(result["version"])
+        with serve(_settings(home), registry, logs) as client:
+            first = client.post("/recommend", headers={"X-DRN-Clock-Token": CLOCK},
+                                json={"user": user, "candidates": [{"news_id": n} for n in ids], "k": 5,
+                                      "context": {"time": now}}).json()
+        assert first["model_version"] == result["version"] and first["round_id"] is None
+        assert first["items"] == _ranked(bundle, evaluated, user, ids, now, 5)
+        assert first["items"] != _ranked(bundle, FeatureState(data.news), user, ids, now, 5)  # not a cold state
+        assert {li.record.source for li in logs.window(end=now)} == {IMPORTED}
+    finally:
+        logs.close()
