@@ -22,10 +22,10 @@ from drn.activeness import S0, UserActiveness
 from drn.baselines import LinUCBPolicy, PopularityPolicy, RandomPolicy
 from drn.features import FeatureState, record
 from drn.mind import Dataset
-from drn.model import build_network
 from drn.online import LiveResult, OnlineConfig, OnlineDRN, run_live, set_threads
 from drn.policy import Policy
-from drn.training import ReplayBuffer, TrainConfig, Trainer
+from drn.selection import train_offline
+from drn.training import ReplayBuffer, TrainConfig
 from drn.world import DEFAULT_WORLD, HOUR, SLATE_SIZE, WorldConfig, logged_world, world_config
 
 POLICIES = ("random", "popularity", "linucb", "drn", "drn-major", "drn-egreedy", "drn-dbgd", "drn-dbgd-major")
@@ -87,19 +87,21 @@ def stderr_line(line: str) -> None:
     print(line, file=sys.stderr, flush=True)
 
 
-def run_seed(seed: int, config: BenchConfig, progress: Callable[[str], None] | None = stderr_line) -> dict[str, LiveResult]:
-    """One seed: log, train offline, then every policy live from the same start."""
+def run_seed(seed: int, config: BenchConfig,
+             progress: Callable[[str], None] | None = stderr_line) -> tuple[dict[str, LiveResult], dict]:
+    """One seed: log, train offline (settings chosen on the logs' last day), then every policy live from the same
+    start. Returns the live results per policy and what offline training chose."""
     set_threads()
     world_settings = world_config(config.world, n_users=config.users)
     active = compressed_activeness(world_settings)
     train = effective_train(config, seed)
     world, logs = logged_world(world_settings, seed, config.log_days)
     news = {n: world.item(n) for imp in logs for n in imp.candidates + imp.history}
-    network = build_network(seed=seed)
-    offline = Trainer(network, train)
-    offline.fit(logs, news)
+    offline, summary = train_offline(Dataset(logs, news), train, seed)
+    network = offline.network
     if progress:
-        progress(f"seed {seed}: trained offline on {len(logs)} logged impressions")
+        progress(f"seed {seed}: trained offline on {len(logs)} logged impressions "
+                 f"(lr {summary['learning_rate']:g}, {summary['epochs']} passes, chosen on the logs' last day)")
     linucb_warm = LinUCBPolicy()
     linucb_warm.fit(Dataset(logs, news))
     state = FeatureState(news)
@@ -112,7 +114,8 @@ def run_seed(seed: int, config: BenchConfig, progress: Callable[[str], None] | N
                                  config.slate_size, UserActiveness(lambda0=active["lambda0"], sa=active["sa"]))
         if progress:
             progress(f"seed {seed}: {name} ctr {results[name].ctr(config.warmup_fraction):.4f}")
-    return results
+    chosen = {k: summary[k] for k in ("learning_rate", "epochs", "validation_auc") if k in summary}
+    return results, chosen
 
 
 def _mean_ci(values: list[float]) -> tuple[float, list[float]]:
@@ -123,7 +126,7 @@ def _mean_ci(values: list[float]) -> tuple[float, list[float]]:
     return mean, [mean - half, mean + half]
 
 
-def summarise(per_seed: list[dict[str, LiveResult]], config: BenchConfig) -> dict:
+def summarise(per_seed: list[dict[str, LiveResult]], config: BenchConfig, offline: list[dict] | None = None) -> dict:
     policies = {}
     for name in POLICIES:
         ctrs = [seed[name].ctr(config.warmup_fraction) for seed in per_seed]
@@ -140,7 +143,7 @@ def summarise(per_seed: list[dict[str, LiveResult]], config: BenchConfig) -> dic
                                          "seeds": len(diffs)}
     settings = _jsonable(config)
     settings["train"] = _jsonable(effective_train(config, 0))
-    return {"policies": policies, "claims": claims, "config": settings}
+    return {"policies": policies, "claims": claims, "config": settings, "offline_training_per_seed": offline or []}
 
 
 def _jsonable(config) -> dict:
@@ -181,10 +184,11 @@ def bench_learning(config: BenchConfig, out: Path) -> dict:
     seeds = list(range(config.seeds))
     if config.workers > 1 and len(seeds) > 1:
         with ProcessPoolExecutor(min(config.workers, len(seeds))) as pool:
-            per_seed = list(pool.map(run_seed, seeds, [config] * len(seeds)))
+            runs = list(pool.map(run_seed, seeds, [config] * len(seeds)))
     else:
-        per_seed = [run_seed(seed, config) for seed in seeds]
-    results = summarise(per_seed, config)
+        runs = [run_seed(seed, config) for seed in seeds]
+    per_seed = [live for live, _ in runs]
+    results = summarise(per_seed, config, [chosen for _, chosen in runs])
     (out / "results.json").write_text(json.dumps(results, indent=2))
     plot_ctr(per_seed, out / "ctr_over_time.png")
     results["plot"] = str(out / "ctr_over_time.png")

@@ -26,9 +26,10 @@ from drn.interleaving import (DEFAULT_METHOD, MIN_CLICKS, MIN_IMPRESSIONS, SIGNI
                               Outcome, round_outcome)
 from drn.logstore import LoggedImpression, LogStore, Round
 from drn.mind import Dataset, Impression, NewsItem, load_dataset
-from drn.model import DuelingQNetwork, NetworkConfig, build_network, network_from_weights
+from drn.model import DuelingQNetwork, network_from_weights
 from drn.agent import DRNPolicy
 from drn.registry import ModelBundle, Registry, VersionInfo
+from drn.selection import train_offline
 from drn.training import TrainConfig, train
 
 GATE_METRICS = ("auc", "mrr", "ndcg@10")  # a candidate may be worse than the served model on none of these
@@ -97,7 +98,12 @@ def _metrics(network: DuelingQNetwork, train_data: Dataset, test_data: Dataset) 
 def _fit(network: DuelingQNetwork, train_data: Dataset, test_data: Dataset, config: TrainConfig,
          promoted: ModelBundle | None) -> Candidate:
     """Train `network` on train_data, then evaluate it and the promoted model on test_data (same feature warm-up)."""
-    summary = train(network, train_data, config)
+    return _candidate(network, train(network, train_data, config), train_data, test_data, promoted)
+
+
+def _candidate(network: DuelingQNetwork, summary: dict, train_data: Dataset, test_data: Dataset,
+               promoted: ModelBundle | None) -> Candidate:
+    """A trained network with its evidence: it and the promoted model evaluated on test_data (same warm-up)."""
     baseline = _metrics(network_of(promoted), train_data, test_data) if promoted is not None else None
     return Candidate(bundle_of(network), _metrics(network, train_data, test_data), baseline,
                      data_window(train_data.impressions + test_data.impressions), summary)
@@ -105,10 +111,14 @@ def _fit(network: DuelingQNetwork, train_data: Dataset, test_data: Dataset, conf
 
 # ------------------------------------------------------------------------------------------------ the updates
 def offline_train(data_dir: str, train_config: TrainConfig, seed: int, promoted: ModelBundle | None = None,
-                  test_days: int = TEST_DAYS) -> Candidate:
-    """Train a fresh network on a MIND folder except its last `test_days` days, which evaluate it (and `promoted`)."""
+                  test_days: int = TEST_DAYS, choose_settings: bool = True) -> Candidate:
+    """Train a fresh network on a MIND folder except its last `test_days` days, which evaluate it (and `promoted`).
+
+    With `choose_settings`, the step size and passes are chosen on the last day before the test days
+    (`drn.selection`), never on the test days; the candidate's training summary reports the choice."""
     train_data, test_data = time_split(load_dataset(data_dir), test_days)
-    return _fit(build_network(NetworkConfig(), seed=seed), train_data, test_data, train_config, promoted)
+    trainer, summary = train_offline(train_data, train_config, seed, choose_settings=choose_settings)
+    return _candidate(trainer.network, summary, train_data, test_data, promoted)
 
 
 def minor_update(promoted: ModelBundle, promoted_version: str, round_: Round, feedback: Sequence[LoggedImpression],

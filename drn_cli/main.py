@@ -55,16 +55,18 @@ def cmd_data_split(args: argparse.Namespace) -> object:
 POLICY_NAMES = ("random", "popularity", "linucb", "drn")
 
 
-def build_policy(name: str, seed: int, epochs: int):
-    """An unfitted policy by name (`fit` on the train logs comes next; DRN trains double-DQN there)."""
+def build_policy(name: str, seed: int, epochs: int | None):
+    """An unfitted policy by name (`fit` on the train logs comes next; DRN trains double-DQN there, choosing its
+    step size and passes on the train logs' last day unless `epochs` fixes them)."""
     from drn.baselines import BASELINES
     if name == "drn":
         from drn.agent import DRNPolicy
         from drn.online import set_threads
-        from drn.progress import Progress
         from drn.training import TrainConfig
         set_threads()
-        return DRNPolicy(train_config=TrainConfig(epochs=epochs, seed=seed), progress=Progress("train drn"))
+        config = TrainConfig(seed=seed) if epochs is None else TrainConfig(epochs=epochs, seed=seed)
+        return DRNPolicy(train_config=config, choose_settings=epochs is None,
+                         progress=lambda line: print(f"train drn: {line}", file=sys.stderr, flush=True))
     if name not in BASELINES:
         raise UsageError(f"unknown policy {name!r} (choose from {', '.join(POLICY_NAMES)})")
     return BASELINES[name](seed=seed) if name == "random" else BASELINES[name]()
@@ -76,7 +78,8 @@ def cmd_evaluate(args: argparse.Namespace) -> object:
     train, test = _load(args.train), _load(args.test)
     policy = build_policy(args.policy, args.seed, args.epochs)
     policy.fit(train)
-    return evaluate(policy, train, test, progress=Progress(f"evaluate {args.policy}"))
+    result = evaluate(policy, train, test, progress=Progress(f"evaluate {args.policy}"))
+    return {**result, "training": policy.training_summary} if args.policy == "drn" else result
 
 
 def cmd_bench_learning(args: argparse.Namespace) -> object:
@@ -118,7 +121,9 @@ def parser() -> argparse.ArgumentParser:
     ev.add_argument("--train", required=True)
     ev.add_argument("--test", required=True)
     ev.add_argument("--seed", type=int, default=0)
-    ev.add_argument("--epochs", type=int, default=3, help="DRN training passes over the train logs")
+    ev.add_argument("--epochs", type=int, default=None,
+                    help="DRN training passes over the train logs, with TrainConfig's step size (default: both "
+                         "chosen on the train logs' last day, never on --test)")
     ev.set_defaults(handler=cmd_evaluate)
 
     bench = sub.add_parser("bench", help="benchmarks").add_subparsers(dest="bench_command", required=True)

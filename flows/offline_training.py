@@ -37,17 +37,19 @@ def import_logs(settings: Settings, data_dir: str) -> dict[str, int]:
 
 
 @common.compute_task
-def train(data_dir: str, config: TrainConfig, seed: int, promoted, test_days: int) -> lifecycle.Candidate:
-    return lifecycle.offline_train(data_dir, config, seed, promoted, test_days)
+def train(data_dir: str, config: TrainConfig, seed: int, promoted, test_days: int,
+          choose_settings: bool) -> lifecycle.Candidate:
+    return lifecycle.offline_train(data_dir, config, seed, promoted, test_days, choose_settings)
 
 
 @flow(name=KIND, log_prints=True)
 def offline_training(data_dir: str, train_config: dict[str, Any] | None = None, seed: int = 0,
                      test_days: int = lifecycle.TEST_DAYS, tolerance: float = lifecycle.TOLERANCE,
-                     alpha: float = ALPHA) -> dict:
+                     alpha: float = ALPHA, choose_settings: bool = True) -> dict:
     """Train on `data_dir` (MIND format) except its last `test_days` days; `train_config` overrides TrainConfig
     fields; `tolerance`: how much worse than the promoted model it may be and still be promoted; `alpha`: the
-    exploration radius of the round opened for a promoted version."""
+    exploration radius of the round opened for a promoted version; `choose_settings`: pick the step size and the
+    passes on the last day before the test days (off: train_config's are used as given)."""
     settings = Settings.from_env()
     with common.exclusive(settings, KIND, LEASE_S) as held:
         if not held:
@@ -56,16 +58,24 @@ def offline_training(data_dir: str, train_config: dict[str, Any] | None = None, 
         imported = import_logs(settings, data_dir)
         current = common.served(settings)
         promoted_info, promoted = current if current else (None, None)
-        candidate = train(data_dir, config, seed, promoted, test_days)
+        candidate = train(data_dir, config, seed, promoted, test_days, choose_settings)
+        chosen = chosen_settings(candidate.training)
         verdict = lifecycle.gate(candidate.metrics, candidate.baseline, tolerance)
         version = common.register(
             settings, candidate.bundle, kind="offline", parent=None, data_window=candidate.data_window,
             params={"train": config.to_dict(), "seed": seed, "data_dir": data_dir, "test_days": test_days,
-                    "gate_tolerance": tolerance},
+                    "gate_tolerance": tolerance, "chosen": chosen},
             metrics=common.candidate_metrics(candidate),
             tags={"compared_with": promoted_info.version if promoted_info else "none", "gate": verdict.reason},
             description=f"offline training on {data_dir}")
         previous = promoted_info.version if promoted_info else None
         decision, why = common.promote_if_passed(settings, version, verdict, previous, alpha)
         return common.report(KIND, decision, why, {"version": version, "previous": previous, **imported,
-                                                   **candidate.metrics})
+                                                   **chosen, **candidate.metrics})
+
+
+def chosen_settings(training: dict) -> dict:
+    """The settings offline training used and how they were set (chosen on validation, or as configured)."""
+    how = "validation" if isinstance(training.get("choice"), dict) else training.get("choice")
+    return {"learning_rate": training["learning_rate"], "epochs": training["epochs"], "settings_from": how,
+            **{k: v for k, v in training.items() if k.startswith("validation_")}}
