@@ -26,10 +26,13 @@ TEAM_EXPLORE = 1  # list B: ranked by the perturbed network W~
 TAU = 3.0  # probabilistic interleaving: P(item at rank r) ∝ 1 / r**TAU (Hofmann 2011; DRN.md)
 DEFAULT_METHOD = "team_draft"  # simpler and the common default; "probabilistic" is the paper's
 
-# When is a round's outcome trusted? (the paper gives no rule; these are the project's, all configurable)
-MIN_IMPRESSIONS = 50  # fewer impressions in a round: outcome "insufficient", no DBGD step
-MIN_CLICKS = 10  # fewer credited clicks in a round: outcome "insufficient"
-SIGNIFICANCE = 0.05  # two-sided sign test over decisive impressions; 1.0 = plain majority
+# When does a round decide? (the paper gives no rule; these are the project's, all configurable, used alike by the
+# minor-update flow and the in-process loop). The round stays open until enough impressions were decisive (won by
+# one side): that stopping rule looks at how many impressions were decisive, never at who won them, so under "both
+# networks are equal" the wins of a decided round are Binomial(n, 1/2) and the sign test's error rate holds as stated.
+MIN_DECISIVE = 20  # a round decides once this many impressions were won by one side; until then it stays open
+MAX_ROUND_IMPRESSIONS = 5000  # ... unless it holds this many impressions first: closed "insufficient", no step
+SIGNIFICANCE = 0.2  # two-sided sign test: where explore is no better, a decided round steps with chance <= 0.1
 
 
 @dataclass(frozen=True)
@@ -56,12 +59,17 @@ class Outcome:
     wins_b: int  # impressions where the explore network got more clicks
     ties: int  # impressions with equal credit (including impressions without clicks)
     p_value: float  # two-sided sign test of wins_a vs wins_b
-    winner: str  # "exploit" | "explore" | "tie" | "insufficient"
+    winner: str  # "exploit" | "explore" | "tie" (decided) | "pending" (kept open) | "insufficient" (closed, undecided)
 
     @property
     def explore_won(self) -> bool:
         """True exactly when DBGD should step towards the explore network."""
         return self.winner == "explore"
+
+    @property
+    def pending(self) -> bool:
+        """The round has too few decisive impressions yet: keep it open and serve it on."""
+        return self.winner == "pending"
 
 
 def _checked(ranking: Sequence[str], name: str) -> tuple[str, ...]:
@@ -177,13 +185,13 @@ def sign_test_p(wins_a: int, wins_b: int) -> float:
 
 
 def round_outcome(impressions: Iterable[tuple[Sequence[int], Iterable[int]]], method: str = DEFAULT_METHOD, *,
-                  min_impressions: int = MIN_IMPRESSIONS, min_clicks: int = MIN_CLICKS,
+                  min_decisive: int = MIN_DECISIVE, max_impressions: int = MAX_ROUND_IMPRESSIONS,
                   significance: float = SIGNIFICANCE) -> Outcome:
     """Who won a round of impressions, each given as (teams, clicked positions).
 
-    Each impression is won by the team with more credited clicks. The round's winner is the team with more
-    won impressions if a two-sided sign test over the decisive impressions gives p < `significance`, else
-    "tie"; with fewer than `min_impressions` impressions or `min_clicks` clicks it is "insufficient".
+    Each impression is won by the team with more credited clicks. With `min_decisive` won impressions or more,
+    the round is decided: the team with more wins if a two-sided sign test gives p < `significance`, else "tie".
+    With fewer it is "pending" (keep it open), or "insufficient" once it holds `max_impressions` impressions.
     Both methods use the same click credit (see the module docstring); `method` names the interleaver.
     """
     interleaver(method)  # an unknown name fails here, not later in the flow
@@ -196,8 +204,8 @@ def round_outcome(impressions: Iterable[tuple[Sequence[int], Iterable[int]]], me
         wins_a += a > b
         wins_b += b > a
     p_value = sign_test_p(wins_a, wins_b)
-    if count < min_impressions or clicks_a + clicks_b < min_clicks:
-        winner = "insufficient"
+    if wins_a + wins_b < min_decisive:
+        winner = "pending" if count < max_impressions else "insufficient"
     elif p_value < significance:
         winner = "exploit" if wins_a > wins_b else "explore"
     else:

@@ -22,8 +22,8 @@ from typing import Mapping, Sequence
 from drn.evaluate import evaluate, time_split
 from drn.exploration import ALPHA, ETA, dbgd_step, explore_weights
 from drn.features import SCHEMA, FeatureSchema
-from drn.interleaving import (DEFAULT_METHOD, MIN_CLICKS, MIN_IMPRESSIONS, SIGNIFICANCE,
-                              Outcome, round_outcome)
+from drn.interleaving import (DEFAULT_METHOD, MAX_ROUND_IMPRESSIONS, MIN_DECISIVE, SIGNIFICANCE, Outcome,
+                              round_outcome)
 from drn.logstore import LoggedImpression, LogStore, Round
 from drn.mind import Dataset, Impression, NewsItem, load_dataset
 from drn.model import DuelingQNetwork, network_from_weights
@@ -123,17 +123,22 @@ def offline_train(data_dir: str, train_config: TrainConfig, seed: int, promoted:
 
 def minor_update(promoted: ModelBundle, promoted_version: str, round_: Round, feedback: Sequence[LoggedImpression],
                  *, eta: float = ETA, form: str = "standard", noise: str = "element",
-                 method: str = DEFAULT_METHOD, min_impressions: int = MIN_IMPRESSIONS, min_clicks: int = MIN_CLICKS,
-                 significance: float = SIGNIFICANCE) -> MinorDecision:
+                 method: str = DEFAULT_METHOD, min_decisive: int = MIN_DECISIVE,
+                 max_impressions: int = MAX_ROUND_IMPRESSIONS, significance: float = SIGNIFICANCE) -> MinorDecision:
     """Score the round from its logged teams and clicks; step W towards W~ only when the explore network won.
 
     A round served with another version than the one promoted now (a rollback or a major update came between)
-    says nothing about the promoted weights: it is not scored."""
+    says nothing about the promoted weights: it is not scored. A round with too few decisive impressions is
+    pending: the caller keeps it open."""
     if round_.model_version != promoted_version:
         return MinorDecision(None, None, f"round {round_.round_id} was served with v{round_.model_version}, "
                                          f"v{promoted_version} is promoted now: its feedback is stale")
-    outcome = round_outcome((_teams_and_clicks(imp) for imp in feedback), method, min_impressions=min_impressions,
-                            min_clicks=min_clicks, significance=significance)
+    outcome = round_outcome((_teams_and_clicks(imp) for imp in feedback), method, min_decisive=min_decisive,
+                            max_impressions=max_impressions, significance=significance)
+    decisive = outcome.wins_a + outcome.wins_b
+    if outcome.pending:
+        return MinorDecision(outcome, None, f"round kept open: {decisive} of {min_decisive} decisive impressions "
+                                            f"({outcome.impressions} impressions so far)")
     if not outcome.explore_won:
         return MinorDecision(outcome, None, f"no step: outcome {outcome.winner} "
                                             f"({outcome.wins_b} explore vs {outcome.wins_a} exploit wins, "

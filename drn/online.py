@@ -17,7 +17,8 @@ import torch
 from drn.activeness import UserActiveness
 from drn.exploration import ALPHA, ETA, EpsilonGreedy, dbgd_step, explore_weights
 from drn.features import FeatureBatch, FeatureState, Sample
-from drn.interleaving import DEFAULT_METHOD, interleaver, round_outcome
+from drn.interleaving import (DEFAULT_METHOD, MAX_ROUND_IMPRESSIONS, MIN_DECISIVE, SIGNIFICANCE, interleaver,
+                              round_outcome)
 from drn.mind import Impression
 from drn.model import DuelingQNetwork
 from drn.policy import Policy, rankings, top_k
@@ -38,9 +39,9 @@ class OnlineConfig:
     step_form: str = "standard"  # or "literal": the paper's printed W' = W + eta * W~
     noise: str = "element"  # U(-1, 1) per weight, or "tensor": one scalar per tensor
     interleaving: str = DEFAULT_METHOD
-    min_impressions: int = 20  # a round with less feedback makes no step
-    min_clicks: int = 5
-    significance: float = 1.0  # sign-test level for "explore won"; 1.0 = plain majority of decided impressions
+    min_decisive: int = MIN_DECISIVE  # when a round decides: the minor-update flow's rule (drn.interleaving)
+    max_round_impressions: int = MAX_ROUND_IMPRESSIONS
+    significance: float = SIGNIFICANCE
     epsilon: float = 0.1  # epsilon-greedy: chance that a slot is filled at random
     steps_per_impression: float = 0.25  # major update: gradient steps per impression logged since the last one
     major_learning_rate: float = 1e-3  # fine-tuning step of warm-started major updates: smaller than offline
@@ -119,10 +120,14 @@ class OnlineDRN(Policy):
         self._round = []
 
     def _minor_update(self, now: float) -> None:
-        """DBGD: step towards W~ when its side of the interleaving won the round; always open a new round."""
+        """DBGD: a round with too few decisive impressions stays open; a decided one steps towards W~ when its side
+        of the interleaving won, and a new round opens."""
         c = self.config
-        outcome = round_outcome(self._round, c.interleaving, min_impressions=c.min_impressions,
-                                min_clicks=c.min_clicks, significance=c.significance)
+        outcome = round_outcome(self._round, c.interleaving, min_decisive=c.min_decisive,
+                                max_impressions=c.max_round_impressions, significance=c.significance)
+        if outcome.pending:
+            self.events.append({"time": now, "kind": "minor", "winner": outcome.winner, "stepped": False})
+            return
         if outcome.explore_won:
             stepped = dbgd_step(self.network.state_dict(), self._explore_net.state_dict(), c.eta, c.step_form)
             self.network.load_state_dict(stepped)

@@ -1,6 +1,7 @@
-"""Minor update (every T_D): score the current exploration round; if the explore network won, register the DBGD
-step (kind minor, parent = the promoted version) and promote it; either way close the round with its outcome and
-open the next one. Without a round yet, it only opens one."""
+"""Minor update (every T_D): score the current exploration round; while it has too few decisive impressions it stays
+open (served on, looked at again next time); once decided, if the explore network won, register the DBGD step
+(kind minor, parent = the promoted version) and promote it; either way close the round with its outcome and open
+the next one. Without a round yet, it only opens one."""
 from __future__ import annotations
 
 import json
@@ -11,7 +12,7 @@ from prefect import flow
 from drn import lifecycle
 from drn.config import Settings
 from drn.exploration import ALPHA, ETA
-from drn.interleaving import DEFAULT_METHOD, MIN_CLICKS, MIN_IMPRESSIONS, SIGNIFICANCE
+from drn.interleaving import DEFAULT_METHOD, MAX_ROUND_IMPRESSIONS, MIN_DECISIVE, SIGNIFICANCE
 from drn.logstore import LoggedImpression, Round
 from flows import common
 
@@ -47,10 +48,11 @@ def decide(promoted, version: str, round_: Round, feedback: list[LoggedImpressio
 
 @flow(name=KIND, log_prints=True)
 def minor_update(eta: float = ETA, form: str = "standard", noise: str = "element", alpha: float = ALPHA,
-                 method: str = DEFAULT_METHOD, min_impressions: int = MIN_IMPRESSIONS, min_clicks: int = MIN_CLICKS,
-                 significance: float = SIGNIFICANCE) -> dict:
+                 method: str = DEFAULT_METHOD, min_decisive: int = MIN_DECISIVE,
+                 max_impressions: int = MAX_ROUND_IMPRESSIONS, significance: float = SIGNIFICANCE) -> dict:
     """`eta`, `form`: the DBGD step; `noise`: how W~ was drawn (must match serving); `alpha`: the next round's
-    exploration radius; `method`, `min_impressions`, `min_clicks`, `significance`: when an outcome counts."""
+    exploration radius; `method`: the interleaving; `min_decisive`, `max_impressions`, `significance`: when a round
+    decides (drn.interleaving states the test's error rate)."""
     settings = Settings.from_env()
     with common.exclusive(settings, KIND, LEASE_S) as held:
         if not held:
@@ -64,10 +66,13 @@ def minor_update(eta: float = ETA, form: str = "standard", noise: str = "element
             opened = open_round(settings, info.version, alpha)
             return common.report(KIND, "round opened", "no exploration round was open",
                                  {"version": info.version, "round": opened.round_id})
-        options = dict(eta=eta, form=form, noise=noise, method=method, min_impressions=min_impressions,
-                       min_clicks=min_clicks, significance=significance)
+        options = dict(eta=eta, form=form, noise=noise, method=method, min_decisive=min_decisive,
+                       max_impressions=max_impressions, significance=significance)
         decision = decide(promoted, info.version, round_, round_feedback(settings, round_.round_id), options)
         record = decision.record()
+        if decision.outcome is not None and decision.outcome.pending:
+            return common.report(KIND, "round kept open", decision.reason,
+                                 {"version": info.version, "round": round_.round_id, "winner": record["winner"]})
         if decision.bundle is None:
             close_round(settings, round_.round_id, record)
             opened = open_round(settings, info.version, alpha)

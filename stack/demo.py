@@ -37,14 +37,6 @@ DECISION_EVERY_S = 5.0  # the Prefect API is asked for the latest update decisio
 EDGE_FRACTION = 0.25  # "first" and "last" hours of the CTR comparison: this share of the span at each end
 EXPERIMENT = "demo"
 MARKER = "demo-world.json"  # under DRN_HOME: this data directory already carries a demo world's traffic
-# A minor update steps only when the explore network wins its round significantly. The flow's default test level
-# (p < 0.05, drn.interleaving.SIGNIFICANCE) suits real rounds of thousands of impressions; a demo round on the
-# compressed clock holds 50-200, where explore practically never wins at that level (measured: 0 of ~45 rounds
-# at p < 0.2). The demo therefore uses the paper's rule, a step whenever explore wins the round (significance 1.0:
-# plain majority), set on the minor-update deployment the way an engineer would in the Prefect UI (which also
-# replans the runs already scheduled with the old parameters).
-DEMO_MINOR_PARAMETERS = {"significance": 1.0}
-MINOR_DEPLOYMENT = "minor-update/drn"
 KIND_COLORS = {"offline": "tab:gray", "minor": "tab:green", "major": "tab:blue", "rollback": "tab:red"}
 
 
@@ -224,8 +216,6 @@ def run_demo(settings: StackSettings, options: DemoOptions, out: Path, say: Call
     with up(settings, options.up_options(token), say) as stack:
         for name, url in addresses(settings).items():
             say(f"{name:>10}  {url}")
-        observe.set_deployment_parameters(settings.prefect_api, MINOR_DEPLOYMENT, DEMO_MINOR_PARAMETERS)
-        say(f"{MINOR_DEPLOYMENT} parameters set to {DEMO_MINOR_PARAMETERS} (short rounds on the compressed clock)")
         say(f"world: {options.hours:g} h at x{options.speed:g} (minor update every "
             f"{T_D_MIN * 60 / options.speed:.1f} s, major every {T_R_MIN * 60 / options.speed:.1f} s)")
         stats = asyncio.run(traffic_with_status(settings, options, token))

@@ -41,13 +41,6 @@ def prefect_call(client: httpx.Client, method: str, path: str, body: dict | None
         time.sleep(RETRY_DELAY_S)
 
 
-def set_deployment_parameters(prefect_api: str, deployment: str, parameters: dict) -> None:
-    """Set a deployment's default parameters (what editing it in the UI does; Prefect then replans its runs)."""
-    with httpx.Client(base_url=prefect_api, timeout=30.0) as client:
-        found = prefect_call(client, "GET", f"/deployments/name/{deployment}")
-        prefect_call(client, "PATCH", f"/deployments/{found['id']}", {"parameters": parameters})
-
-
 def flow_run_states(prefect_api: str) -> dict[str, dict[str, int]]:
     """Flow runs that started or were cancelled, per flow name and state name (Completed, Cancelled: a collision
     skipped, Failed...); runs still scheduled for later are left out."""

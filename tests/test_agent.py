@@ -50,7 +50,7 @@ def test_dbgd_minor_updates_lift_a_degraded_model():
     degraded = _linear({"user_news.overlap_all": 1.0, "user_news.overlap_24h": 0.5, "freshness.decay": 1.0,
                         "news.clicks_1h": 0.3, "freshness.log_age_hours": 1.5})
     agent = OnlineDRN(copy.deepcopy(degraded), OnlineConfig(explorer="dbgd", alpha=0.5, eta=0.5, seed=1))
-    run_live(agent, World(WorldConfig(n_users=300), seed=2), FeatureState(), 3000)
+    run_live(agent, World(WorldConfig(n_users=300), seed=2), FeatureState(), 6000)
     minors = [e for e in agent.events if e["kind"] == "minor"]
     assert len(minors) > 20 and any(e["stepped"] for e in minors)
     before, after = _greedy_ctr(degraded), _greedy_ctr(agent.network)

@@ -74,12 +74,13 @@ def v1(world, stores, trained):
     return stores
 
 
-def log_round(logs: LogStore, world, clicked_team: int, n: int = 60) -> int:
-    """Log `n` interleaved impressions in the open round, each with one click on the first item of `clicked_team`."""
+def log_round(logs: LogStore, world, clicked_team: int, n: int = 60, first: int = 0) -> int:
+    """Log `n` interleaved impressions in the open round, each with one click on the first item of `clicked_team`
+    (impression ids numbered from `first`, so a round can be logged in parts)."""
     round_ = logs.current_round()
     impressions = load_dataset(world).impressions[-n:]
     now = time.time()
-    for i, imp in enumerate(impressions):
+    for i, imp in enumerate(impressions, start=first):
         served = imp.candidates[:SERVED]
         logs.log_impression(ImpressionRecord(f"r{round_.round_id}-{i}", imp.user, now + i, imp.candidates, served,
                                              TEAMS, round_.model_version, round_.round_id, round_.seed))
@@ -146,13 +147,17 @@ def test_minor_update_after_a_losing_round_promotes_nothing(world, v1):
     assert logs.current_round().round_id != round_id and logs.current_round().model_version == "1"
 
 
-def test_minor_update_with_too_little_feedback_opens_a_new_round(world, v1):
+def test_minor_update_keeps_a_round_with_too_little_feedback_open_until_it_decides(world, v1):
     from flows.minor_update import minor_update
     registry, logs = v1
     round_id = log_round(logs, world, EXPLORE, n=5)
     result = minor_update()
-    assert result["decision"] == "no step" and result["winner"] == "insufficient"
-    assert served_version(registry) == "1" and logs.current_round().round_id != round_id
+    assert result["decision"] == "round kept open" and result["winner"] == "pending"
+    assert served_version(registry) == "1" and logs.current_round().round_id == round_id
+    log_round(logs, world, EXPLORE, n=40, first=5)
+    result = minor_update()
+    assert result["decision"] == "promoted" and result["winner"] == "explore"
+    assert logs.current_round().round_id != round_id
 
 
 def test_major_update_that_fails_the_gate_registers_but_does_not_promote(world, v1):

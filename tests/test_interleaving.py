@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 
 from drn.interleaving import (
-    METHODS, TAU, Interleaved, credit, interleaver, probabilistic, round_outcome, sign_test_p, team_draft,
+    METHODS, MIN_DECISIVE, SIGNIFICANCE, TAU, Interleaved, credit, interleaver, probabilistic, round_outcome, sign_test_p,
+    team_draft,
 )
 
 # The simulated user: relevant items clicked with P_RELEVANT, others with P_OTHER, both times a position bias.
@@ -174,10 +175,10 @@ def test_sign_test_matches_the_binomial():
 
 def test_round_outcome_counts_and_verdict():
     explore_wins = [((0, 1), [1])] * 30 + [((0, 1), [0])] * 5 + [((0, 1), [0, 1])] * 10 + [((0, 1), [])] * 10
-    outcome = round_outcome(explore_wins, min_impressions=50, min_clicks=10)
+    outcome = round_outcome(explore_wins)
     assert (outcome.impressions, outcome.wins_a, outcome.wins_b, outcome.ties) == (55, 5, 30, 20)
     assert (outcome.clicks_a, outcome.clicks_b) == (15, 40)
-    assert outcome.winner == "explore" and outcome.explore_won
+    assert outcome.winner == "explore" and outcome.explore_won and not outcome.pending
     assert outcome.method == "team_draft"
 
 
@@ -187,12 +188,31 @@ def test_round_outcome_ties_when_the_difference_is_not_significant():
     assert round_outcome(close, significance=1.0).winner == "explore"  # plain majority
 
 
-def test_round_outcome_says_when_feedback_is_insufficient():
-    few = [((0, 1), [1])] * 20
-    assert round_outcome(few, min_impressions=50).winner == "insufficient"
+def test_a_round_stays_open_until_enough_impressions_are_decisive():
+    few = [((0, 1), [1])] * (MIN_DECISIVE - 1) + [((0, 1), [])] * 100
+    assert round_outcome(few).winner == "pending" and round_outcome(few).pending
+    assert round_outcome(few + [((0, 1), [1])]).winner == "explore"
+    assert round_outcome(few, min_decisive=MIN_DECISIVE - 1).winner == "explore"
     no_clicks = [((0, 1), [])] * 500
-    assert round_outcome(no_clicks, min_clicks=10).winner == "insufficient"
-    assert round_outcome(few, min_impressions=20, min_clicks=20).winner == "explore"
+    assert round_outcome(no_clicks).winner == "pending"
+    assert round_outcome(no_clicks, max_impressions=500).winner == "insufficient"
+
+
+def test_the_stated_error_rate_holds_where_explore_is_no_better():
+    """Rounds of equal networks (each impression decisive with chance 0.3, either side alike), each looked at
+    after a random number of impressions as a schedule would: the share that steps stays at most SIGNIFICANCE / 2."""
+    rng = np.random.default_rng(0)
+    steps = decided = 0
+    for _ in range(4000):
+        size = int(rng.integers(20, 200))
+        wins = rng.random(size) < 0.3
+        sides = rng.integers(2, size=size)
+        impressions = [((0, 1), [int(side)] if won else []) for won, side in zip(wins, sides)]
+        outcome = round_outcome(impressions)
+        decided += not outcome.pending
+        steps += outcome.explore_won
+    assert decided > 2000
+    assert steps / decided <= SIGNIFICANCE / 2 + 0.01
 
 
 def test_round_outcome_rejects_unknown_method():

@@ -68,9 +68,9 @@ def test_minor_update_keeps_weights_when_exploit_wins(bundle):
     assert decision.record()["winner"] == "exploit" and decision.record()["stepped"] is False
 
 
-def test_minor_update_with_too_little_feedback_takes_no_step(bundle):
+def test_minor_update_with_too_little_feedback_keeps_the_round_open(bundle):
     decision = lifecycle.minor_update(bundle, "3", ROUND, impressions(5, EXPLORE))
-    assert decision.outcome.winner == "insufficient" and decision.bundle is None
+    assert decision.outcome.pending and decision.bundle is None and "kept open" in decision.reason
 
 
 def test_minor_update_ignores_a_round_served_with_another_version(bundle):
@@ -80,8 +80,9 @@ def test_minor_update_ignores_a_round_served_with_another_version(bundle):
 
 def test_clicks_on_positions_without_a_team_earn_no_credit(bundle):
     logged = impressions(60, NO_TEAM, teams=(EXPLOIT, EXPLORE, NO_TEAM))
-    decision = lifecycle.minor_update(bundle, "3", ROUND, logged, min_clicks=1)
+    decision = lifecycle.minor_update(bundle, "3", ROUND, logged, max_impressions=60)
     assert decision.outcome.clicks_b == 0 and decision.outcome.clicks_a == 0 and decision.bundle is None
+    assert decision.outcome.winner == "insufficient"
 
 
 # ------------------------------------------------------------------------------------------- lineage and rounds
