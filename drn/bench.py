@@ -1,9 +1,9 @@
 """`drn bench learning`: every policy in the same live world, side by side, from the same offline-trained start.
 
 Per seed: the world runs `log_days` days under a random-order logging policy; DRN is trained offline on those
-logs (and LinUCB fitted on them); then each policy serves a copy of the same world, continuing from the same
-moment with the same feature state, for `impressions` requests. CTR and user activeness are reported after a
-warm-up share of each run, as a mean over seeds with a 95% t-interval across seeds.
+logs (and LinUCB and the Vowpal Wabbit peers fitted on them); then each policy serves a copy of the same world,
+continuing from the same moment with the same feature state, for `impressions` requests. CTR and user activeness are
+reported after a warm-up share of each run, as a mean over seeds with a 95% t-interval across seeds.
 """
 from __future__ import annotations
 
@@ -23,12 +23,14 @@ from drn.baselines import LinUCBPolicy, PopularityPolicy, RandomPolicy
 from drn.features import FeatureState, record
 from drn.mind import Dataset
 from drn.online import LiveResult, OnlineConfig, OnlineDRN, run_live, set_threads
+from drn.peers import PEERS, VWPolicy
 from drn.policy import Policy
 from drn.selection import train_offline
 from drn.training import ReplayBuffer, TrainConfig
 from drn.world import DEFAULT_WORLD, HOUR, SLATE_SIZE, WorldConfig, logged_world, world_config
 
-POLICIES = ("random", "popularity", "linucb", "drn", "drn-major", "drn-egreedy", "drn-dbgd", "drn-dbgd-major")
+POLICIES = ("random", "popularity", "linucb", "vw-squarecb", "vw-egreedy", "drn", "drn-major", "drn-egreedy",
+            "drn-dbgd", "drn-dbgd-major")
 # The DRN variants: (explorer, major updates), DRN.md's table rows.
 DRN_VARIANTS = {"drn": ("none", False), "drn-major": ("none", True), "drn-egreedy": ("egreedy", True),
                 "drn-dbgd": ("dbgd", False), "drn-dbgd-major": ("dbgd", True)}
@@ -66,6 +68,8 @@ def _policy(name: str, network, config: BenchConfig, train: TrainConfig, seed: i
         return PopularityPolicy()
     if name == "linucb":
         return LinUCBPolicy()
+    if name in PEERS:
+        return VWPolicy(name, seed)
     explorer, major = DRN_VARIANTS[name]
     online = replace(config.online, explorer=explorer, major_updates=major, seed=seed)
     return OnlineDRN(copy.deepcopy(network), online, train, name=name, replay=logged)
@@ -73,7 +77,8 @@ def _policy(name: str, network, config: BenchConfig, train: TrainConfig, seed: i
 
 # The paper's claims, as paired differences of CTR per seed (same world, same start): (better, worse).
 CLAIMS = (("drn-dbgd", "drn"), ("drn-dbgd-major", "drn-major"), ("drn-dbgd-major", "drn-egreedy"),
-          ("drn-dbgd-major", "linucb"), ("linucb", "popularity"), ("popularity", "random"))
+          ("drn-dbgd-major", "linucb"), ("drn-dbgd-major", "vw-squarecb"), ("drn-major", "vw-squarecb"),
+          ("linucb", "popularity"), ("popularity", "random"))
 
 
 def effective_train(config: BenchConfig, seed: int) -> TrainConfig:
@@ -110,6 +115,8 @@ def run_seed(seed: int, config: BenchConfig,
     results = {}
     for name in POLICIES:
         policy = copy.deepcopy(linucb_warm) if name == "linucb" else _policy(name, network, config, train, seed, offline.buffer)
+        if name in PEERS:  # warm-started on the logs as LinUCB is, but here: a VW workspace cannot be deep-copied
+            policy.fit(Dataset(logs, news))
         results[name] = run_live(policy, copy.deepcopy(world), copy.deepcopy(state), config.impressions,
                                  config.slate_size, UserActiveness(lambda0=active["lambda0"], sa=active["sa"]))
         if progress:
