@@ -120,6 +120,33 @@ def team_draft(ranking_a: Sequence[str], ranking_b: Sequence[str], k: int, rng: 
     return Interleaved(tuple(served), tuple(teams))
 
 
+def team_draft_multileave(rankings: Sequence[Sequence[str]], k: int, rng: np.random.Generator) -> Interleaved:
+    """Team-draft multileaving (Schuth et al., CIKM 2014) of n rankings: in every pass the teams pick in a fresh
+    random order, each adding its best item not yet served; team i is ranking i (0: the exploit network).
+
+    With two rankings it is team draft's rule (the team with fewer picks first, a coin on ties)."""
+    lists = [_checked(ranking, f"rankings[{i}]") for i, ranking in enumerate(rankings)]
+    if not lists or k < 0:
+        raise ValueError(f"multileaving needs at least one ranking and k >= 0, got {len(lists)} and {k}")
+    length = min(k, len(set().union(*lists)))
+    served: list[str] = []
+    teams: list[int] = []
+    used: set[str] = set()
+    cursors = [0] * len(lists)
+    while len(served) < length:
+        for team in rng.permutation(len(lists)):
+            ranking = lists[team]
+            while cursors[team] < len(ranking) and ranking[cursors[team]] in used:
+                cursors[team] += 1
+            if cursors[team] == len(ranking) or len(served) == length:
+                continue
+            pick = ranking[cursors[team]]
+            served.append(pick)
+            teams.append(int(team))
+            used.add(pick)
+    return Interleaved(tuple(served), tuple(teams))
+
+
 def probabilistic(ranking_a: Sequence[str], ranking_b: Sequence[str], k: int, rng: np.random.Generator,
                   tau: float = TAU) -> Interleaved:
     """Probabilistic interleaving: per position pick a list by a fair coin, then draw one of its unused items

@@ -1,5 +1,5 @@
 """The online loop in-process: a policy serves the simulated world, learns from its clicks, and the DRN agent
-runs its minor (DBGD, every T_D) and major (replay training, every T_R) updates on world time.
+runs its minor (a learner of drn.learners, every T_D) and major (replay training, every T_R) updates on world time.
 
 This is the whole DRN loop without servers, for experiments and tests; the flows and the HTTP service run the
 same drn functions around a registry and a log store.
@@ -15,13 +15,12 @@ import threadpoolctl
 import torch
 
 from drn.activeness import UserActiveness
-from drn.exploration import ALPHA, ETA, EpsilonGreedy, dbgd_step, explore_weights
+from drn.exploration import EpsilonGreedy
 from drn.features import FeatureBatch, FeatureState, Sample
-from drn.interleaving import (DEFAULT_METHOD, MAX_ROUND_IMPRESSIONS, MIN_DECISIVE, SIGNIFICANCE, interleaver,
-                              round_outcome)
+from drn.learners import LearnerConfig, learner
 from drn.mind import Impression
 from drn.model import DuelingQNetwork
-from drn.policy import Policy, rankings, top_k
+from drn.policy import Policy, top_k
 from drn.training import ReplayBuffer, TrainConfig, Trainer
 from drn.world import SLATE_SIZE, World
 
@@ -30,18 +29,12 @@ MINUTE = 60.0
 
 @dataclass(frozen=True)
 class OnlineConfig:
-    explorer: str = "none"  # "none" (greedy), "egreedy" (DRN.md's EG comparison) or "dbgd" (interleaved W vs W~)
+    explorer: str = "none"  # "none" (greedy), "egreedy" (DRN.md's EG comparison) or a minor learner of
+    #   drn.learners (dbgd, mgd, pdgd, sgd), which decides what each T_D does to W
     major_updates: bool = False  # replay training every `major_every_s`
-    minor_every_s: float = 30 * MINUTE  # T_D: one exploration round, then a DBGD step if explore won
+    minor_every_s: float = 30 * MINUTE  # T_D: the end of an exploration round (it may stay open, see drn.learners)
     major_every_s: float = 60 * MINUTE  # T_R
-    alpha: float = ALPHA  # explore radius: W~ = W + alpha * U(-1, 1) * W
-    eta: float = ETA  # DBGD step: W' = W + eta * (W~ - W)
-    step_form: str = "standard"  # or "literal": the paper's printed W' = W + eta * W~
-    noise: str = "element"  # U(-1, 1) per weight, or "tensor": one scalar per tensor
-    interleaving: str = DEFAULT_METHOD
-    min_decisive: int = MIN_DECISIVE  # when a round decides: the minor-update flow's rule (drn.interleaving)
-    max_round_impressions: int = MAX_ROUND_IMPRESSIONS
-    significance: float = SIGNIFICANCE
+    learner: LearnerConfig = LearnerConfig()  # the minor learners' knobs (their seed is `seed`)
     epsilon: float = 0.1  # epsilon-greedy: chance that a slot is filled at random
     steps_per_impression: float = 0.25  # major update: gradient steps per impression logged since the last one
     major_learning_rate: float = 1e-3  # fine-tuning step of warm-started major updates: smaller than offline
@@ -50,8 +43,11 @@ class OnlineConfig:
     seed: int = 0
 
 
+GREEDY_EXPLORERS = ("none", "egreedy")
+
+
 class OnlineDRN(Policy):
-    """The DRN agent online: greedy, epsilon-greedy or DBGD exploration, with optional major updates."""
+    """The DRN agent online: greedy or epsilon-greedy, or a minor learner, with optional major updates."""
 
     def __init__(self, network: DuelingQNetwork, config: OnlineConfig = OnlineConfig(),
                  train_config: TrainConfig = TrainConfig(), name: str = "drn", replay: ReplayBuffer | None = None):
@@ -65,74 +61,44 @@ class OnlineDRN(Policy):
             if replay is not None:
                 self.trainer.buffer = copy.deepcopy(replay)
         self.egreedy = EpsilonGreedy(config.epsilon, self.rng) if config.explorer == "egreedy" else None
-        self.interleave = interleaver(config.interleaving)
-        self._explore_net = copy.deepcopy(network) if config.explorer == "dbgd" else None
-        self._round_seed = 0
-        self._round: list[tuple[Sequence[int], Sequence[int]]] = []  # (teams, clicked positions) this round
-        self._teams: dict[str, tuple[int, ...]] = {}
+        self.minor = None
+        if config.explorer not in GREEDY_EXPLORERS:
+            self.minor = learner(config.explorer, replace(config.learner, seed=config.seed))
+            self.minor.start(network)
+        self._memos: dict[str, object] = {}
         self._next_minor = self._next_major = None
         self._new_impressions = 0
         self.events: list[dict] = []  # what each update decided, for plots and tests
-        if self._explore_net is not None:
-            self._open_round()
 
     # ---- serving ------------------------------------------------------------------------------------------
     def scores(self, batch: FeatureBatch) -> np.ndarray:
         return self.network.score(batch)
 
     def recommend(self, batch: FeatureBatch, k: int) -> list[int]:
+        if self.minor is not None:
+            shown, memo = self.minor.serve(self.network, batch, k)
+            self._memos[_key(batch, shown)] = memo
+            return shown
         scores = self.scores(batch)
-        if self.egreedy is not None:
-            return self.egreedy.rank(scores)[:k]
-        if self._explore_net is None:
-            return top_k(scores, k)
-        exploit, explore = ([str(i) for i in ranking]
-                            for ranking in rankings(np.stack([scores, self._explore_net.score(batch)])))
-        mixed = self.interleave(exploit, explore, k, self.rng)
-        shown = [int(i) for i in mixed.served]
-        self._teams[_key(batch, shown)] = tuple(mixed.teams)
-        return shown
+        return self.egreedy.rank(scores)[:k] if self.egreedy is not None else top_k(scores, k)
 
     # ---- learning -----------------------------------------------------------------------------------------
     def learn(self, batch: FeatureBatch, shown: Sequence[int], clicked: Sequence[bool], impression: Impression) -> None:
         now = impression.time
         if self._next_minor is None:
             self._next_minor, self._next_major = now + self.config.minor_every_s, now + self.config.major_every_s
-        if self._explore_net is not None:
-            teams = self._teams.pop(_key(batch, list(shown)))
-            self._round.append((teams, [p for p, c in enumerate(clicked) if c]))
+        if self.minor is not None:
+            self.minor.observe(batch, shown, self._memos.pop(_key(batch, list(shown))), clicked)
         if self.trainer is not None:
             shown_batch = FeatureBatch(batch.state, batch.action[list(shown)], impression.candidates)
             self.trainer.observe(Sample(impression, shown_batch))
             self._new_impressions += 1
-        if self._explore_net is not None and now >= self._next_minor:
-            self._minor_update(now)
+        if self.minor is not None and now >= self._next_minor:
+            self.events.append({"time": now, "kind": "minor", **self.minor.end_round(self.network)})
             self._next_minor = _next_slot(self._next_minor, now, self.config.minor_every_s)
         if self.trainer is not None and now >= self._next_major:
             self._major_update(now)
             self._next_major = _next_slot(self._next_major, now, self.config.major_every_s)
-
-    def _open_round(self) -> None:
-        self._round_seed += 1
-        explore = explore_weights(self.network.state_dict(), self.config.seed * 1_000_003 + self._round_seed,
-                                  self.config.alpha, self.config.noise)
-        self._explore_net.load_state_dict(explore)
-        self._round = []
-
-    def _minor_update(self, now: float) -> None:
-        """DBGD: a round with too few decisive impressions stays open; a decided one steps towards W~ when its side
-        of the interleaving won, and a new round opens."""
-        c = self.config
-        outcome = round_outcome(self._round, c.interleaving, min_decisive=c.min_decisive,
-                                max_impressions=c.max_round_impressions, significance=c.significance)
-        if outcome.pending:
-            self.events.append({"time": now, "kind": "minor", "winner": outcome.winner, "stepped": False})
-            return
-        if outcome.explore_won:
-            stepped = dbgd_step(self.network.state_dict(), self._explore_net.state_dict(), c.eta, c.step_form)
-            self.network.load_state_dict(stepped)
-        self.events.append({"time": now, "kind": "minor", "winner": outcome.winner, "stepped": outcome.explore_won})
-        self._open_round()
 
     def _major_update(self, now: float) -> None:
         """Replay training over the buffer (everything logged, bounded), warm-started from the served weights."""
@@ -142,8 +108,8 @@ class OnlineDRN(Policy):
         self.network.eval()
         self._new_impressions = 0
         self.events.append({"time": now, "kind": "major", "steps": steps})
-        if self._explore_net is not None:
-            self._open_round()  # W changed: the round's W~ must be regenerated from the new W
+        if self.minor is not None:
+            self.minor.start(self.network)  # W changed: the round must be opened around the new W
 
 
 def _next_slot(due: float, now: float, every: float) -> float:

@@ -8,6 +8,7 @@ from drn.agent import DRNPolicy
 from drn.baselines import PopularityPolicy
 from drn.evaluate import evaluate
 from drn.features import SCHEMA, FeatureState
+from drn.learners import LearnerConfig
 from drn.model import NetworkConfig, build_network
 from drn.online import OnlineConfig, OnlineDRN, run_live, set_threads
 from drn.training import TrainConfig
@@ -49,7 +50,7 @@ def test_dbgd_minor_updates_lift_a_degraded_model():
     # Personal overlap and freshness matter in the world; the degraded model reads them but also prefers old news.
     degraded = _linear({"user_news.overlap_all": 1.0, "user_news.overlap_24h": 0.5, "freshness.decay": 1.0,
                         "news.clicks_1h": 0.3, "freshness.log_age_hours": 1.5})
-    agent = OnlineDRN(copy.deepcopy(degraded), OnlineConfig(explorer="dbgd", alpha=0.5, eta=0.5, seed=1))
+    agent = OnlineDRN(copy.deepcopy(degraded), OnlineConfig(explorer="dbgd", learner=LearnerConfig(alpha=0.5, eta=0.5), seed=1))
     run_live(agent, World(WorldConfig(n_users=300), seed=2), FeatureState(), 6000)
     minors = [e for e in agent.events if e["kind"] == "minor"]
     assert len(minors) > 20 and any(e["stepped"] for e in minors)
