@@ -29,11 +29,12 @@ from drn.selection import train_offline
 from drn.training import ReplayBuffer, TrainConfig
 from drn.world import DEFAULT_WORLD, HOUR, SLATE_SIZE, WorldConfig, logged_world, world_config
 
-POLICIES = ("random", "popularity", "linucb", "vw-squarecb", "vw-egreedy", "drn", "drn-major", "drn-egreedy",
-            "drn-dbgd", "drn-dbgd-major")
-# The DRN variants: (explorer, major updates), DRN.md's table rows.
+MINOR_LEARNERS = ("dbgd", "mgd", "pdgd", "sgd")  # drn.learners, each with and without major updates
+# The DRN variants: (explorer, major updates), DRN.md's table rows plus the other minor learners.
 DRN_VARIANTS = {"drn": ("none", False), "drn-major": ("none", True), "drn-egreedy": ("egreedy", True),
-                "drn-dbgd": ("dbgd", False), "drn-dbgd-major": ("dbgd", True)}
+                **{f"drn-{m}{suffix}": (m, major) for m in MINOR_LEARNERS
+                   for suffix, major in (("", False), ("-major", True))}}
+POLICIES = ("random", "popularity", "linucb", "vw-squarecb", "vw-egreedy", *DRN_VARIANTS)
 
 
 @dataclass(frozen=True)
@@ -76,8 +77,9 @@ def _policy(name: str, network, config: BenchConfig, train: TrainConfig, seed: i
 
 
 # The paper's claims, as paired differences of CTR per seed (same world, same start): (better, worse).
-CLAIMS = (("drn-dbgd", "drn"), ("drn-dbgd-major", "drn-major"), ("drn-dbgd-major", "drn-egreedy"),
-          ("drn-dbgd-major", "linucb"), ("drn-dbgd-major", "vw-squarecb"), ("drn-major", "vw-squarecb"),
+CLAIMS = (*((f"drn-{m}", "drn") for m in MINOR_LEARNERS), *((f"drn-{m}-major", "drn-major") for m in MINOR_LEARNERS),
+          *((f"drn-{m}-major", peer) for m in MINOR_LEARNERS for peer in ("linucb", "vw-squarecb")),
+          ("drn-major", "linucb"), ("drn-major", "vw-squarecb"), ("drn-dbgd-major", "drn-egreedy"),
           ("linucb", "popularity"), ("popularity", "random"))
 
 
@@ -142,15 +144,54 @@ def summarise(per_seed: list[dict[str, LiveResult]], config: BenchConfig, offlin
         act, act_ci = _mean_ci(actives)
         policies[name] = {"ctr": ctr, "ctr_ci95": ctr_ci, "activeness": act, "activeness_ci95": act_ci,
                           "ctr_per_seed": ctrs, "activeness_per_seed": actives}
+    for name, reach in interactions_to_reach(per_seed, config).items():
+        policies[name]["interactions_to_90pct_per_seed"] = reach
     claims = {}
     for better, worse in CLAIMS:
-        diffs = [a - b for a, b in zip(policies[better]["ctr_per_seed"], policies[worse]["ctr_per_seed"])]
-        mean, ci = _mean_ci(diffs)
-        claims[f"{better} > {worse}"] = {"ctr_difference": mean, "ci95": ci, "holds_in_seeds": sum(d > 0 for d in diffs),
-                                         "seeds": len(diffs)}
+        pairs = list(zip(policies[better]["ctr_per_seed"], policies[worse]["ctr_per_seed"]))
+        mean, ci = _mean_ci([a - b for a, b in pairs])
+        ratio, ratio_ci = _mean_ci([a / b for a, b in pairs])
+        claims[f"{better} > {worse}"] = {"ctr_difference": mean, "ci95": ci, "ctr_ratio": ratio,
+                                         "ratio_ci95": ratio_ci, "holds_in_seeds": sum(a > b for a, b in pairs),
+                                         "seeds": len(pairs)}
     settings = _jsonable(config)
     settings["train"] = _jsonable(effective_train(config, 0))
     return {"policies": policies, "claims": claims, "config": settings, "offline_training_per_seed": offline or []}
+
+
+REACH_WINDOW = 1000  # impressions in the running CTR that "interactions to reach 90%" reads
+REACH_SHARE = 0.9
+
+
+def interactions_to_reach(per_seed: list[dict[str, LiveResult]], config: BenchConfig) -> dict[str, list[int | None]]:
+    """Per policy and seed: live impressions until the running CTR (last REACH_WINDOW impressions) first reaches
+    90% of the best policy's reported CTR in that seed; None when it never does."""
+    out: dict[str, list[int | None]] = {name: [] for name in POLICIES}
+    for seed in per_seed:
+        target = REACH_SHARE * max(result.ctr(config.warmup_fraction) for result in seed.values())
+        for name in POLICIES:
+            clicks, shown = (np.cumsum(getattr(seed[name], field)) for field in ("clicks", "shown"))
+            window = min(REACH_WINDOW, len(clicks))
+            running = (clicks[window - 1:] - np.concatenate([[0], clicks[:-window]])) / (
+                shown[window - 1:] - np.concatenate([[0], shown[:-window]]))
+            reached = np.flatnonzero(running >= target)
+            out[name].append(int(reached[0]) + window if len(reached) else None)
+    return out
+
+
+def markdown_tables(results: dict) -> str:
+    """The policies and the claims as Markdown tables, as benchmarks/LEARNING.md quotes them."""
+    lines = ["| policy | CTR (95% CI) | activeness | interactions to 90% of best (per seed) |", "| --- | --- | --- | --- |"]
+    for name, row in results["policies"].items():
+        reach = ", ".join("-" if r is None else str(r) for r in row.get("interactions_to_90pct_per_seed", []))
+        lines.append(f"| {name} | {row['ctr']:.4f} [{row['ctr_ci95'][0]:.4f}, {row['ctr_ci95'][1]:.4f}] | "
+                     f"{row['activeness']:.3f} | {reach} |")
+    lines += ["", "| claim | CTR difference (95% CI) | ratio (95% CI) | holds in seeds |", "| --- | --- | --- | --- |"]
+    for claim, row in results["claims"].items():
+        lines.append(f"| {claim} | {row['ctr_difference']:+.4f} [{row['ci95'][0]:+.4f}, {row['ci95'][1]:+.4f}] | "
+                     f"{row['ctr_ratio']:.3f} [{row['ratio_ci95'][0]:.3f}, {row['ratio_ci95'][1]:.3f}] | "
+                     f"{row['holds_in_seeds']} of {row['seeds']} |")
+    return "\n".join(lines) + "\n"
 
 
 def _jsonable(config) -> dict:
@@ -174,7 +215,7 @@ def plot_ctr(per_seed: list[dict[str, LiveResult]], path: Path, bucket_hours: fl
             curves.append(clicks / np.maximum(shown, 1))
         length = min(len(c) for c in curves)
         ax.plot(np.arange(length) * bucket_hours, np.mean([c[:length] for c in curves], axis=0), label=name,
-                linewidth=2.2 if name.startswith("drn-dbgd") else 1.2)
+                linewidth=2.2 if name.endswith("-major") else 1.2, linestyle="-" if name.startswith("drn") else "--")
     ax.set_xlabel("world hours since going live")
     ax.set_ylabel(f"CTR (clicks / shown, {bucket_hours:g} h buckets, mean over seeds)")
     ax.set_title("Live world: CTR over time per policy")
@@ -197,6 +238,7 @@ def bench_learning(config: BenchConfig, out: Path) -> dict:
     per_seed = [live for live, _ in runs]
     results = summarise(per_seed, config, [chosen for _, chosen in runs])
     (out / "results.json").write_text(json.dumps(results, indent=2))
+    (out / "results.md").write_text(markdown_tables(results))
     plot_ctr(per_seed, out / "ctr_over_time.png")
     results["plot"] = str(out / "ctr_over_time.png")
     return results
