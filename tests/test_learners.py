@@ -35,7 +35,7 @@ def test_plackett_luce_log_probs_multiply_to_the_lists_sampling_probability(batc
     first = np.exp(scores) / np.exp(scores).sum()
     assert probs[(3, 0)] == pytest.approx(first[3] * np.exp(1.0) / np.exp(scores[[0, 1, 2]]).sum())
     # PDGD serves exactly that distribution (score + Gumbel, sorted), with scores = Q / temperature
-    pdgd = PDGD(LearnerConfig(seed=3))
+    pdgd = PDGD(LearnerConfig(temperature=0.02, seed=3))
     network = build_network(NetworkConfig(hidden=(8,)), seed=0)
     pdgd.start(network)
     draws = Counter()
@@ -78,7 +78,7 @@ def test_mgd_steps_towards_the_mean_of_the_explorers_that_beat_w(batch):
 
 def test_sgd_keeps_a_challenger_that_does_not_lose_and_drops_one_that_does(batch):
     network = build_network(NetworkConfig(hidden=(8,)), seed=0)
-    sgd = SGD(LearnerConfig(seed=1))
+    sgd = SGD(LearnerConfig(sgd_steps=2, seed=1))
     sgd.start(network)
     for _ in range(10):
         shown, memo = sgd.serve(network, batch, 4)
@@ -99,7 +99,7 @@ def test_sgd_keeps_a_challenger_that_does_not_lose_and_drops_one_that_does(batch
 
 def test_pdgd_raises_a_clicked_item_over_the_unclicked_ones_above_it(batch):
     network = build_network(NetworkConfig(hidden=(8,)), seed=0)
-    pdgd = PDGD(LearnerConfig(pdgd_learning_rate=1e-2, seed=0))
+    pdgd = PDGD(LearnerConfig(temperature=0.02, pdgd_learning_rate=1e-2, seed=0))
     pdgd.start(network)
     shown, scores = pdgd.serve(network, batch, 4)
     before = network.score(batch)[shown]
@@ -118,12 +118,15 @@ def test_unknown_learner_is_refused():
 @pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(LEARNERS))
 def test_every_minor_learner_lifts_a_degraded_model(name):
-    """The degraded model of test_agent (it prefers old news) served for 6,000 requests with each learner at its
-    defaults (DBGD and MGD with a wider radius and step, as the linear model's weights are few)."""
+    """The degraded model of test_agent (it prefers old news) served for 6,000 requests with each learner. Its
+    scores are a linear model's, not clicks: the knobs are set for that scale (DBGD and MGD a wider radius and step,
+    PDGD a temperature for scores of several units, SGD a larger step for weights far from a click regression)."""
     set_threads()
     degraded = _linear({"user_news.overlap_all": 1.0, "user_news.overlap_24h": 0.5, "freshness.decay": 1.0,
                         "news.clicks_1h": 0.3, "freshness.log_age_hours": 1.5})
-    knobs = LearnerConfig(alpha=0.5, eta=0.5) if name in ("dbgd", "mgd") else LearnerConfig()
+    knobs = {"dbgd": LearnerConfig(alpha=0.5, eta=0.5), "mgd": LearnerConfig(alpha=0.5, eta=0.5),
+             "pdgd": LearnerConfig(temperature=0.02, pdgd_learning_rate=1e-3),
+             "sgd": LearnerConfig(sgd_learning_rate=1e-2)}[name]
     agent = OnlineDRN(copy.deepcopy(degraded), OnlineConfig(explorer=name, learner=knobs, seed=1))
     run_live(agent, World(WorldConfig(n_users=300), seed=2), FeatureState(), 6000)
     before, after = _greedy_ctr(degraded), _greedy_ctr(agent.network)
