@@ -27,7 +27,7 @@ from drn.peers import PEERS, VWPolicy
 from drn.policy import Policy
 from drn.selection import train_offline
 from drn.training import ReplayBuffer, TrainConfig
-from drn.world import DEFAULT_WORLD, HOUR, SLATE_SIZE, WorldConfig, logged_world, world_config
+from drn.world import DEFAULT_WORLD, HOUR, SLATE_SIZE, World, WorldConfig, logged_world, world_config
 
 MINOR_LEARNERS = ("dbgd", "mgd", "pdgd", "sgd")  # drn.learners, each with and without major updates
 # The DRN variants: (explorer, major updates), DRN.md's table rows plus the other minor learners.
@@ -43,6 +43,7 @@ class BenchConfig:
     impressions: int = 6000  # live requests per policy and seed
     users: int = 500
     world: str = DEFAULT_WORLD  # a name of drn.world.WORLDS
+    drift_share: float = 0.0  # this share of the users get new tastes halfway through each live run (0: no drift)
     log_days: int = 3  # offline logs each seed trains on before going live
     slate_size: int = SLATE_SIZE
     warmup_fraction: float = 0.2  # share of each live run left out of the reported CTR / activeness
@@ -82,6 +83,9 @@ CLAIMS = (*((f"drn-{m}", "drn") for m in MINOR_LEARNERS), *((f"drn-{m}-major", "
           ("drn-major", "linucb"), ("drn-major", "vw-squarecb"), ("drn-dbgd-major", "drn-egreedy"),
           ("linucb", "popularity"), ("popularity", "random"))
 
+REACH_WINDOW = 1000  # impressions in the running CTR that "interactions to reach 90%" and "recovery after drift" read
+REACH_SHARE = 0.9
+
 
 def effective_train(config: BenchConfig, seed: int) -> TrainConfig:
     """The training settings a seed really uses: its seed and the survival model on the world's clock."""
@@ -119,12 +123,38 @@ def run_seed(seed: int, config: BenchConfig,
         policy = copy.deepcopy(linucb_warm) if name == "linucb" else _policy(name, network, config, train, seed, offline.buffer)
         if name in PEERS:  # warm-started on the logs as LinUCB is, but here: a VW workspace cannot be deep-copied
             policy.fit(Dataset(logs, news))
-        results[name] = run_live(policy, copy.deepcopy(world), copy.deepcopy(state), config.impressions,
-                                 config.slate_size, UserActiveness(lambda0=active["lambda0"], sa=active["sa"]))
+        results[name] = _live(policy, copy.deepcopy(world), copy.deepcopy(state), config,
+                              UserActiveness(lambda0=active["lambda0"], sa=active["sa"]))
         if progress:
             progress(f"seed {seed}: {name} ctr {results[name].ctr(config.warmup_fraction):.4f}")
     chosen = {k: summary[k] for k in ("learning_rate", "epochs", "validation_auc") if k in summary}
     return results, chosen
+
+
+def _live(policy: Policy, world: World, state: FeatureState, config: BenchConfig,
+          activeness: UserActiveness) -> LiveResult:
+    """One policy's live run; with `drift_share`, that share of the users get new tastes halfway through."""
+    if not config.drift_share:
+        return run_live(policy, world, state, config.impressions, config.slate_size, activeness)
+    half = config.impressions // 2
+    result = run_live(policy, world, state, half, config.slate_size, activeness)
+    world.redraw_tastes(config.drift_share)
+    result.extend(run_live(policy, world, state, config.impressions - half, config.slate_size, activeness))
+    return result
+
+
+def recovery(per_seed: list[dict[str, LiveResult]], config: BenchConfig) -> dict[str, list[int | None]]:
+    """Per policy and seed, after the drift: impressions until the running CTR (last REACH_WINDOW impressions, all
+    after the drift) is back to 90% of its own CTR over the REACH_WINDOW impressions before it; None: never."""
+    half = config.impressions // 2
+    out: dict[str, list[int | None]] = {name: [] for name in POLICIES}
+    for seed in per_seed:
+        for name in POLICIES:
+            running = _running_ctr(seed[name])
+            before = running[half - REACH_WINDOW] if half >= REACH_WINDOW else float("nan")
+            after = np.flatnonzero(running[half:] >= REACH_SHARE * before)
+            out[name].append(int(after[0]) + REACH_WINDOW if len(after) else None)
+    return out
 
 
 def _mean_ci(values: list[float]) -> tuple[float, list[float]]:
@@ -146,6 +176,9 @@ def summarise(per_seed: list[dict[str, LiveResult]], config: BenchConfig, offlin
                           "ctr_per_seed": ctrs, "activeness_per_seed": actives}
     for name, reach in interactions_to_reach(per_seed, config).items():
         policies[name]["interactions_to_90pct_per_seed"] = reach
+    if config.drift_share:
+        for name, back in recovery(per_seed, config).items():
+            policies[name]["recovery_after_drift_per_seed"] = back
     claims = {}
     for better, worse in CLAIMS:
         pairs = list(zip(policies[better]["ctr_per_seed"], policies[worse]["ctr_per_seed"]))
@@ -159,8 +192,11 @@ def summarise(per_seed: list[dict[str, LiveResult]], config: BenchConfig, offlin
     return {"policies": policies, "claims": claims, "config": settings, "offline_training_per_seed": offline or []}
 
 
-REACH_WINDOW = 1000  # impressions in the running CTR that "interactions to reach 90%" reads
-REACH_SHARE = 0.9
+def _running_ctr(result: LiveResult) -> np.ndarray:
+    """CTR over the REACH_WINDOW impressions ending at each impression (entry i covers i .. i + window - 1)."""
+    clicks, shown = (np.concatenate([[0], np.cumsum(getattr(result, field))]) for field in ("clicks", "shown"))
+    window = min(REACH_WINDOW, len(clicks) - 1)
+    return (clicks[window:] - clicks[:-window]) / (shown[window:] - shown[:-window])
 
 
 def interactions_to_reach(per_seed: list[dict[str, LiveResult]], config: BenchConfig) -> dict[str, list[int | None]]:
@@ -170,22 +206,20 @@ def interactions_to_reach(per_seed: list[dict[str, LiveResult]], config: BenchCo
     for seed in per_seed:
         target = REACH_SHARE * max(result.ctr(config.warmup_fraction) for result in seed.values())
         for name in POLICIES:
-            clicks, shown = (np.cumsum(getattr(seed[name], field)) for field in ("clicks", "shown"))
-            window = min(REACH_WINDOW, len(clicks))
-            running = (clicks[window - 1:] - np.concatenate([[0], clicks[:-window]])) / (
-                shown[window - 1:] - np.concatenate([[0], shown[:-window]]))
-            reached = np.flatnonzero(running >= target)
-            out[name].append(int(reached[0]) + window if len(reached) else None)
+            reached = np.flatnonzero(_running_ctr(seed[name]) >= target)
+            out[name].append(int(reached[0]) + min(REACH_WINDOW, len(seed[name].clicks)) if len(reached) else None)
     return out
 
 
 def markdown_tables(results: dict) -> str:
     """The policies and the claims as Markdown tables, as benchmarks/LEARNING.md quotes them."""
-    lines = ["| policy | CTR (95% CI) | activeness | interactions to 90% of best (per seed) |", "| --- | --- | --- | --- |"]
+    lines = ["| policy | CTR (95% CI) | activeness | interactions to 90% of best (per seed) | recovery after drift "
+             "(per seed) |", "| --- | --- | --- | --- | --- |"]
     for name, row in results["policies"].items():
-        reach = ", ".join("-" if r is None else str(r) for r in row.get("interactions_to_90pct_per_seed", []))
+        reach, back = (", ".join("-" if r is None else str(r) for r in row.get(key, [])) or "n/a"
+                       for key in ("interactions_to_90pct_per_seed", "recovery_after_drift_per_seed"))
         lines.append(f"| {name} | {row['ctr']:.4f} [{row['ctr_ci95'][0]:.4f}, {row['ctr_ci95'][1]:.4f}] | "
-                     f"{row['activeness']:.3f} | {reach} |")
+                     f"{row['activeness']:.3f} | {reach} | {back} |")
     lines += ["", "| claim | CTR difference (95% CI) | ratio (95% CI) | holds in seeds |", "| --- | --- | --- | --- |"]
     for claim, row in results["claims"].items():
         lines.append(f"| {claim} | {row['ctr_difference']:+.4f} [{row['ci95'][0]:+.4f}, {row['ci95'][1]:+.4f}] | "

@@ -131,6 +131,11 @@ class LiveResult:
     shown: list[int] = field(default_factory=list)
     activeness: list[float] = field(default_factory=list)  # the user's activeness right after this request
 
+    def extend(self, later: LiveResult) -> None:
+        """Append a later part of the same run."""
+        for name in ("times", "clicks", "shown", "activeness"):
+            getattr(self, name).extend(getattr(later, name))
+
     def ctr(self, skip_fraction: float = 0.0) -> float:
         start = int(len(self.clicks) * skip_fraction)
         return float(np.sum(self.clicks[start:]) / max(np.sum(self.shown[start:]), 1))

@@ -111,11 +111,12 @@ class _Streams:
     clicks: np.random.Generator
     returns: np.random.Generator
     warmup: np.random.Generator
-    interactions: np.random.Generator  # last: the logistic world's streams stay those of the world before it
+    interactions: np.random.Generator  # after the seven of the first world, so its streams stay what they were
+    tastes: np.random.Generator  # redraws of users' interests (a drift experiment)
 
     @classmethod
     def from_seed(cls, seed: int) -> _Streams:
-        children = np.random.SeedSequence(seed).spawn(8)
+        children = np.random.SeedSequence(seed).spawn(9)
         return cls(*(np.random.default_rng(child) for child in children))
 
 
@@ -365,6 +366,16 @@ class World:
             entities=tuple(self._ent_names[e - self._ent_col] for e in self._cols[i, 3:3 + n_ent]),
             published=float(self._published[i]),
         )
+
+    def redraw_tastes(self, share: float) -> list[str]:
+        """A sudden drift: `share` of the users (drawn at random) get new interests from the population's
+        distribution, as if other people took over their accounts; returns who. Drift then goes on as before."""
+        if not 0.0 <= share <= 1.0:
+            raise ValueError(f"share must be in [0, 1], got {share}")
+        rng = self._rng.tastes
+        chosen = np.sort(rng.choice(len(self._users), int(round(share * len(self._users))), replace=False))
+        self._interest[chosen] = self._mean + self._sd * rng.standard_normal((len(chosen), len(self._mean)))
+        return [self._users[i] for i in chosen]
 
     def history(self, user: str) -> tuple[str, ...]:
         """The user's clicks before `start` (the warm-up), oldest first, at most `history_cap`."""

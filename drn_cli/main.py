@@ -86,10 +86,11 @@ def cmd_bench_learning(args: argparse.Namespace) -> object:
     from drn.bench import BenchConfig, bench_learning
     from drn.world import DEFAULT_WORLD, world_config
     world_config(args.world or DEFAULT_WORLD)  # an unknown name stops here, before any seed runs
-    if args.seeds < 1 or args.impressions < 10:
-        raise UsageError("--seeds must be >= 1 and --impressions >= 10")
+    if args.seeds < 1 or args.impressions < 10 or not 0.0 <= args.drift_share <= 1.0:
+        raise UsageError("--seeds must be >= 1, --impressions >= 10 and --drift-share in [0, 1]")
     config = BenchConfig(seeds=args.seeds, impressions=args.impressions, users=args.users, log_days=args.log_days,
-                         workers=args.workers, world=args.world or DEFAULT_WORLD)
+                         workers=args.workers, world=args.world or DEFAULT_WORLD,
+                         drift_share=args.drift_share)
     return bench_learning(config, Path(args.out))
 
 
@@ -134,6 +135,8 @@ def parser() -> argparse.ArgumentParser:
     learning.add_argument("--log-days", type=int, default=3, help="offline log days DRN trains on first")
     learning.add_argument("--workers", type=int, default=2, help="seeds run in parallel processes")
     learning.add_argument("--world", default=None, help=WORLD_HELP)
+    learning.add_argument("--drift-share", type=float, default=0.0,
+                          help="share of the users whose tastes are redrawn halfway through each live run (0: none)")
     learning.add_argument("--out", required=True)
     learning.set_defaults(handler=cmd_bench_learning)
     flows_commands.register(sub)

@@ -270,3 +270,20 @@ def test_named_worlds():
     assert world_config("logistic", n_users=7).n_users == 7
     with pytest.raises(ValueError, match="interaction"):
         world_config("nonsense")
+
+
+def test_redrawn_tastes_change_who_likes_what_for_that_share_only():
+    world = World(world_config("logistic", n_users=40, warmup_days=0.5), seed=5)
+    request = world.next_request()
+    items, at = request.candidates, request.time
+
+    def log_probs() -> np.ndarray:
+        return np.log([[world.click_probability(u, n, 0, at) for n in items] for u in world.users])
+
+    before = log_probs()
+    redrawn = set(world.redraw_tastes(0.5))
+    after = log_probs()
+    changed = {u for u, b, a in zip(world.users, before, after) if not np.allclose(b, a)}
+    assert len(redrawn) == 20 and changed == redrawn
+    with pytest.raises(ValueError):
+        world.redraw_tastes(1.5)
