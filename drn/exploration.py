@@ -10,18 +10,48 @@ dict's insertion order nor any global RNG state.
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
+
+from drn.interleaving import DEFAULT_METHOD, METHODS
 
 ALPHA = 0.1  # exploration radius: dW = ALPHA * U(-1, 1) * W (DRN.md)
 ETA = 0.05  # DBGD step size towards a winning explore network (DRN.md)
 NOISE_SHAPES = ("element", "tensor")  # U(-1, 1) drawn per element (default) or one scalar per tensor
 STEP_FORMS = ("standard", "literal")  # standard: W + eta (W~ - W); literal, as the paper prints it: W + eta W~
 
+PIPELINE_LEARNERS = ("dbgd",)  # minor learners serving and the minor-update flow run (drn.learners has more in-process)
+
 Weights = dict[str, torch.Tensor]
+
+
+@dataclass(frozen=True)
+class RoundRecipe:
+    """How an exploration round is served, kept on the round in the log store so that serving and the minor update
+    read one record instead of two settings kept equal by hand. A round logged before recipes existed reads as the
+    defaults, which is what everything ran then."""
+
+    learner: str = "dbgd"
+    noise: str = "element"  # how W~ is drawn (explore_weights)
+    interleaving: str = DEFAULT_METHOD
+
+    def __post_init__(self) -> None:
+        if self.learner not in PIPELINE_LEARNERS:
+            raise ValueError(f"learner must be one of {PIPELINE_LEARNERS} in the pipeline, got {self.learner!r}")
+        if self.noise not in NOISE_SHAPES:
+            raise ValueError(f"noise must be one of {NOISE_SHAPES}, got {self.noise!r}")
+        if self.interleaving not in METHODS:
+            raise ValueError(f"interleaving must be one of {sorted(METHODS)}, got {self.interleaving!r}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping | None) -> RoundRecipe:
+        return cls(**{k: v for k, v in (data or {}).items() if k in cls.__dataclass_fields__})
 
 
 def explore_weights(weights: Weights, seed: int, alpha: float = ALPHA, noise: str = "element") -> Weights:

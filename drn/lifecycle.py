@@ -20,10 +20,9 @@ from dataclasses import dataclass
 from typing import Mapping, Sequence
 
 from drn.evaluate import evaluate, time_split
-from drn.exploration import ALPHA, ETA, dbgd_step, explore_weights
+from drn.exploration import ALPHA, ETA, RoundRecipe, dbgd_step, explore_weights
 from drn.features import SCHEMA, FeatureSchema
-from drn.interleaving import (DEFAULT_METHOD, MAX_ROUND_IMPRESSIONS, MIN_DECISIVE, SIGNIFICANCE, Outcome,
-                              round_outcome)
+from drn.interleaving import MAX_ROUND_IMPRESSIONS, MIN_DECISIVE, SIGNIFICANCE, Outcome, round_outcome
 from drn.logstore import LoggedImpression, LogStore, Round
 from drn.mind import Dataset, Impression, NewsItem, load_dataset
 from drn.model import DuelingQNetwork, network_from_weights
@@ -122,19 +121,19 @@ def offline_train(data_dir: str, train_config: TrainConfig, seed: int, promoted:
 
 
 def minor_update(promoted: ModelBundle, promoted_version: str, round_: Round, feedback: Sequence[LoggedImpression],
-                 *, eta: float = ETA, form: str = "standard", noise: str = "element",
-                 method: str = DEFAULT_METHOD, min_decisive: int = MIN_DECISIVE,
+                 *, eta: float = ETA, form: str = "standard", min_decisive: int = MIN_DECISIVE,
                  max_impressions: int = MAX_ROUND_IMPRESSIONS, significance: float = SIGNIFICANCE) -> MinorDecision:
     """Score the round from its logged teams and clicks; step W towards W~ only when the explore network won.
 
     A round served with another version than the one promoted now (a rollback or a major update came between)
     says nothing about the promoted weights: it is not scored. A round with too few decisive impressions is
-    pending: the caller keeps it open."""
+    pending: the caller keeps it open. How W~ was drawn and the lists merged is read from the round's recipe."""
     if round_.model_version != promoted_version:
         return MinorDecision(None, None, f"round {round_.round_id} was served with v{round_.model_version}, "
                                          f"v{promoted_version} is promoted now: its feedback is stale")
-    outcome = round_outcome((_teams_and_clicks(imp) for imp in feedback), method, min_decisive=min_decisive,
-                            max_impressions=max_impressions, significance=significance)
+    recipe = RoundRecipe.from_dict(round_.recipe)
+    outcome = round_outcome((_teams_and_clicks(imp) for imp in feedback), recipe.interleaving,
+                            min_decisive=min_decisive, max_impressions=max_impressions, significance=significance)
     decisive = outcome.wins_a + outcome.wins_b
     if outcome.pending:
         return MinorDecision(outcome, None, f"round kept open: {decisive} of {min_decisive} decisive impressions "
@@ -143,7 +142,7 @@ def minor_update(promoted: ModelBundle, promoted_version: str, round_: Round, fe
         return MinorDecision(outcome, None, f"no step: outcome {outcome.winner} "
                                             f"({outcome.wins_b} explore vs {outcome.wins_a} exploit wins, "
                                             f"{outcome.impressions} impressions, p={outcome.p_value:.3g})")
-    explore = explore_weights(promoted.weights, round_.seed, round_.alpha, noise)
+    explore = explore_weights(promoted.weights, round_.seed, round_.alpha, recipe.noise)
     stepped = dbgd_step(promoted.weights, explore, eta, form)
     return MinorDecision(outcome, ModelBundle(stepped, promoted.config, promoted.feature_schema),
                          f"explore won {outcome.wins_b} to {outcome.wins_a} (p={outcome.p_value:.3g}): "
@@ -207,9 +206,11 @@ def new_round_seed(version: str, opened_at: float) -> int:
 
 
 # ----------------------------------------------------------------------------- serving changes (touch the stores)
-def open_round(logs: LogStore, version: str, alpha: float, now: float) -> Round:
-    """A new exploration round around `version` (closing any open one unscored)."""
-    return logs.open_round(version, new_round_seed(version, now), alpha, now)
+def open_round(logs: LogStore, version: str, alpha: float, now: float, recipe: RoundRecipe | None = None) -> Round:
+    """A new exploration round around `version` (closing any open one unscored), served by `recipe` (None: as the
+    latest round was)."""
+    return logs.open_round(version, new_round_seed(version, now), alpha, now,
+                           recipe.to_dict() if recipe is not None else None)
 
 
 def promote(registry: Registry, logs: LogStore, version: str, *, who: str, why: str, now: float,

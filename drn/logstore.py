@@ -17,9 +17,9 @@ import json
 import os
 import threading
 import time as clock
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Sequence, TypeVar
+from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
@@ -110,6 +110,8 @@ class Round:
     opened_at: float
     closed_at: float | None = None
     outcome: dict | None = None  # set by close_round; None when a newer round superseded it
+    recipe: dict = field(default_factory=dict)  # how the round is served (drn.exploration.RoundRecipe as a dict);
+    #   serving and the minor update both read it here, so nothing has to be set equal in two processes
 
     @property
     def is_open(self) -> bool:
@@ -127,6 +129,7 @@ _rounds = sa.Table(
     sa.Column("opened_at", sa.Double, nullable=False),
     sa.Column("closed_at", sa.Double),
     sa.Column("outcome", sa.JSON(none_as_null=True)),
+    sa.Column("recipe", sa.JSON(none_as_null=True)),
 )
 _impressions = sa.Table(
     "log_impressions", _meta,
@@ -145,7 +148,8 @@ _impressions = sa.Table(
     sa.Index("ix_log_impressions_time", "time", "seq"),
     sa.Index("ix_log_impressions_round", "round_id", "time", "seq"),
 )
-ADDED_COLUMNS = ("history", "source")  # log_impressions columns newer than the first schema: added to older files
+# columns newer than the first schema, per table: added to older files
+ADDED_COLUMNS = {"log_impressions": ("history", "source"), "log_rounds": ("recipe",)}
 _clicks = sa.Table(
     "log_clicks", _meta,
     sa.Column("seq", _ID, primary_key=True, autoincrement=True),
@@ -202,11 +206,12 @@ def _sqlite_durable(engine: sa.Engine) -> None:
 def _add_missing_columns(conn: sa.Connection) -> None:
     """Bring a log store made by an earlier release up to this schema: `create_all` makes missing tables only, so the
     columns added since are added here (nullable or with a default, so the rows already logged stay valid)."""
-    present = {column["name"] for column in sa.inspect(conn).get_columns(_impressions.name)}
-    for name in ADDED_COLUMNS:
-        if name not in present:
-            ddl = sa.schema.CreateColumn(_impressions.c[name]).compile(dialect=conn.dialect)
-            conn.exec_driver_sql(f"ALTER TABLE {_impressions.name} ADD COLUMN {ddl}")
+    for table in (_impressions, _rounds):
+        present = {column["name"] for column in sa.inspect(conn).get_columns(table.name)}
+        for name in ADDED_COLUMNS[table.name]:
+            if name not in present:
+                ddl = sa.schema.CreateColumn(table.c[name]).compile(dialect=conn.dialect)
+                conn.exec_driver_sql(f"ALTER TABLE {table.name} ADD COLUMN {ddl}")
 
 
 def _between(column: sa.ColumnElement, start: float | None, end: float | None) -> list[sa.ColumnElement]:
@@ -221,7 +226,8 @@ def _record(row: sa.Row) -> ImpressionRecord:
 
 
 def _round(row: sa.Row) -> Round:
-    return Round(row.round_id, row.model_version, row.seed, row.alpha, row.opened_at, row.closed_at, row.outcome)
+    return Round(row.round_id, row.model_version, row.seed, row.alpha, row.opened_at, row.closed_at, row.outcome,
+                 dict(row.recipe or {}))
 
 
 def _check(rec: ImpressionRecord) -> None:
@@ -527,15 +533,20 @@ class LogStore:
 
     # exploration rounds
 
-    def open_round(self, model_version: str, seed: int, alpha: float, time: float) -> Round:
-        """Starts a round; the open one (if any) is closed unscored, so at most one round is ever open."""
+    def open_round(self, model_version: str, seed: int, alpha: float, time: float,
+                   recipe: Mapping[str, Any] | None = None) -> Round:
+        """Starts a round; the open one (if any) is closed unscored, so at most one round is ever open. Without a
+        `recipe` the round is served as the latest round was (a promotion keeps the minor update's choice)."""
         with self._writer.begin() as conn:
             if conn.dialect.name == "postgresql":  # SQLite's BEGIN IMMEDIATE already serialises round switches
                 conn.exec_driver_sql(f"LOCK TABLE {_rounds.name} IN EXCLUSIVE MODE")
+            if recipe is None:
+                latest = sa.select(_rounds.c.recipe).order_by(_rounds.c.round_id.desc()).limit(1)
+                recipe = conn.execute(latest).scalar() or {}
             conn.execute(sa.update(_rounds).where(_rounds.c.closed_at.is_(None)).values(closed_at=time))
             result = conn.execute(sa.insert(_rounds).values(model_version=model_version, seed=seed, alpha=alpha,
-                                                            opened_at=time))
-        return Round(result.inserted_primary_key[0], model_version, seed, alpha, time)
+                                                            opened_at=time, recipe=dict(recipe)))
+        return Round(result.inserted_primary_key[0], model_version, seed, alpha, time, recipe=dict(recipe))
 
     def current_round(self) -> Round | None:
         with self._engine.connect() as conn:

@@ -11,7 +11,7 @@ from prefect import flow
 
 from drn import lifecycle
 from drn.config import Settings
-from drn.exploration import ALPHA, ETA
+from drn.exploration import ALPHA, ETA, RoundRecipe
 from drn.interleaving import DEFAULT_METHOD, MAX_ROUND_IMPRESSIONS, MIN_DECISIVE, SIGNIFICANCE
 from drn.logstore import LoggedImpression, Round
 from flows import common
@@ -36,8 +36,8 @@ def close_round(settings: Settings, round_id: int, outcome: dict) -> None:
 
 
 @common.io_task
-def open_round(settings: Settings, version: str, alpha: float) -> Round:
-    return lifecycle.open_round(common.log_store(settings), version, alpha, time.time())
+def open_round(settings: Settings, version: str, alpha: float, recipe: RoundRecipe) -> Round:
+    return lifecycle.open_round(common.log_store(settings), version, alpha, time.time(), recipe)
 
 
 @common.compute_task
@@ -50,9 +50,9 @@ def decide(promoted, version: str, round_: Round, feedback: list[LoggedImpressio
 def minor_update(eta: float = ETA, form: str = "standard", noise: str = "element", alpha: float = ALPHA,
                  method: str = DEFAULT_METHOD, min_decisive: int = MIN_DECISIVE,
                  max_impressions: int = MAX_ROUND_IMPRESSIONS, significance: float = SIGNIFICANCE) -> dict:
-    """`eta`, `form`: the DBGD step; `noise`: how W~ was drawn (must match serving); `alpha`: the next round's
-    exploration radius; `method`: the interleaving; `min_decisive`, `max_impressions`, `significance`: when a round
-    decides (drn.interleaving states the test's error rate)."""
+    """`eta`, `form`: the DBGD step; `alpha`, `noise`, `method`: how the next round is served (its radius, how W~ is
+    drawn, the interleaving), kept on the round for serving and the next minor update to read; `min_decisive`,
+    `max_impressions`, `significance`: when a round decides (drn.interleaving states the test's error rate)."""
     settings = Settings.from_env()
     with common.exclusive(settings, KIND, LEASE_S) as held:
         if not held:
@@ -61,13 +61,14 @@ def minor_update(eta: float = ETA, form: str = "standard", noise: str = "element
         if current is None:
             return common.report(KIND, "nothing promoted", "no version is served: nothing to explore around", {})
         info, promoted = current
+        recipe = RoundRecipe(noise=noise, interleaving=method)
         round_ = current_round(settings)
         if round_ is None:
-            opened = open_round(settings, info.version, alpha)
+            opened = open_round(settings, info.version, alpha, recipe)
             return common.report(KIND, "round opened", "no exploration round was open",
                                  {"version": info.version, "round": opened.round_id})
-        options = dict(eta=eta, form=form, noise=noise, method=method, min_decisive=min_decisive,
-                       max_impressions=max_impressions, significance=significance)
+        options = dict(eta=eta, form=form, min_decisive=min_decisive, max_impressions=max_impressions,
+                       significance=significance)
         decision = decide(promoted, info.version, round_, round_feedback(settings, round_.round_id), options)
         record = decision.record()
         if decision.outcome is not None and decision.outcome.pending:
@@ -75,7 +76,7 @@ def minor_update(eta: float = ETA, form: str = "standard", noise: str = "element
                                  {"version": info.version, "round": round_.round_id, "winner": record["winner"]})
         if decision.bundle is None:
             close_round(settings, round_.round_id, record)
-            opened = open_round(settings, info.version, alpha)
+            opened = open_round(settings, info.version, alpha, recipe)
             return common.report(KIND, "no step", decision.reason,
                                  {"version": info.version, "round": round_.round_id, "next_round": opened.round_id,
                                   "winner": record["winner"]})
@@ -83,8 +84,9 @@ def minor_update(eta: float = ETA, form: str = "standard", noise: str = "element
         version = common.register(
             settings, decision.bundle, kind="minor", parent=info.version,
             data_window=(round_.opened_at, time.time()),
-            params={"dbgd": {"eta": eta, "form": form, "noise": noise}, "round": {
-                "id": round_.round_id, "seed": round_.seed, "alpha": round_.alpha}, "interleaving": options},
+            params={"dbgd": {"eta": eta, "form": form}, "round": {
+                "id": round_.round_id, "seed": round_.seed, "alpha": round_.alpha, "recipe": round_.recipe},
+                "interleaving": options},
             metrics={"interleaving.impressions": outcome.impressions, "interleaving.clicks_exploit": outcome.clicks_a,
                      "interleaving.clicks_explore": outcome.clicks_b, "interleaving.wins_exploit": outcome.wins_a,
                      "interleaving.wins_explore": outcome.wins_b, "interleaving.p_value": outcome.p_value},

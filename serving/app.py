@@ -40,7 +40,6 @@ from pydantic import TypeAdapter, ValidationError
 
 from drn import lifecycle
 from drn.features import FeatureState, record
-from drn.interleaving import interleaver
 from drn.logstore import ClickNotServed, ImpressionRecord, LogStore, UnknownImpression
 from drn.mind import NewsItem
 from drn.online import set_threads
@@ -88,7 +87,6 @@ class Service:
                  telemetry: Telemetry):
         self.settings, self.telemetry = settings, telemetry
         self.signer = ImpressionSigner(settings.secret)
-        self.interleave = interleaver(settings.interleaving)
         self.rng = np.random.default_rng()  # team draft's coin flips; not seeded: rounds are compared, not replayed
         self._open_registry = open_registry
         self._owns_logs = logs is None
@@ -113,8 +111,7 @@ class Service:
         started = time.perf_counter()
         self.state, self.news, count = await asyncio.to_thread(rebuild_feature_state, self.logs)
         log.info("feature state rebuilt from %d logged impressions in %.1f s", count, time.perf_counter() - started)
-        self.holder = ModelHolder(self._open_registry, self.logs, self.settings.follow, self.settings.explore_noise,
-                                  self.telemetry)
+        self.holder = ModelHolder(self._open_registry, self.logs, self.settings.follow, self.telemetry)
         await self.holder.refresh()  # start with the promoted model (or popularity, saying why) before serving
         # What exists now (MLflow, SQLAlchemy, torch, the rebuilt state: half a million objects) lives as long as
         # the process: out of the collector's sight, a full collection no longer walks it. Such a walk (hundreds of
@@ -243,7 +240,7 @@ class Service:
         seeded = bool(history) and self.state.see_history(body["user"], history)
         model = self.holder.current  # one model for the whole request, whatever swaps meanwhile
         batch = self.state.features(body["user"], ids, now)
-        ranked = model.rank(batch, body.get("k", DEFAULT_K), self.interleave, self.rng)
+        ranked = model.rank(batch, body.get("k", DEFAULT_K), self.rng)
         record = ImpressionRecord(self.signer.new_id(), body["user"], now, tuple(ids), ranked.served, ranked.teams,
                                   model.label, model.round.round_id if model.explore else None,
                                   model.round.seed if model.explore else None, history if seeded else ())

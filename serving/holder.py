@@ -23,9 +23,9 @@ from typing import Callable
 import numpy as np
 
 from drn.baselines import PopularityPolicy
-from drn.exploration import explore_weights
+from drn.exploration import RoundRecipe, explore_weights
 from drn.features import SCHEMA_VERSION, FeatureBatch
-from drn.interleaving import Interleaved, Interleaver
+from drn.interleaving import Interleaved, Interleaver, interleaver
 from drn.lifecycle import network_of
 from drn.logstore import NO_TEAM, LogStore, Round
 from drn.model import DuelingQNetwork, network_from_weights
@@ -48,6 +48,7 @@ class ServedModel:
     explore: DuelingQNetwork | None  # W~ of `round`; None when no round is open for this version
     round: Round | None
     loaded_at: float
+    interleave: Interleaver | None = None  # how `round`'s recipe merges W's and W~'s rankings
     scorer: StackedScorer | None = field(init=False, repr=False, compare=False)  # W (and W~) in one pass
 
     def __post_init__(self) -> None:
@@ -63,9 +64,9 @@ class ServedModel:
     def label(self) -> str:
         return self.version or POPULARITY
 
-    def rank(self, batch: FeatureBatch, k: int, interleave: Interleaver, rng: np.random.Generator) -> Interleaved:
-        """The served list: W's and W~'s rankings interleaved during a round, W's (or popularity's) top k otherwise.
-        W and W~ score all candidates together, in one stacked pass (drn.scoring)."""
+    def rank(self, batch: FeatureBatch, k: int, rng: np.random.Generator) -> Interleaved:
+        """The served list: W's and W~'s rankings interleaved during a round (as its recipe says), W's (or
+        popularity's) top k otherwise. W and W~ score all candidates together, in one stacked pass (drn.scoring)."""
         ids = batch.candidates
         if self.scorer is None:
             return _untagged(ids, top_k(_POPULARITY.scores(batch), k))
@@ -73,7 +74,7 @@ class ServedModel:
         if self.explore is None:
             return _untagged(ids, top_k(scores[0], k))
         exploit, explore = rankings(scores)
-        return interleave([ids[i] for i in exploit], [ids[i] for i in explore], k, rng)
+        return self.interleave([ids[i] for i in exploit], [ids[i] for i in explore], k, rng)
 
     def describe(self) -> dict:
         """What /model and /healthz say about it."""
@@ -82,6 +83,7 @@ class ServedModel:
                 "round_id": self.round.round_id if self.round else None,
                 "round_seed": self.round.seed if self.round else None,
                 "round_alpha": self.round.alpha if self.round else None,
+                "round_recipe": RoundRecipe.from_dict(self.round.recipe).to_dict() if self.round else None,
                 "feature_schema_version": self.bundle.feature_schema.get("version") if self.bundle else SCHEMA_VERSION}
 
 
@@ -100,13 +102,12 @@ def cold() -> ServedModel:
 class ModelHolder:
     """Follows the registry (stage Production, or alias champion) and the log store's open round."""
 
-    def __init__(self, open_registry: Callable[[], Registry], logs: LogStore, follow: str, noise: str,
-                 telemetry: Telemetry):
+    def __init__(self, open_registry: Callable[[], Registry], logs: LogStore, follow: str, telemetry: Telemetry):
         self.current = cold()
         self.registry_error: str | None = None  # why the last look at the registry failed; None when it worked
         self.load_error: str | None = None  # why the last version that was tried did not load
         self.last_sync: float | None = None  # when the registry last answered
-        self._open_registry, self._logs, self._follow, self._noise = open_registry, logs, follow, noise
+        self._open_registry, self._logs, self._follow = open_registry, logs, follow
         self._telemetry = telemetry
         self._registry: Registry | None = None
         self._failed: str | None = None  # version that did not load: not retried until forced
@@ -210,6 +211,14 @@ class ModelHolder:
         if _round_id(round_) == _round_id(model.round):
             return model
         if round_ is None:
-            return replace(model, explore=None, round=None)
-        weights = explore_weights(model.bundle.weights, round_.seed, round_.alpha, self._noise)
-        return replace(model, explore=network_from_weights(model.bundle.config, weights), round=round_)
+            return replace(model, explore=None, round=None, interleave=None)
+        try:
+            recipe = RoundRecipe.from_dict(round_.recipe)
+        except ValueError as e:  # a recipe this release cannot serve: serve W alone rather than guess
+            self._telemetry.errors.labels("round_recipe").inc()
+            log.warning("round %s cannot be served (%s): serving v%s without exploration", round_.round_id, e,
+                        model.version)
+            return replace(model, explore=None, round=None, interleave=None)
+        weights = explore_weights(model.bundle.weights, round_.seed, round_.alpha, recipe.noise)
+        return replace(model, explore=network_from_weights(model.bundle.config, weights), round=round_,
+                       interleave=interleaver(recipe.interleaving))

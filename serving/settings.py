@@ -1,6 +1,7 @@
 """Everything the HTTP service can be told, read once at start from the environment (flags of `drn serve` win).
 
-The stores come from `drn.config.Settings` (DRN_HOME, DRN_MLFLOW_URI, DRN_LOGSTORE_URL, DRN_MODEL_NAME); the
+The stores come from `drn.config.Settings` (DRN_HOME, DRN_MLFLOW_URI, DRN_LOGSTORE_URL, DRN_MODEL_NAME); how an
+exploration round is served (W~'s noise, the interleaving) is read from the round itself in the log store. The
 service's own settings are:
 
     DRN_SERVE_HOST            bind address (default 127.0.0.1: reachable from this machine only)
@@ -9,8 +10,6 @@ service's own settings are:
                               UI rolls back with; default) or "alias" (alias champion)
     DRN_SERVE_POLL_S          seconds between looks at the registry and the log store's exploration round (default 2)
     DRN_SERVE_MAX_CANDIDATES  most candidates one /recommend may rank (default 500); more is refused with 422
-    DRN_SERVE_INTERLEAVING    team_draft (default) or probabilistic: how W's and W~'s rankings are merged
-    DRN_SERVE_EXPLORE_NOISE   element (default) or tensor: how W~ is drawn; must match the minor update's `noise`
     DRN_SERVE_SECRET          HMAC-SHA256 key that signs impression ids (default: $DRN_HOME/serving.secret, created
                               with mode 0600 on first start, so ids stay valid across restarts)
     DRN_SERVE_ADMIN_TOKEN     bearer token for /admin/*; unset = admin routes refused (403)
@@ -26,8 +25,6 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from drn.config import Settings
-from drn.interleaving import METHODS
-from drn.exploration import NOISE_SHAPES
 
 FOLLOW_MODES = ("stage", "alias")
 SECRET_FILE = "serving.secret"
@@ -44,8 +41,6 @@ class ServeSettings:
     poll_s: float = 2.0  # seconds between looks at the log store's open round (cheap)
     registry_poll_s: float = 10.0  # seconds between registry looks when no round moved (ms each: serving_bench)
     max_candidates: int = 500
-    interleaving: str = "team_draft"
-    explore_noise: str = "element"
     admin_token: str | None = None
     clock_token: str | None = None
 
@@ -53,10 +48,6 @@ class ServeSettings:
         """Refuse a bad setting at start, in words, instead of at the first request."""
         if self.follow not in FOLLOW_MODES:
             raise ValueError(f"DRN_SERVE_FOLLOW must be one of {FOLLOW_MODES}, got {self.follow!r}")
-        if self.interleaving not in METHODS:
-            raise ValueError(f"DRN_SERVE_INTERLEAVING must be one of {sorted(METHODS)}, got {self.interleaving!r}")
-        if self.explore_noise not in NOISE_SHAPES:
-            raise ValueError(f"DRN_SERVE_EXPLORE_NOISE must be one of {NOISE_SHAPES}, got {self.explore_noise!r}")
         if self.poll_s <= 0 or self.registry_poll_s <= 0 or self.max_candidates < 1 or not 0 < self.port < 65536:
             raise ValueError("DRN_SERVE_POLL_S and DRN_SERVE_REGISTRY_POLL_S must be > 0, DRN_SERVE_MAX_CANDIDATES "
                              ">= 1, DRN_SERVE_PORT in 1..65535")
@@ -78,8 +69,6 @@ class ServeSettings:
             poll_s=float(env.get("DRN_SERVE_POLL_S") or cls.poll_s),
             registry_poll_s=float(env.get("DRN_SERVE_REGISTRY_POLL_S") or cls.registry_poll_s),
             max_candidates=int(env.get("DRN_SERVE_MAX_CANDIDATES") or cls.max_candidates),
-            interleaving=env.get("DRN_SERVE_INTERLEAVING") or cls.interleaving,
-            explore_noise=env.get("DRN_SERVE_EXPLORE_NOISE") or cls.explore_noise,
             admin_token=env.get("DRN_SERVE_ADMIN_TOKEN") or None,
             clock_token=env.get("DRN_SERVE_CLOCK_TOKEN") or None,
         )

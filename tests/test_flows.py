@@ -140,11 +140,12 @@ def test_minor_update_after_a_losing_round_promotes_nothing(world, v1):
     from flows.minor_update import minor_update
     registry, logs = v1
     round_id = log_round(logs, world, EXPLOIT)
-    result = minor_update()
+    result = minor_update(noise="tensor")  # scores the round as it was served; the next one is served so
     assert result["decision"] == "no step" and result["winner"] == "exploit"
     assert [v.version for v in registry.versions()] == ["1"] and served_version(registry) == "1"
     assert next(r for r in logs.rounds() if r.round_id == round_id).outcome["winner"] == "exploit"
     assert logs.current_round().round_id != round_id and logs.current_round().model_version == "1"
+    assert logs.current_round().recipe == {"learner": "dbgd", "noise": "tensor", "interleaving": "team_draft"}
 
 
 def test_minor_update_keeps_a_round_with_too_little_feedback_open_until_it_decides(world, v1):

@@ -2,6 +2,8 @@
 two training steps on a tiny simulated world."""
 from __future__ import annotations
 
+import dataclasses
+
 import math
 
 import pytest
@@ -60,6 +62,13 @@ def test_minor_update_steps_towards_the_winning_explore_network(bundle):
     expected = dbgd_step(bundle.weights, explore_weights(bundle.weights, ROUND.seed, ROUND.alpha), 0.05)
     assert all(torch.equal(decision.bundle.weights[k], expected[k]) for k in expected)
     assert decision.bundle.config == bundle.config and decision.record()["stepped"] is True
+
+
+def test_minor_update_draws_w_tilde_as_the_rounds_recipe_says(bundle):
+    tensor_round = dataclasses.replace(ROUND, recipe={"noise": "tensor"})
+    decision = lifecycle.minor_update(bundle, "3", tensor_round, impressions(60, EXPLORE), eta=0.05)
+    expected = dbgd_step(bundle.weights, explore_weights(bundle.weights, ROUND.seed, ROUND.alpha, "tensor"), 0.05)
+    assert all(torch.equal(decision.bundle.weights[k], expected[k]) for k in expected)
 
 
 def test_minor_update_keeps_weights_when_exploit_wins(bundle):

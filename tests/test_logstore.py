@@ -253,14 +253,26 @@ def test_imported_impressions_are_no_round_feedback(store):
 def test_an_older_log_store_gains_the_new_columns(tmp_path):
     path = tmp_path / "logs.db"
     with LogStore(f"sqlite:///{path}") as store:
+        store.open_round("v1", 5, 0.1, 0.5)
         store.log_impression(rec("old", 1.0))
     with sqlite3.connect(path) as conn:  # the file as the release before these columns left it
-        for column in ADDED_COLUMNS:
-            conn.execute(f"ALTER TABLE log_impressions DROP COLUMN {column}")
+        for table, columns in ADDED_COLUMNS.items():
+            for column in columns:
+                conn.execute(f"ALTER TABLE {table} DROP COLUMN {column}")
     with LogStore(f"sqlite:///{path}") as store:
         assert store.impression("old") == rec("old", 1.0)  # history () and source "served"
+        assert store.current_round().recipe == {}  # read as the defaults (drn.exploration.RoundRecipe)
         store.import_impressions(mind_log())
         assert [li.record.source for li in store.window()] == [SERVED, IMPORTED, IMPORTED, IMPORTED]
+
+
+def test_a_rounds_recipe_is_read_back_and_carried_to_the_next_round(store):
+    recipe = {"learner": "dbgd", "noise": "tensor", "interleaving": "probabilistic"}
+    opened = store.open_round("v1", 11, 0.2, 1.0, recipe)
+    assert opened.recipe == recipe and store.current_round().recipe == recipe
+    promoted = store.open_round("v2", 12, 0.2, 2.0)  # a promotion opens a round without saying how: as before
+    assert promoted.recipe == recipe and store.current_round() == promoted
+    assert store.open_round("v2", 13, 0.2, 3.0, {"noise": "element"}).recipe == {"noise": "element"}
 
 
 def test_window_order_and_bounds(store):

@@ -12,6 +12,7 @@ from typing import Iterator
 
 import httpx
 import pytest
+import torch
 import uvicorn
 from fastapi import HTTPException
 
@@ -116,6 +117,27 @@ def _wait_for(client: httpx.Client, check, what: str, timeout: float = 10.0) -> 
 
 def _recommend(client: httpx.Client, user: str = "U1", n: int = 20, k: int = 5, **kw) -> httpx.Response:
     return client.post("/recommend", json={"user": user, "candidates": _candidates(n), "k": k, **kw})
+
+
+def test_serving_explores_as_the_rounds_recipe_says(registry, versions, logs, tmp_path):
+    """The round's recipe in the log store, not a setting of the service, says how W~ is drawn and lists merged."""
+    from drn.exploration import RoundRecipe, explore_weights
+    from drn.interleaving import probabilistic
+    from serving.holder import ModelHolder
+    lifecycle.promote(registry, logs, versions["a"], who="test", why="serve a", now=time.time())
+    recipe = RoundRecipe(noise="tensor", interleaving="probabilistic")
+    round_ = lifecycle.open_round(logs, versions["a"], 0.3, time.time(), recipe)
+    holder = ModelHolder(lambda: registry, logs, "stage", Telemetry())
+    model = asyncio.run(holder.refresh())
+    assert model.round == round_ and model.interleave is probabilistic
+    expected = explore_weights(registry.load(versions["a"]).weights, round_.seed, 0.3, "tensor")
+    assert all(torch.equal(model.explore.state_dict()[k], expected[k]) for k in expected)
+    assert model.describe()["round_recipe"] == recipe.to_dict()
+    logs.open_round(versions["a"], 9, 0.3, time.time(), {"learner": "pdgd"})  # not served by this release
+    model = asyncio.run(holder.refresh())
+    assert model.explore is None and model.round is None
+    with serve(_settings(tmp_path), registry, logs) as client:
+        assert _recommend(client).json()["round_id"] is None  # W alone, no failed request
 
 
 def test_recommend_then_feedback_are_both_logged(registry, versions, logs, tmp_path):
