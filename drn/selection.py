@@ -7,6 +7,7 @@ and every tried network is scored on them, so a wider grid costs training passes
 """
 from __future__ import annotations
 
+import copy
 from dataclasses import asdict, dataclass, replace
 from typing import Callable, Sequence
 
@@ -19,10 +20,12 @@ from drn.mind import Dataset
 from drn.model import DuelingQNetwork, NetworkConfig, build_network
 from drn.training import TrainConfig, Trainer
 
-LEARNING_RATES = (3e-3, 1e-2, 3e-2)  # Adam step sizes tried: around the value that did well on earlier logs
-MAX_EPOCHS = 4  # passes tried per step size; the pass count with the best validation metric is kept
+LEARNING_RATES = (3e-3, 1e-2)  # Adam step sizes tried (3e-2 was dropped: a retrain at it can kill every ReLU)
+MAX_EPOCHS = 3  # passes tried per step size; the pass count with the best validation metric is kept
 VALIDATION_DAYS = 1  # the last calendar days of the training window that choose
 SELECTION_METRIC = "auc"  # MIND's headline metric, per impression then averaged
+RETRAIN_SLACK = 0.02  # the whole-window retrain, which saw the validation days, must score at least the chosen
+#   setting's validation metric less this on them; below, the retrain went wrong and the validated network is kept
 
 
 @dataclass(frozen=True)
@@ -59,6 +62,13 @@ def choose(train: Dataset, config: TrainConfig, seed: int, *, learning_rates: Se
            network: NetworkConfig = NetworkConfig(), progress: Callable[[str], None] | None = None) -> Choice:
     """Train on the training window less its last `validation_days` days, once per step size for up to
     `max_epochs` passes, and keep the (step size, passes) with the best validation metric."""
+    return _choose(train, config, seed, learning_rates, max_epochs, validation_days, network, progress)[0]
+
+
+def _choose(train: Dataset, config: TrainConfig, seed: int, learning_rates: Sequence[float], max_epochs: int,
+            validation_days: int, network: NetworkConfig, progress: Callable[[str], None] | None,
+            ) -> tuple[Choice, list, dict]:
+    """`choose`, also returning the validation batches and the chosen network's weights (for the retrain check)."""
     if not learning_rates or max_epochs < 1:
         raise ValueError("choose needs at least one learning rate and max_epochs >= 1")
     fit, valid = time_split(train, validation_days)
@@ -66,17 +76,21 @@ def choose(train: Dataset, config: TrainConfig, seed: int, *, learning_rates: Se
     if not batches:
         raise ValueError(f"the last {validation_days} validation days hold no labelled impression")
     tried: list[dict] = []
+    best_key, best_weights = None, {}
     for lr in learning_rates:
         trainer = Trainer(build_network(network, seed=seed), replace(config, learning_rate=lr, epochs=1, seed=seed))
         for epoch in range(1, max_epochs + 1):
             trainer.fit(fit.impressions, fit.news)
             tried.append({"learning_rate": lr, "epochs": epoch, **_score(trainer.network, batches)})
+            key = (_finite(tried[-1][SELECTION_METRIC]), -epoch)
+            if best_key is None or key > best_key:
+                best_key, best_weights = key, copy.deepcopy(trainer.network.state_dict())
             if progress:
                 progress(f"validation: lr {lr:g}, {epoch} passes, {SELECTION_METRIC} "
                          f"{tried[-1][SELECTION_METRIC]:.4f}")
     best = max(tried, key=lambda row: (_finite(row[SELECTION_METRIC]), -row["epochs"]))
     validation = {k: v for k, v in best.items() if k not in ("learning_rate", "epochs")}
-    return Choice(best["learning_rate"], best["epochs"], validation, tuple(tried), len(batches))
+    return Choice(best["learning_rate"], best["epochs"], validation, tuple(tried), len(batches)), batches, best_weights
 
 
 def _finite(value: float) -> float:
@@ -93,20 +107,32 @@ def train_offline(train: Dataset, config: TrainConfig, seed: int, *, choose_sett
                   network: NetworkConfig = NetworkConfig(), progress: Callable[[str], None] | None = None,
                   **choose_options) -> tuple[Trainer, dict]:
     """A fresh network trained on the whole window: with the step size and passes chosen on its last days when
-    `choose_settings` and the window is long enough, else with `config` as given. The summary says which."""
-    validation_days = choose_options.get("validation_days", VALIDATION_DAYS)
-    choice = None
-    if choose_settings and spans_validation(train, validation_days):
-        choice = choose(train, config, seed, network=network, progress=progress, **choose_options)
-        config = replace(config, learning_rate=choice.learning_rate, epochs=choice.epochs)
-    trainer = Trainer(build_network(network, seed=seed), replace(config, seed=seed))
+    `choose_settings` and the window is long enough, else with `config` as given. The summary says which.
+
+    The retrain is checked on the validation days it has now seen; one that scores below the choice less
+    RETRAIN_SLACK went wrong (a diverged or dead network), and the network validation chose is kept instead."""
+    options = {"learning_rates": LEARNING_RATES, "max_epochs": MAX_EPOCHS, "validation_days": VALIDATION_DAYS,
+               **choose_options}
+    if not (choose_settings and spans_validation(train, options["validation_days"])):
+        trainer = Trainer(build_network(network, seed=seed), replace(config, seed=seed))
+        summary = trainer.fit(train.impressions, train.news)
+        summary.update(learning_rate=config.learning_rate, epochs=config.epochs, choice=(
+            "configured" if not choose_settings else
+            f"configured: the window spans no more than {options['validation_days']} validation day(s)"))
+        return trainer, summary
+    choice, batches, chosen_weights = _choose(train, config, seed, options["learning_rates"], options["max_epochs"],
+                                              options["validation_days"], network, progress)
+    config = replace(config, learning_rate=choice.learning_rate, epochs=choice.epochs, seed=seed)
+    trainer = Trainer(build_network(network, seed=seed), config)
     summary = trainer.fit(train.impressions, train.news)
+    retrained = _score(trainer.network, batches)[SELECTION_METRIC]
+    kept = "retrained on the whole window"
+    if not _finite(retrained) >= choice.validation[SELECTION_METRIC] - RETRAIN_SLACK:
+        trainer.network.load_state_dict(chosen_weights)
+        kept = (f"the validated network (the whole-window retrain scored {SELECTION_METRIC} {retrained:.4f} on the "
+                f"validation days, below the choice's {choice.validation[SELECTION_METRIC]:.4f} - {RETRAIN_SLACK})")
     if progress:
-        progress(f"trained on the whole window: lr {config.learning_rate:g}, {config.epochs} passes")
-    summary.update(learning_rate=config.learning_rate, epochs=config.epochs)
-    if choice is not None:
-        summary.update({f"validation_{k}": v for k, v in choice.validation.items()}, choice=choice.to_dict())
-    else:
-        summary["choice"] = ("configured" if not choose_settings else
-                             f"configured: the window spans no more than {validation_days} validation day(s)")
+        progress(f"lr {config.learning_rate:g}, {config.epochs} passes: {kept}")
+    summary.update({f"validation_{k}": v for k, v in choice.validation.items()}, learning_rate=config.learning_rate,
+                   epochs=config.epochs, choice={**choice.to_dict(), "kept": kept})
     return trainer, summary

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
 from drn.evaluate import DAY, time_split
 from drn.mind import Dataset
@@ -46,3 +47,21 @@ def test_train_offline_reports_the_choice_or_why_it_made_none(logs):
     assert summary["epochs"] == FAST.epochs and summary["choice"].startswith("configured: the window spans")
     _, summary = train_offline(train, FAST, seed=0, choose_settings=False, network=SMALL)
     assert summary["choice"] == "configured" and summary["learning_rate"] == FAST.learning_rate
+
+
+def test_a_retrain_that_went_wrong_keeps_the_validated_network(logs, monkeypatch):
+    from drn import selection
+    train, _ = time_split(logs, 1)
+    real, calls = selection._score, []
+
+    def score(network, batches):  # choose scores once (one step size, one pass); the retrain's look is the second
+        calls.append(network)
+        result = real(network, batches)
+        return result if len(calls) == 1 else {**result, "auc": 0.0}
+
+    monkeypatch.setattr(selection, "_score", score)
+    trainer, summary = train_offline(train, FAST, seed=0, learning_rates=(1e-2,), max_epochs=1, network=SMALL)
+    assert summary["choice"]["kept"].startswith("the validated network")
+    monkeypatch.setattr(selection, "_score", real)
+    _, _, validated = selection._choose(train, FAST, 0, (1e-2,), 1, 1, SMALL, None)
+    assert all(torch.equal(trainer.network.state_dict()[k], validated[k]) for k in validated)
