@@ -1,9 +1,11 @@
 """`drn bench learning`: every policy in the same live world, side by side, from the same offline-trained start.
 
 Per seed: the world runs `log_days` days under a random-order logging policy; DRN is trained offline on those
-logs (and LinUCB and the Vowpal Wabbit peers fitted on them); then each policy serves a copy of the same world,
-continuing from the same moment with the same feature state, for `impressions` requests. CTR and user activeness are
-reported after a warm-up share of each run, as a mean over seeds with a 95% t-interval across seeds.
+logs (step size and passes chosen on their last day, drn.selection), LinUCB and the Vowpal Wabbit peers are fitted
+on them; then each policy serves a copy of the same world, continuing from the same moment with the same feature
+state, for `impressions` requests (with `drift_share`, that share of the users get new tastes halfway). CTR and user
+activeness are reported after a warm-up share of each run, as a mean over seeds with a 95% t-interval across seeds,
+and the claims as paired per-seed differences and ratios.
 """
 from __future__ import annotations
 
