@@ -29,7 +29,7 @@ from drn.features import FeatureBatch
 from drn.interleaving import (DEFAULT_METHOD, MAX_ROUND_IMPRESSIONS, MIN_DECISIVE, SIGNIFICANCE, Outcome,
                               interleaver, round_outcome, team_draft_multileave)
 from drn.model import DuelingQNetwork
-from drn.policy import rankings
+from drn.policy import rankings, top_k
 
 EXPLORERS = 4  # mgd: explore networks per round (the MGD paper's gains grow with their number; cost is per network)
 PL_TEMPERATURE = 0.005  # pdgd: Plackett-Luce over Q / temperature; Q is in clicks per shown item, so its spread over
@@ -108,7 +108,7 @@ class _Duel(MinorLearner):
     def serve(self, network: DuelingQNetwork, batch: FeatureBatch, k: int) -> tuple[list[int], Any]:
         scores = network.score(batch)
         if self.challenger is None:
-            return np.argsort(-scores, kind="stable")[:k].tolist(), None
+            return top_k(scores, k), None
         exploit, explore = ([str(i) for i in r] for r in rankings(np.stack([scores, self.challenger.score(batch)])))
         mixed = self.interleave(exploit, explore, k, self.rng)
         return [int(i) for i in mixed.served], tuple(mixed.teams)
@@ -235,9 +235,9 @@ class PDGD(MinorLearner):
                 if parameter.grad is not None:
                     parameter -= self.config.pdgd_learning_rate * parameter.grad
         network.eval()
-        pairs = len(self.round)
+        lists = len(self.round)
         self.start(network)
-        return {"winner": f"{pairs} clicked lists", "stepped": True}
+        return {"winner": f"{lists} clicked lists", "stepped": True}
 
     def _impression_loss(self, network: DuelingQNetwork, batch: FeatureBatch, shown: list[int], scores: np.ndarray,
                          clicked: list[bool]) -> torch.Tensor:
