@@ -16,10 +16,12 @@ def say(line: str) -> None:
 
 
 def _sigterm_as_interrupt() -> None:
-    """`kill <pid of drn up>` stops the stack the same way Ctrl-C does."""
+    """`kill <pid of drn up>` stops the stack the same way Ctrl-C does; and Ctrl-C (SIGINT) stops it even when the
+    shell that started it ignores SIGINT (a background job of a script), which Python would otherwise inherit."""
     def interrupt(signum: int, frame: object) -> None:
         raise KeyboardInterrupt
     signal.signal(signal.SIGTERM, interrupt)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def _settings(args: argparse.Namespace, default_home: Path | None = None):
