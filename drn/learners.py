@@ -96,6 +96,11 @@ class MinorLearner:
                              max_impressions=c.max_round_impressions, significance=c.significance)
 
 
+def _teams_and_clicks(teams: tuple[int, ...], clicked: Sequence[bool]) -> tuple[tuple[int, ...], list[int]]:
+    """An interleaved impression as round_outcome reads it: its teams and the positions clicked."""
+    return teams, [p for p, c in enumerate(clicked) if c]
+
+
 class _Duel(MinorLearner):
     """W against one challenger network, interleaved: the serving half that DBGD and SGD share."""
 
@@ -115,7 +120,7 @@ class _Duel(MinorLearner):
 
     def observe(self, batch: FeatureBatch, shown: Sequence[int], memo: Any, clicked: Sequence[bool]) -> None:
         if memo is not None:
-            self.round.append((memo, [p for p, c in enumerate(clicked) if c]))
+            self.round.append(_teams_and_clicks(memo, clicked))
 
 
 class DBGD(_Duel):
@@ -159,7 +164,7 @@ class MGD(MinorLearner):
         return [int(i) for i in mixed.served], tuple(mixed.teams)
 
     def observe(self, batch: FeatureBatch, shown: Sequence[int], memo: Any, clicked: Sequence[bool]) -> None:
-        self.round.append((memo, [p for p, c in enumerate(clicked) if c]))
+        self.round.append(_teams_and_clicks(memo, clicked))
 
     def end_round(self, network: DuelingQNetwork) -> dict:
         """Pending until `min_decisive` impressions credited some team more than another (or the round is full);
@@ -252,9 +257,7 @@ class PDGD(MinorLearner):
             swapped = list(shown)
             swapped[i], swapped[j] = swapped[j], swapped[i]
             rho.append(expit(plackett_luce_log_prob(scores, swapped).sum() - base))
-        rows = torch.as_tensor(np.asarray(shown))
-        q = network(torch.from_numpy(batch.state)[None], torch.from_numpy(batch.action)[None][:, rows])[0]
-        q = q / self.config.temperature
+        q = _shown_q(network, batch, shown) / self.config.temperature
         won, lost = zip(*pairs)
         margins = q[list(won)] - q[list(lost)]
         return -(torch.as_tensor(rho, dtype=q.dtype) * torch.nn.functional.logsigmoid(margins)).sum()
@@ -301,14 +304,19 @@ class SGD(_Duel):
             loss = torch.zeros(())
             for index in picks:
                 batch, shown, clicked = samples[index]
-                rows = torch.as_tensor(np.asarray(shown))
-                q = challenger(torch.from_numpy(batch.state)[None], torch.from_numpy(batch.action)[None][:, rows])[0]
+                q = _shown_q(challenger, batch, shown)
                 loss = loss + ((q - torch.as_tensor(clicked, dtype=q.dtype)) ** 2).mean()
             optimizer.zero_grad()
             (loss / len(picks)).backward()
             optimizer.step()
         challenger.eval()
         return challenger
+
+
+def _shown_q(network: DuelingQNetwork, batch: FeatureBatch, shown: Sequence[int]) -> torch.Tensor:
+    """Q of the shown items of a request, in served order, with gradients (the learners' losses read it)."""
+    action = torch.from_numpy(batch.action[list(shown)])[None]
+    return network(torch.from_numpy(batch.state)[None], action)[0]
 
 
 LEARNERS: dict[str, type[MinorLearner]] = {cls.name: cls for cls in (DBGD, MGD, PDGD, SGD)}

@@ -76,21 +76,24 @@ def _choose(train: Dataset, config: TrainConfig, seed: int, learning_rates: Sequ
     if not batches:
         raise ValueError(f"the last {validation_days} validation days hold no labelled impression")
     tried: list[dict] = []
-    best_key, best_weights = None, {}
+    best, best_weights = None, {}
     for lr in learning_rates:
         trainer = Trainer(build_network(network, seed=seed), replace(config, learning_rate=lr, epochs=1, seed=seed))
         for epoch in range(1, max_epochs + 1):
             trainer.fit(fit.impressions, fit.news)
             tried.append({"learning_rate": lr, "epochs": epoch, **_score(trainer.network, batches)})
-            key = (_finite(tried[-1][SELECTION_METRIC]), -epoch)
-            if best_key is None or key > best_key:
-                best_key, best_weights = key, copy.deepcopy(trainer.network.state_dict())
+            if best is None or _rank(tried[-1]) > _rank(best):  # the best so far, and its weights for the retrain check
+                best, best_weights = tried[-1], copy.deepcopy(trainer.network.state_dict())
             if progress:
                 progress(f"validation: lr {lr:g}, {epoch} passes, {SELECTION_METRIC} "
                          f"{tried[-1][SELECTION_METRIC]:.4f}")
-    best = max(tried, key=lambda row: (_finite(row[SELECTION_METRIC]), -row["epochs"]))
     validation = {k: v for k, v in best.items() if k not in ("learning_rate", "epochs")}
     return Choice(best["learning_rate"], best["epochs"], validation, tuple(tried), len(batches)), batches, best_weights
+
+
+def _rank(row: dict) -> tuple[float, int]:
+    """Better validation metric first; among equals, fewer passes."""
+    return _finite(row[SELECTION_METRIC]), -row["epochs"]
 
 
 def _finite(value: float) -> float:
