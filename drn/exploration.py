@@ -11,7 +11,7 @@ dict's insertion order nor any global RNG state.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 import torch
@@ -37,6 +37,8 @@ class RoundRecipe:
     learner: str = "dbgd"
     noise: str = "element"  # how W~ is drawn (explore_weights)
     interleaving: str = DEFAULT_METHOD
+    challenger: str | None = None  # a gate round: this registered version, not W~, is interleaved against W; it is
+    #   promoted only when it wins the round (a major update's candidate, drn.lifecycle.challenge)
 
     def __post_init__(self) -> None:
         if self.learner not in PIPELINE_LEARNERS:
@@ -48,6 +50,10 @@ class RoundRecipe:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    def exploring(self) -> RoundRecipe:
+        """The same serving choices for an exploration round (W~ from noise, no challenger)."""
+        return replace(self, challenger=None)
 
     @classmethod
     def from_dict(cls, data: Mapping | None) -> RoundRecipe:

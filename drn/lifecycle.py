@@ -5,7 +5,9 @@
 - minor update: the interleaving outcome of the current exploration round -> if the explore network W~ won, one
   DBGD step W' = W + eta (W~ - W), with W~ regenerated from (W, round seed, round alpha) exactly as serving made it;
 - major update: replay every logged impression since the parent's data window -> double-DQN training warm-started
-  from the promoted weights -> evaluate candidate and promoted on the newest logs -> `gate`;
+  from the promoted weights -> evaluate candidate and promoted on the newest logs, which only screens out a broken
+  candidate (the served model ranked those logs itself) -> a gate round (`challenge`): the candidate interleaved
+  against the served model on live traffic, promoted by the next minor update only if it wins that round;
 - promotion and rollback, each followed by a fresh exploration round for the version now served.
 
 Nothing here knows Prefect; the functions at the bottom are the only ones that touch the stores (the registry and
@@ -33,6 +35,8 @@ from drn.training import TrainConfig, train
 
 GATE_METRICS = ("auc", "mrr", "ndcg@10")  # a candidate may be worse than the served model on none of these
 TOLERANCE = 0.0  # how much worse (absolute) a candidate may be on a gate metric and still pass; < 0 demands a gain
+SCREEN_TOLERANCE = 0.05  # major update: how much worse than the served model on the newest logs a candidate may be
+#   and still get a gate round; those logs were ranked by the served model, so they can only screen out a broken one
 TEST_DAYS = 1  # offline training: the last calendar days of the MIND log that evaluate (the paper holds out 2 weeks)
 HOLDOUT_FRACTION = 0.2  # major update: the newest share of the replayed impressions that evaluates both models
 MIN_REPLAY_IMPRESSIONS = 50  # major update: with fewer new impressions there is too little to learn from
@@ -61,13 +65,16 @@ class MinorDecision:
     """What a minor update concluded about one round: a stepped bundle only when the explore network won."""
 
     outcome: Outcome | None  # None when the round was not scored (it was served with another version)
-    bundle: ModelBundle | None
+    bundle: ModelBundle | None  # an exploration round's DBGD step
     reason: str
+    challenger: str | None = None  # a gate round's candidate version
+    promote: bool = False  # the gate round's candidate won: serve it
 
     def record(self) -> dict:
         """The JSON kept on the closed round (and summarised on the version it produced)."""
         scored = dataclasses.asdict(self.outcome) if self.outcome is not None else {"winner": "stale"}
-        return {**scored, "stepped": self.bundle is not None, "reason": self.reason}
+        gate = {"challenger": self.challenger, "promote": self.promote} if self.challenger is not None else {}
+        return {**scored, "stepped": self.bundle is not None, **gate, "reason": self.reason}
 
 
 # ------------------------------------------------------------------------------------------------ model bundles
@@ -123,7 +130,8 @@ def offline_train(data_dir: str, train_config: TrainConfig, seed: int, promoted:
 def minor_update(promoted: ModelBundle, promoted_version: str, round_: Round, feedback: Sequence[LoggedImpression],
                  *, eta: float = ETA, form: str = "standard", min_decisive: int = MIN_DECISIVE,
                  max_impressions: int = MAX_ROUND_IMPRESSIONS, significance: float = SIGNIFICANCE) -> MinorDecision:
-    """Score the round from its logged teams and clicks; step W towards W~ only when the explore network won.
+    """Score the round from its logged teams and clicks; step W towards W~ only when the explore network won, or,
+    for a gate round, promote its challenger only when the challenger won.
 
     A round served with another version than the one promoted now (a rollback or a major update came between)
     says nothing about the promoted weights: it is not scored. A round with too few decisive impressions is
@@ -137,7 +145,9 @@ def minor_update(promoted: ModelBundle, promoted_version: str, round_: Round, fe
     decisive = outcome.wins_a + outcome.wins_b
     if outcome.pending:
         return MinorDecision(outcome, None, f"round kept open: {decisive} of {min_decisive} decisive impressions "
-                                            f"({outcome.impressions} impressions so far)")
+                                            f"({outcome.impressions} impressions so far)", recipe.challenger)
+    if recipe.challenger is not None:
+        return _judge(outcome, recipe.challenger, promoted_version)
     if not outcome.explore_won:
         return MinorDecision(outcome, None, f"no step: outcome {outcome.winner} "
                                             f"({outcome.wins_b} explore vs {outcome.wins_a} exploit wins, "
@@ -147,6 +157,17 @@ def minor_update(promoted: ModelBundle, promoted_version: str, round_: Round, fe
     return MinorDecision(outcome, ModelBundle(stepped, promoted.config, promoted.feature_schema),
                          f"explore won {outcome.wins_b} to {outcome.wins_a} (p={outcome.p_value:.3g}): "
                          f"DBGD step eta={eta} ({form})")
+
+
+def _judge(outcome: Outcome, challenger: str, promoted_version: str) -> MinorDecision:
+    """A decided gate round: the challenger replaces the served version only when users preferred it."""
+    score = (f"{outcome.wins_b} to {outcome.wins_a} decisive impressions of {outcome.impressions} "
+             f"(p={outcome.p_value:.3g})")
+    if outcome.explore_won:
+        return MinorDecision(outcome, None, f"v{challenger} beat v{promoted_version} in its gate round, {score}",
+                             challenger, promote=True)
+    return MinorDecision(outcome, None, f"v{challenger} did not beat v{promoted_version} in its gate round "
+                                        f"({outcome.winner}), {score}", challenger)
 
 
 def _teams_and_clicks(imp: LoggedImpression) -> tuple[tuple[int, ...], list[int]]:
@@ -207,10 +228,27 @@ def new_round_seed(version: str, opened_at: float) -> int:
 
 # ----------------------------------------------------------------------------- serving changes (touch the stores)
 def open_round(logs: LogStore, version: str, alpha: float, now: float, recipe: RoundRecipe | None = None) -> Round:
-    """A new exploration round around `version` (closing any open one unscored), served by `recipe` (None: as the
-    latest round was)."""
-    return logs.open_round(version, new_round_seed(version, now), alpha, now,
-                           recipe.to_dict() if recipe is not None else None)
+    """A new round around `version` (closing any open one unscored), served by `recipe` (None: explore as the
+    latest round did)."""
+    recipe = recipe if recipe is not None else exploration_recipe(logs)
+    return logs.open_round(version, new_round_seed(version, now), alpha, now, recipe.to_dict())
+
+
+def exploration_recipe(logs: LogStore) -> RoundRecipe:
+    """How the latest round explored (a promotion keeps the minor update's choice), without its challenger; the
+    defaults when there was none or this release cannot serve it."""
+    latest = logs.latest_round()
+    try:
+        return RoundRecipe.from_dict(latest.recipe if latest is not None else None).exploring()
+    except ValueError:
+        return RoundRecipe()
+
+
+def challenge(logs: LogStore, version: str, challenger: str, alpha: float, now: float) -> Round:
+    """A gate round: `challenger` interleaved against the served `version` on live traffic (the evidence neither
+    selected), scored by the next minor updates like any round."""
+    recipe = dataclasses.replace(exploration_recipe(logs), challenger=challenger)
+    return open_round(logs, version, alpha, now, recipe)
 
 
 def promote(registry: Registry, logs: LogStore, version: str, *, who: str, why: str, now: float,

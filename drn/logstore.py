@@ -553,6 +553,12 @@ class LogStore:
             row = conn.execute(sa.select(_rounds).where(_rounds.c.closed_at.is_(None))).first()
         return _round(row) if row else None
 
+    def latest_round(self) -> Round | None:
+        """The newest round, open or closed: how the pipeline was last serving."""
+        with self._engine.connect() as conn:
+            row = conn.execute(sa.select(_rounds).order_by(_rounds.c.round_id.desc()).limit(1)).first()
+        return _round(row) if row else None
+
     def close_round(self, round_id: int, outcome: dict, time: float) -> None:
         """Scores the open round; a round is closed once (RoundClosed otherwise)."""
         with self._writer.begin() as conn:

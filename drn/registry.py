@@ -353,6 +353,15 @@ class Registry:
         self.client.set_terminated(run_id, "FINISHED")
         return str(mv.version)
 
+    def annotate(self, version: str, tags: Mapping[str, str]) -> None:
+        """Add what was learned about a version after it was registered (a gate round's verdict) as version tags."""
+        clash = RESERVED_TAGS.intersection(tags)
+        if clash:
+            raise ValueError(f"tags {sorted(clash)} are set by the registry itself")
+        self.version(version)  # an unknown version fails here, with the registry's message
+        for key, value in tags.items():
+            self.client.set_model_version_tag(self.model_name, version, str(key), str(value))
+
     # --------------------------------------------------------------------------------------------- load
     def _fetch_and_read(self, source: str, manifest_sha: str | None) -> ModelBundle:
         parsed = urllib.parse.urlparse(source)

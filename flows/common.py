@@ -19,8 +19,8 @@ from prefect.runtime import flow_run
 
 from drn import lifecycle
 from drn.config import Settings
-from drn.exploration import ALPHA
-from drn.logstore import LogStore
+from drn.exploration import ALPHA, RoundRecipe
+from drn.logstore import LogStore, Round
 from drn.registry import ModelBundle, Registry, VersionInfo
 
 IO_RETRIES = 2  # attempts after the first for registry / log store calls
@@ -69,6 +69,11 @@ def register(settings: Settings, candidate: ModelBundle, *, kind: str, parent: s
 
 
 @io_task
+def annotate(settings: Settings, version: str, tags: Mapping[str, str]) -> None:
+    registry(settings).annotate(version, tags)
+
+
+@io_task
 def promote(settings: Settings, version: str, *, expected_served: str | None, why: str,
             alpha: float = ALPHA) -> bool:
     """Serve `version` and open a round around it, unless the served version changed since the flow read it
@@ -82,6 +87,37 @@ def promote(settings: Settings, version: str, *, expected_served: str | None, wh
     lifecycle.promote(registry(settings), log_store(settings), version, who=who(), why=why, now=time.time(),
                       alpha=alpha)
     return True
+
+
+@io_task
+def gate_round(settings: Settings, version: str) -> Round | None:
+    """The open gate round around the served `version`, if one is running."""
+    round_ = log_store(settings).current_round()
+    running = round_ is not None and round_.model_version == version
+    return round_ if running and RoundRecipe.from_dict(round_.recipe).challenger is not None else None
+
+
+@io_task
+def challenge(settings: Settings, version: str, *, expected_served: str, alpha: float = ALPHA) -> bool:
+    """Open a gate round of `version` against the served one, unless the served version changed since the flow read
+    it (then the comparison would be with another model than the one it was trained from). True if opened."""
+    current = registry(settings).served()
+    if current is None or current.version != expected_served:
+        return False
+    lifecycle.challenge(log_store(settings), expected_served, version, alpha, time.time())
+    return True
+
+
+def challenge_if_screened(settings: Settings, version: str, verdict: lifecycle.GateResult, served: str,
+                          alpha: float) -> tuple[str, str]:
+    """The last step of a major update: a gate round for a registered candidate that passed the screen."""
+    if not verdict.passed:
+        annotate(settings, version, {"gate.verdict": f"refused before its gate round: {verdict.reason}"})
+        return "registered", verdict.reason
+    if not challenge(settings, version, expected_served=served, alpha=alpha):
+        return "registered", f"passed the screen, but the served version changed from v{served} meanwhile"
+    return "challenging", (f"screened ({verdict.reason}); now interleaved against v{served} on live traffic, "
+                           f"promoted only if it wins that round")
 
 
 def promote_if_passed(settings: Settings, version: str, verdict: lifecycle.GateResult, previous: str | None,

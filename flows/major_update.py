@@ -1,6 +1,8 @@
 """Major update (every T_R): replay every impression logged since the data window of the promoted version's last
 window-trained ancestor, train warm-started from the promoted weights, evaluate candidate and promoted model on
-the newest logs, register (kind major) and promote only when the candidate passes the gate."""
+the newest logs (a screen: those logs were ranked by the promoted model), register (kind major), and open a gate
+round in which the candidate is interleaved against the promoted model on live traffic. The minor update scores that
+round like any other and promotes the candidate only if it wins. While a gate round runs, no other is opened."""
 from __future__ import annotations
 
 from typing import Any
@@ -37,10 +39,11 @@ def train(promoted, logged: list[LoggedImpression], news: dict[str, NewsItem], c
 
 @flow(name=KIND, log_prints=True)
 def major_update(train_config: dict[str, Any] | None = None, holdout_fraction: float = lifecycle.HOLDOUT_FRACTION,
-                 tolerance: float = lifecycle.TOLERANCE, min_impressions: int = lifecycle.MIN_REPLAY_IMPRESSIONS,
+                 tolerance: float = lifecycle.SCREEN_TOLERANCE, min_impressions: int = lifecycle.MIN_REPLAY_IMPRESSIONS,
                  alpha: float = ALPHA) -> dict:
     """`train_config` overrides TrainConfig fields; `holdout_fraction`: newest share of the logs that evaluates;
-    `tolerance`: the gate's allowance; `min_impressions`: fewer new logs and nothing is trained."""
+    `tolerance`: how much worse on those logs a candidate may be and still get a gate round; `min_impressions`:
+    fewer new logs and nothing is trained; `alpha`: the radius of the exploration round opened after a promotion."""
     settings = Settings.from_env()
     with common.exclusive(settings, KIND, LEASE_S) as held:
         if not held:
@@ -49,6 +52,10 @@ def major_update(train_config: dict[str, Any] | None = None, holdout_fraction: f
         if current is None:
             return common.report(KIND, "nothing promoted", "no version is served: nothing to warm-start from", {})
         info, promoted = current
+        gate_round = common.gate_round(settings, info.version)
+        if gate_round is not None:
+            return common.report(KIND, "skipped", f"v{gate_round.recipe['challenger']} is still in its gate round "
+                                 f"{gate_round.round_id} against v{info.version}", {"version": info.version})
         start, logged, news = replay_logs(settings, info.version)
         if len(logged) < min_impressions:
             return common.report(KIND, "too few logs", f"{len(logged)} impressions since {start}, "
@@ -62,6 +69,6 @@ def major_update(train_config: dict[str, Any] | None = None, holdout_fraction: f
                     "replay_start": start},
             metrics=common.candidate_metrics(candidate), tags={"gate": verdict.reason},
             description=f"major update of v{info.version} on {len(logged)} logged impressions")
-        decision, why = common.promote_if_passed(settings, version, verdict, info.version, alpha)
+        decision, why = common.challenge_if_screened(settings, version, verdict, info.version, alpha)
         return common.report(KIND, decision, why, {"version": version, "parent": info.version,
                                                    **candidate.metrics, "replayed_impressions": len(logged)})

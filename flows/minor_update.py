@@ -1,7 +1,9 @@
-"""Minor update (every T_D): score the current exploration round; while it has too few decisive impressions it stays
-open (served on, looked at again next time); once decided, if the explore network won, register the DBGD step
-(kind minor, parent = the promoted version) and promote it; either way close the round with its outcome and open
-the next one. Without a round yet, it only opens one."""
+"""Minor update (every T_D): score the current round; while it has too few decisive impressions it stays open
+(served on, looked at again next time). Once an exploration round is decided, if the explore network won, register
+the DBGD step (kind minor, parent = the promoted version) and promote it; once a gate round (a major update's
+candidate against the promoted version) is decided, promote the candidate if it won and note the verdict on it.
+Either way close the round with its outcome and open the next exploration round. Without a round yet, it only opens
+one."""
 from __future__ import annotations
 
 import json
@@ -46,6 +48,23 @@ def decide(promoted, version: str, round_: Round, feedback: list[LoggedImpressio
     return lifecycle.minor_update(promoted, version, round_, feedback, **options)
 
 
+def settle_gate_round(settings: Settings, served: str, round_: Round, decision: lifecycle.MinorDecision,
+                      alpha: float, recipe: RoundRecipe) -> dict:
+    """A decided gate round: close it, note the verdict on the candidate, serve the candidate if it won (which opens
+    an exploration round around it), else open the next exploration round around the served version."""
+    challenger, outcome = decision.challenger, decision.outcome
+    close_round(settings, round_.round_id, decision.record())
+    common.annotate(settings, challenger, {"gate.verdict": decision.reason,
+                                           "gate.outcome": json.dumps(decision.record(), sort_keys=True)})
+    details = {"version": challenger, "parent": served, "round": round_.round_id, "winner": outcome.winner}
+    if decision.promote:
+        result, why = common.promote_if_passed(settings, challenger, lifecycle.GateResult(True, decision.reason),
+                                               served, alpha)
+        return common.report(KIND, result, why, details)
+    opened = open_round(settings, served, alpha, recipe)
+    return common.report(KIND, "challenger refused", decision.reason, {**details, "next_round": opened.round_id})
+
+
 @flow(name=KIND, log_prints=True)
 def minor_update(eta: float = ETA, form: str = "standard", noise: str = "element", alpha: float = ALPHA,
                  method: str = DEFAULT_METHOD, min_decisive: int = MIN_DECISIVE,
@@ -74,6 +93,8 @@ def minor_update(eta: float = ETA, form: str = "standard", noise: str = "element
         if decision.outcome is not None and decision.outcome.pending:
             return common.report(KIND, "round kept open", decision.reason,
                                  {"version": info.version, "round": round_.round_id, "winner": record["winner"]})
+        if decision.challenger is not None:
+            return settle_gate_round(settings, info.version, round_, decision, alpha, recipe)
         if decision.bundle is None:
             close_round(settings, round_.round_id, record)
             opened = open_round(settings, info.version, alpha, recipe)

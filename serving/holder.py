@@ -1,7 +1,8 @@
 """The served model and the task that keeps it in step with the registry and the exploration round.
 
 A `ServedModel` is immutable: the promoted network W, the explore network W~ of the current round (a pure function of
-W, the round's seed and alpha, so it is rebuilt only when the version or the seed changes) and where they came from.
+W, the round's seed and alpha, so it is rebuilt only when the version or the seed changes; in a gate round, the
+challenger version instead) and where they came from.
 A request reads `ModelHolder.current` once and uses that object throughout, so a swap (one reference assignment on
 the event loop) never mixes two models in one response.
 
@@ -45,7 +46,7 @@ class ServedModel:
     stage: str | None
     bundle: ModelBundle | None
     exploit: DuelingQNetwork | None  # W
-    explore: DuelingQNetwork | None  # W~ of `round`; None when no round is open for this version
+    explore: DuelingQNetwork | None  # W~ of `round` (or its challenger); None when no round is open for this version
     round: Round | None
     loaded_at: float
     interleave: Interleaver | None = None  # how `round`'s recipe merges W's and W~'s rankings
@@ -219,6 +220,18 @@ class ModelHolder:
             log.warning("round %s cannot be served (%s): serving v%s without exploration", round_.round_id, e,
                         model.version)
             return replace(model, explore=None, round=None, interleave=None)
-        weights = explore_weights(model.bundle.weights, round_.seed, round_.alpha, recipe.noise)
-        return replace(model, explore=network_from_weights(model.bundle.config, weights), round=round_,
-                       interleave=interleaver(recipe.interleaving))
+        try:
+            explore = self._second_network(model.bundle, round_, recipe)
+        except Exception as e:  # a challenger that does not load: its gate round gets no traffic, W serves alone
+            self._telemetry.errors.labels("challenger_load_failed").inc()
+            log.error("round %s: challenger v%s not served: %s: %s", round_.round_id, recipe.challenger,
+                      type(e).__name__, e)
+            return replace(model, explore=None, round=None, interleave=None)
+        return replace(model, explore=explore, round=round_, interleave=interleaver(recipe.interleaving))
+
+    def _second_network(self, bundle: ModelBundle, round_: Round, recipe: RoundRecipe) -> DuelingQNetwork:
+        """What W is interleaved with: a gate round's challenger version, or W~ regenerated from the round's seed."""
+        if recipe.challenger is not None:
+            return network_of(self._registry_client().load(recipe.challenger))
+        weights = explore_weights(bundle.weights, round_.seed, round_.alpha, recipe.noise)
+        return network_from_weights(bundle.config, weights)

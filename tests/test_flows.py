@@ -145,7 +145,8 @@ def test_minor_update_after_a_losing_round_promotes_nothing(world, v1):
     assert [v.version for v in registry.versions()] == ["1"] and served_version(registry) == "1"
     assert next(r for r in logs.rounds() if r.round_id == round_id).outcome["winner"] == "exploit"
     assert logs.current_round().round_id != round_id and logs.current_round().model_version == "1"
-    assert logs.current_round().recipe == {"learner": "dbgd", "noise": "tensor", "interleaving": "team_draft"}
+    assert logs.current_round().recipe == {"learner": "dbgd", "noise": "tensor", "interleaving": "team_draft",
+                                           "challenger": None}
 
 
 def test_minor_update_keeps_a_round_with_too_little_feedback_open_until_it_decides(world, v1):
@@ -161,25 +162,39 @@ def test_minor_update_keeps_a_round_with_too_little_feedback_open_until_it_decid
     assert logs.current_round().round_id != round_id
 
 
-def test_major_update_that_fails_the_gate_registers_but_does_not_promote(world, v1):
+def test_major_update_that_fails_the_screen_registers_but_gets_no_gate_round(world, v1):
     from flows.major_update import major_update
     registry, logs = v1
-    log_round(logs, world, EXPLORE, n=40)
+    round_id = log_round(logs, world, EXPLORE, n=40)
     result = major_update(train_config=TINY, tolerance=-1.0, min_impressions=20)
     assert result["decision"] == "registered" and result["replayed_impressions"] == 40
     v2 = registry.version("2")
     assert (v2.kind, v2.parent, v2.stage) == ("major", "1", "None")
-    assert served_version(registry) == "1"
+    assert served_version(registry) == "1" and logs.current_round().round_id == round_id
     assert v2.data_window is not None and "gate" in v2.tags and "promoted.auc" in v2.metrics
+    assert v2.tags["gate.verdict"].startswith("refused before its gate round")
 
 
-def test_major_update_that_passes_the_gate_is_promoted(world, v1):
+@pytest.mark.parametrize("clicked_team, decision, served", [(EXPLORE, "promoted", "2"),
+                                                            (EXPLOIT, "challenger refused", "1")])
+def test_major_candidate_is_promoted_only_when_it_wins_its_gate_round(world, v1, clicked_team, decision, served):
     from flows.major_update import major_update
+    from flows.minor_update import minor_update
     registry, logs = v1
     log_round(logs, world, EXPLORE, n=40)
     result = major_update(train_config=TINY, tolerance=1.0, min_impressions=20)
-    assert result["decision"] == "promoted" and served_version(registry) == "2"
-    assert logs.current_round().model_version == "2"
+    assert result["decision"] == "challenging" and served_version(registry) == "1"
+    gate = logs.current_round()
+    assert (gate.model_version, gate.recipe["challenger"]) == ("1", "2")
+    again = major_update(train_config=TINY, tolerance=1.0, min_impressions=20)
+    assert again["decision"] == "skipped" and len(registry.versions()) == 2  # one gate round at a time
+    log_round(logs, world, clicked_team)  # users click what the candidate (EXPLORE) or the served model placed
+    result = minor_update()
+    assert result["decision"] == decision and served_version(registry) == served
+    assert next(r for r in logs.rounds() if r.round_id == gate.round_id).outcome["challenger"] == "2"
+    assert "gate round" in registry.version("2").tags["gate.verdict"]
+    after = logs.current_round()
+    assert after.model_version == served and after.recipe.get("challenger") is None  # back to exploring
 
 
 def test_rollback_restores_the_previous_version(world, v1):
@@ -299,6 +314,7 @@ def test_a_version_is_not_promoted_over_a_change_made_while_it_trained(world, v1
     result = major_update(train_config=TINY, tolerance=1.0, min_impressions=20)
     assert result["decision"] == "registered" and "changed" in result["why"]
     assert result["version"] == "3" and served_version(registry) == "2"
+    assert logs.current_round().recipe.get("challenger") is None  # no gate round against a model it did not know
 
 
 def test_each_run_publishes_its_decision_as_an_artifact(world, v1):

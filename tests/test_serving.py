@@ -140,6 +140,25 @@ def test_serving_explores_as_the_rounds_recipe_says(registry, versions, logs, tm
         assert _recommend(client).json()["round_id"] is None  # W alone, no failed request
 
 
+def test_a_gate_round_interleaves_the_challenger_version_against_the_served_one(registry, versions, logs):
+    from serving.holder import ModelHolder
+    lifecycle.promote(registry, logs, versions["a"], who="test", why="serve a", now=time.time())
+    gate = lifecycle.challenge(logs, versions["a"], versions["b"], 0.1, time.time())
+    telemetry = Telemetry()
+    holder = ModelHolder(lambda: registry, logs, "stage", telemetry)
+    model = asyncio.run(holder.refresh())
+    assert model.version == versions["a"] and model.round == gate
+    challenger = registry.load(versions["b"]).weights
+    assert all(torch.equal(model.explore.state_dict()[k], challenger[k]) for k in challenger)
+    assert model.describe()["round_recipe"]["challenger"] == versions["b"]
+    lifecycle.challenge(logs, versions["a"], versions["bad"], 0.1, time.time())  # features this code lacks
+    model = asyncio.run(holder.refresh())
+    assert model.version == versions["a"] and model.explore is None and model.round is None
+    assert telemetry.errors.labels("challenger_load_failed")._value.get() == 1
+    after = lifecycle.promote(registry, logs, versions["b"], who="test", why="it won", now=time.time())
+    assert after.recipe.get("challenger") is None  # a promotion explores again
+
+
 def test_recommend_then_feedback_are_both_logged(registry, versions, logs, tmp_path):
     round_ = lifecycle.promote(registry, logs, versions["a"], who="test", why="serve a", now=time.time())
     with serve(_settings(tmp_path), registry, logs) as client:
