@@ -10,54 +10,18 @@ dict's insertion order nor any global RNG state.
 """
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, replace
+from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import torch
-
-from drn.interleaving import DEFAULT_METHOD, METHODS
 
 ALPHA = 0.1  # exploration radius: dW = ALPHA * U(-1, 1) * W (DRN.md)
 ETA = 0.05  # DBGD step size towards a winning explore network (DRN.md)
 NOISE_SHAPES = ("element", "tensor")  # U(-1, 1) drawn per element (default) or one scalar per tensor
 STEP_FORMS = ("standard", "literal")  # standard: W + eta (W~ - W); literal, as the paper prints it: W + eta W~
 
-PIPELINE_LEARNERS = ("dbgd",)  # minor learners serving and the minor-update flow run (drn.learners has more in-process)
-
 Weights = dict[str, torch.Tensor]
-
-
-@dataclass(frozen=True)
-class RoundRecipe:
-    """How an exploration round is served, kept on the round in the log store so that serving and the minor update
-    read one record instead of two settings kept equal by hand. A round logged before recipes existed reads as the
-    defaults, which is what everything ran then."""
-
-    learner: str = "dbgd"
-    noise: str = "element"  # how W~ is drawn (explore_weights)
-    interleaving: str = DEFAULT_METHOD
-    challenger: str | None = None  # a gate round: this registered version, not W~, is interleaved against W; it is
-    #   promoted only when it wins the round (a major update's candidate, drn.lifecycle.challenge)
-
-    def __post_init__(self) -> None:
-        if self.learner not in PIPELINE_LEARNERS:
-            raise ValueError(f"learner must be one of {PIPELINE_LEARNERS} in the pipeline, got {self.learner!r}")
-        if self.noise not in NOISE_SHAPES:
-            raise ValueError(f"noise must be one of {NOISE_SHAPES}, got {self.noise!r}")
-        if self.interleaving not in METHODS:
-            raise ValueError(f"interleaving must be one of {sorted(METHODS)}, got {self.interleaving!r}")
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    def exploring(self) -> RoundRecipe:
-        """The same serving choices for an exploration round (W~ from noise, no challenger)."""
-        return replace(self, challenger=None)
-
-    @classmethod
-    def from_dict(cls, data: Mapping | None) -> RoundRecipe:
-        return cls(**{k: v for k, v in (data or {}).items() if k in cls.__dataclass_fields__})
 
 
 def explore_weights(weights: Weights, seed: int, alpha: float = ALPHA, noise: str = "element") -> Weights:
@@ -78,6 +42,18 @@ def explore_weights(weights: Weights, seed: int, alpha: float = ALPHA, noise: st
         u = torch.rand(shape, generator=generator, dtype=w_cpu.dtype) * 2 - 1
         explored[key] = (w_cpu + alpha * u * w_cpu).to(w.device)
     return {key: explored[key] for key in weights}
+
+
+def explorer_seeds(seed: int, count: int) -> list[int]:
+    """The seeds of a multileaved round's `count` explore networks, distinct per round seed (63 bits, as rounds')."""
+    return [(seed * 64 + j) % 2**63 for j in range(count)]
+
+
+def mean_weights(sets: Sequence[Weights]) -> Weights:
+    """The element-wise mean of several networks' weights (integer buffers: the first set's)."""
+    first = sets[0]
+    return {key: torch.stack([w[key] for w in sets]).mean(0) if first[key].is_floating_point() else first[key]
+            for key in first}
 
 
 def dbgd_step(weights: Weights, explore: Weights, eta: float = ETA, form: str = "standard") -> Weights:

@@ -23,6 +23,7 @@ import numpy as np
 
 TEAM_EXPLOIT = 0  # list A: ranked by the served (promoted) network W
 TEAM_EXPLORE = 1  # list B: ranked by the perturbed network W~
+TEAM_NONE = -1  # a position no ranker was credited with (W alone, a sampled list)
 TAU = 3.0  # probabilistic interleaving: P(item at rank r) ∝ 1 / r**TAU (Hofmann 2011; DRN.md)
 DEFAULT_METHOD = "team_draft"  # simpler and the common default; "probabilistic" is the paper's
 
@@ -41,10 +42,13 @@ class Interleaved:
 
     served: tuple[str, ...]
     teams: tuple[int, ...]
+    propensities: tuple[float, ...] = ()  # a sampled list (PDGD): each position's chance given the items above it
 
     def __post_init__(self) -> None:
         if len(self.served) != len(self.teams):
             raise ValueError(f"{len(self.served)} served items but {len(self.teams)} team labels")
+        if self.propensities and len(self.propensities) != len(self.served):
+            raise ValueError(f"{len(self.served)} served items but {len(self.propensities)} propensities")
 
 
 @dataclass(frozen=True)

@@ -13,21 +13,26 @@ teaches, and what the end of a round (every T_D) does to the served weights W.
 
 Rounds decide by the rule of `drn.interleaving` (pending until enough decisive impressions, then a sign test), the
 same rule as the minor-update flow. `pdgd` needs no test: its step is an unbiased gradient.
+
+The pipeline runs the same learners across processes: a round's `RoundRecipe` (in the log store) tells serving how to
+make lists (`round_weights`, `round_list`) and the minor update how to learn from them; the steps themselves
+(`mgd_winners`, `pdgd_step`, `sgd_challenger`) are the functions the in-process learners below call.
 """
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
-from typing import Any, Sequence
+from dataclasses import asdict, dataclass, replace
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
 from scipy.special import expit
 
-from drn.exploration import ALPHA, ETA, dbgd_step, explore_weights
+from drn.exploration import (ALPHA, ETA, NOISE_SHAPES, Weights, dbgd_step, explore_weights, explorer_seeds,
+                             mean_weights)
 from drn.features import FeatureBatch
-from drn.interleaving import (DEFAULT_METHOD, MAX_ROUND_IMPRESSIONS, MIN_DECISIVE, SIGNIFICANCE, Outcome,
-                              interleaver, round_outcome, team_draft_multileave)
+from drn.interleaving import (DEFAULT_METHOD, MAX_ROUND_IMPRESSIONS, METHODS, MIN_DECISIVE, SIGNIFICANCE, TEAM_NONE,
+                              Interleaved, Outcome, interleaver, round_outcome, team_draft_multileave)
 from drn.model import DuelingQNetwork
 from drn.policy import rankings, top_k
 
@@ -40,6 +45,85 @@ PDGD_LEARNING_RATE = 1e-5  # pdgd: plain gradient step on the round's pairwise l
 SGD_STEPS = 20  # sgd: gradient steps the candidate takes on the round's feedback
 SGD_LEARNING_RATE = 1e-3  # sgd: Adam step size of those steps (the major update's fine-tuning size)
 SGD_BATCH = 16  # sgd: impressions per step
+LEARNER_NAMES = ("dbgd", "mgd", "pdgd", "sgd")
+DEFAULT_LEARNER = "dbgd"  # the paper's; the minor-update flow's parameter `learner` picks another
+
+
+@dataclass(frozen=True)
+class RoundRecipe:
+    """How a round is served, kept on the round in the log store so that serving and the minor update read one record
+    instead of settings kept equal by hand. Fields a round was logged without read as their defaults, which is what
+    everything ran then."""
+
+    learner: str = DEFAULT_LEARNER
+    noise: str = "element"  # how explore networks are drawn (explore_weights)
+    interleaving: str = DEFAULT_METHOD  # how two lists merge (more than two: team-draft multileaving)
+    explorers: int = EXPLORERS  # mgd: explore networks in the round
+    temperature: float = PL_TEMPERATURE  # pdgd: lists are Plackett-Luce samples over Q / temperature
+    challenger: str | None = None  # a gate round: this registered version is interleaved against W instead, and
+    #   served in W's place when it wins (a major update's or sgd's candidate, drn.lifecycle.challenge)
+    promote_on_tie: bool = False  # a gate round's challenger is also served when the round ties (sgd's rule: a
+    #   challenger replaces W when it does not lose); a major update's must win
+
+    def __post_init__(self) -> None:
+        if self.learner not in LEARNER_NAMES:
+            raise ValueError(f"learner must be one of {LEARNER_NAMES}, got {self.learner!r}")
+        if self.noise not in NOISE_SHAPES:
+            raise ValueError(f"noise must be one of {NOISE_SHAPES}, got {self.noise!r}")
+        if self.interleaving not in METHODS:
+            raise ValueError(f"interleaving must be one of {sorted(METHODS)}, got {self.interleaving!r}")
+        if not (isinstance(self.explorers, int) and self.explorers >= 1):
+            raise ValueError(f"explorers must be an integer >= 1, got {self.explorers!r}")
+        if not self.temperature > 0:
+            raise ValueError(f"temperature must be > 0, got {self.temperature!r}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping | None) -> RoundRecipe:
+        return cls(**{k: v for k, v in (data or {}).items() if k in cls.__dataclass_fields__})
+
+    def exploring(self) -> RoundRecipe:
+        """The same learner's exploration round (no challenger)."""
+        return replace(self, challenger=None, promote_on_tie=False)
+
+    @property
+    def needs_features(self) -> bool:
+        """Whether learning from the round needs each impression's features (replayed from the log store): PDGD's
+        step, and SGD's next challenger, which every SGD round trains (gate rounds too)."""
+        return self.learner == "sgd" or (self.learner == "pdgd" and self.challenger is None)
+
+
+# ------------------------------------------------------------------------------ a round's lists, as serving makes them
+def round_weights(recipe: RoundRecipe, weights: Weights, seed: int, alpha: float) -> list[Weights]:
+    """What serving scores beside W in an exploration round, in team order (team 1 first): DBGD's W~, MGD's explore
+    networks; nothing for PDGD (it samples from W) and SGD (its challengers are registered versions, so they come in
+    gate rounds). A gate round's challenger is loaded by the caller from the registry."""
+    if recipe.learner == "dbgd":
+        return [explore_weights(weights, seed, alpha, recipe.noise)]
+    if recipe.learner == "mgd":
+        return [explore_weights(weights, s, alpha, recipe.noise) for s in explorer_seeds(seed, recipe.explorers)]
+    return []
+
+
+def round_list(recipe: RoundRecipe, scores: np.ndarray, ids: Sequence[str], k: int,
+               rng: np.random.Generator) -> Interleaved:
+    """The list a round serves from its networks' scores (row 0: W, then the teams in order): two lists
+    interleaved as the recipe says, more multileaved; W alone is PDGD's Plackett-Luce sample (with each position's
+    probability) or, for SGD collecting feedback, W's top k."""
+    if len(scores) == 1:
+        if recipe.learner == "pdgd":
+            scaled = scores[0].astype(np.float64) / recipe.temperature
+            order = plackett_luce_sample(scaled, k, rng)
+            return Interleaved(tuple(ids[i] for i in order), (TEAM_NONE,) * len(order),
+                               tuple(np.exp(plackett_luce_log_prob(scaled, order)).tolist()))
+        order = top_k(scores[0], k)
+        return Interleaved(tuple(ids[i] for i in order), (TEAM_NONE,) * len(order))
+    ranked = [[ids[i] for i in ranking] for ranking in rankings(scores)]
+    if len(ranked) == 2:
+        return interleaver(recipe.interleaving)(ranked[0], ranked[1], k, rng)
+    return team_draft_multileave(ranked, k, rng)
 
 
 @dataclass(frozen=True)
@@ -151,8 +235,8 @@ class MGD(MinorLearner):
         super().start(network)
         c = self.config
         base = network.state_dict()
-        self.explorers = [explore_weights(base, self._round_seed() * 64 + j, c.alpha, c.noise)
-                          for j in range(c.explorers)]
+        self.explorers = [explore_weights(base, s, c.alpha, c.noise) for s in explorer_seeds(self._round_seed(),
+                                                                                            c.explorers)]
         self.nets = [copy.deepcopy(network) for _ in self.explorers]
         for net, weights in zip(self.nets, self.explorers):
             net.load_state_dict(weights)
@@ -167,27 +251,35 @@ class MGD(MinorLearner):
         self.round.append(_teams_and_clicks(memo, clicked))
 
     def end_round(self, network: DuelingQNetwork) -> dict:
-        """Pending until `min_decisive` impressions credited some team more than another (or the round is full);
-        then each explorer against W as a duel over the round (other teams' slots earn neither side credit), by
-        the sign test; W steps towards the mean of the explorers that won theirs."""
         c = self.config
-        decisive = sum(_decisive(teams, clicked, len(self.nets) + 1) for teams, clicked in self.round)
-        if decisive < c.min_decisive and len(self.round) < c.max_round_impressions:
+        winners = mgd_winners(self.round, len(self.nets), c.interleaving, min_decisive=c.min_decisive,
+                              max_impressions=c.max_round_impressions, significance=c.significance)
+        if winners is None:
             return {"winner": "pending", "stepped": False}
-        duels = [round_outcome([(_as_duel(teams, j), clicked) for teams, clicked in self.round], c.interleaving,
-                               min_decisive=0, significance=c.significance) for j in range(1, len(self.nets) + 1)]
-        winners = [self.explorers[j] for j, duel in enumerate(duels) if duel.explore_won]
         if winners:
-            mean = {key: torch.stack([w[key] for w in winners]).mean(0) if winners[0][key].is_floating_point()
-                    else winners[0][key] for key in winners[0]}
+            mean = mean_weights([self.explorers[j] for j in winners])
             network.load_state_dict(dbgd_step(network.state_dict(), mean, c.eta, c.step_form))
         self.start(network)
-        return {"winner": f"{len(winners)} of {len(duels)} explorers", "stepped": bool(winners)}
+        return {"winner": f"{len(winners)} of {len(self.nets)} explorers", "stepped": bool(winners)}
+
+
+def mgd_winners(impressions: Sequence[tuple[Sequence[int], Sequence[int]]], explorers: int, interleaving: str, *,
+                min_decisive: int, max_impressions: int, significance: float) -> list[int] | None:
+    """The explorers (0-based) that beat W in a multileaved round, or None while it is pending: until
+    `min_decisive` impressions credited some team more than another (or the round holds `max_impressions`). Each
+    explorer is then judged against W as a duel over the round (other teams' slots earn neither side credit), by
+    the sign test."""
+    decisive = sum(_decisive(teams, clicked, explorers + 1) for teams, clicked in impressions)
+    if decisive < min_decisive and len(impressions) < max_impressions:
+        return None
+    duels = [round_outcome([(_as_duel(teams, j), clicked) for teams, clicked in impressions], interleaving,
+                           min_decisive=0, significance=significance) for j in range(1, explorers + 1)]
+    return [j for j, duel in enumerate(duels) if duel.explore_won]
 
 
 def _decisive(teams: Sequence[int], clicked: Sequence[int], n_teams: int) -> bool:
     """Whether the clicks credited one team more than another in this impression."""
-    credit = np.bincount([teams[p] for p in set(clicked)], minlength=n_teams)
+    credit = np.bincount([teams[p] for p in set(clicked) if teams[p] >= 0], minlength=n_teams)
     return bool(credit.max() > credit.min())
 
 
@@ -207,60 +299,77 @@ def plackett_luce_log_prob(scores: np.ndarray, order: Sequence[int]) -> np.ndarr
     return out
 
 
+def plackett_luce_sample(scores: np.ndarray, k: int, rng: np.random.Generator) -> list[int]:
+    """A top-k list drawn from Plackett-Luce over `scores` (sorting by score + Gumbel noise draws exactly that)."""
+    return np.argsort(-(scores + rng.gumbel(size=len(scores))), kind="stable")[:k].tolist()
+
+
+ClickedList = tuple[FeatureBatch, Sequence[int], Sequence[bool]]  # a request's features, shown indices, clicks
+
+
 class PDGD(MinorLearner):
     name = "pdgd"
 
     def start(self, network: DuelingQNetwork) -> None:
         super().start(network)
-        self.round: list[tuple[FeatureBatch, list[int], np.ndarray, list[bool]]] = []
+        self.round: list[ClickedList] = []
 
     def serve(self, network: DuelingQNetwork, batch: FeatureBatch, k: int) -> tuple[list[int], Any]:
-        """A Plackett-Luce sample of the list (sorting by score + Gumbel noise draws exactly that), top k."""
         scores = network.score(batch).astype(np.float64) / self.config.temperature
-        order = np.argsort(-(scores + self.rng.gumbel(size=len(scores))), kind="stable")[:k]
-        return order.tolist(), scores
+        return plackett_luce_sample(scores, k, self.rng), None
 
     def observe(self, batch: FeatureBatch, shown: Sequence[int], memo: Any, clicked: Sequence[bool]) -> None:
         if any(clicked):
-            self.round.append((batch, list(shown), memo, list(clicked)))
+            self.round.append((batch, list(shown), list(clicked)))
 
     def end_round(self, network: DuelingQNetwork) -> dict:
-        """One gradient step on the round's preferences: each clicked item over each unclicked one placed above
-        the last click or right below it, weighted by rho = P(swapped) / (P(list) + P(swapped)) under the scores it
-        was sampled with (which makes the estimate unbiased with respect to position bias)."""
-        if not self.round:
-            self.start(network)
-            return {"winner": "no clicks", "stepped": False}
-        network.train()
-        network.zero_grad()
-        loss = sum(self._impression_loss(network, *impression) for impression in self.round)
-        loss.backward()
-        with torch.no_grad():
-            for parameter in network.parameters():
-                if parameter.grad is not None:
-                    parameter -= self.config.pdgd_learning_rate * parameter.grad
-        network.eval()
-        lists = len(self.round)
+        c = self.config
+        lists = pdgd_step(network, self.round, c.temperature, c.pdgd_learning_rate)
         self.start(network)
-        return {"winner": f"{lists} clicked lists", "stepped": True}
+        return {"winner": f"{lists} clicked lists" if lists else "no clicks", "stepped": bool(lists)}
 
-    def _impression_loss(self, network: DuelingQNetwork, batch: FeatureBatch, shown: list[int], scores: np.ndarray,
-                         clicked: list[bool]) -> torch.Tensor:
-        last = max(i for i, c in enumerate(clicked) if c)
-        considered = range(min(last + 2, len(shown)))
-        pairs = [(i, j) for i in considered if clicked[i] for j in considered if not clicked[j]]
-        if not pairs:
-            return torch.zeros(())
-        base = plackett_luce_log_prob(scores, shown).sum()
-        rho = []
-        for i, j in pairs:
-            swapped = list(shown)
-            swapped[i], swapped[j] = swapped[j], swapped[i]
-            rho.append(expit(plackett_luce_log_prob(scores, swapped).sum() - base))
-        q = _shown_q(network, batch, shown) / self.config.temperature
-        won, lost = zip(*pairs)
-        margins = q[list(won)] - q[list(lost)]
-        return -(torch.as_tensor(rho, dtype=q.dtype) * torch.nn.functional.logsigmoid(margins)).sum()
+
+def pdgd_step(network: DuelingQNetwork, lists: Sequence[ClickedList], temperature: float,
+              learning_rate: float) -> int:
+    """One gradient step of W (in place) on a round's preferences: each clicked item over each unclicked one placed
+    above the last click or right below it, weighted by rho = P(swapped) / (P(list) + P(swapped)) under the
+    Plackett-Luce model the lists were sampled from (W's scores / temperature), which makes the estimate unbiased
+    with respect to position bias. Returns how many lists had a click."""
+    clicked_lists = [item for item in lists if any(item[2])]
+    if not clicked_lists:
+        return 0
+    with torch.no_grad():
+        sampled_by = [network.score(batch).astype(np.float64) / temperature for batch, _, _ in clicked_lists]
+    network.train()
+    network.zero_grad()
+    loss = sum(_pdgd_loss(network, batch, list(shown), scores, list(clicked), temperature)
+               for (batch, shown, clicked), scores in zip(clicked_lists, sampled_by))
+    loss.backward()
+    with torch.no_grad():
+        for parameter in network.parameters():
+            if parameter.grad is not None:
+                parameter -= learning_rate * parameter.grad
+    network.eval()
+    return len(clicked_lists)
+
+
+def _pdgd_loss(network: DuelingQNetwork, batch: FeatureBatch, shown: list[int], scores: np.ndarray,
+               clicked: list[bool], temperature: float) -> torch.Tensor:
+    last = max(i for i, c in enumerate(clicked) if c)
+    considered = range(min(last + 2, len(shown)))
+    pairs = [(i, j) for i in considered if clicked[i] for j in considered if not clicked[j]]
+    if not pairs:
+        return torch.zeros(())
+    base = plackett_luce_log_prob(scores, shown).sum()
+    rho = []
+    for i, j in pairs:
+        swapped = list(shown)
+        swapped[i], swapped[j] = swapped[j], swapped[i]
+        rho.append(expit(plackett_luce_log_prob(scores, swapped).sum() - base))
+    q = _shown_q(network, batch, shown) / temperature
+    won, lost = zip(*pairs)
+    margins = q[list(won)] - q[list(lost)]
+    return -(torch.as_tensor(rho, dtype=q.dtype) * torch.nn.functional.logsigmoid(margins)).sum()
 
 
 class SGD(_Duel):
@@ -270,7 +379,7 @@ class SGD(_Duel):
         super().start(network)
         self.challenger = None  # the first round (and the one after a major update) only collects feedback
         self.round = []
-        self.samples: list[tuple[FeatureBatch, list[int], list[bool]]] = []
+        self.samples: list[ClickedList] = []
 
     def observe(self, batch: FeatureBatch, shown: Sequence[int], memo: Any, clicked: Sequence[bool]) -> None:
         super().observe(batch, shown, memo, clicked)
@@ -289,28 +398,31 @@ class SGD(_Duel):
             event = {"winner": outcome.winner, "stepped": kept}
         samples = self.samples
         super().start(network)
-        self.challenger = self._trained(network, samples) if samples else None
+        c = self.config
+        self.challenger = (sgd_challenger(network, samples, c.sgd_steps, c.sgd_learning_rate, self.rng)
+                           if samples else None)
         self.round, self.samples = [], []
         return event
 
-    def _trained(self, network: DuelingQNetwork, samples: list) -> DuelingQNetwork:
-        """A copy of W after `sgd_steps` Adam steps of click regression on the shown items of `samples`."""
-        c = self.config
-        challenger = copy.deepcopy(network)
-        optimizer = torch.optim.Adam(challenger.parameters(), lr=c.sgd_learning_rate)
-        challenger.train()
-        for _ in range(c.sgd_steps):
-            picks = self.rng.choice(len(samples), min(SGD_BATCH, len(samples)), replace=False)
-            loss = torch.zeros(())
-            for index in picks:
-                batch, shown, clicked = samples[index]
-                q = _shown_q(challenger, batch, shown)
-                loss = loss + ((q - torch.as_tensor(clicked, dtype=q.dtype)) ** 2).mean()
-            optimizer.zero_grad()
-            (loss / len(picks)).backward()
-            optimizer.step()
-        challenger.eval()
-        return challenger
+
+def sgd_challenger(network: DuelingQNetwork, samples: Sequence[ClickedList], steps: int, learning_rate: float,
+                   rng: np.random.Generator) -> DuelingQNetwork:
+    """A copy of W after `steps` Adam steps of click regression on the shown items of `samples`."""
+    challenger = copy.deepcopy(network)
+    optimizer = torch.optim.Adam(challenger.parameters(), lr=learning_rate)
+    challenger.train()
+    for _ in range(steps):
+        picks = rng.choice(len(samples), min(SGD_BATCH, len(samples)), replace=False)
+        loss = torch.zeros(())
+        for index in picks:
+            batch, shown, clicked = samples[index]
+            q = _shown_q(challenger, batch, shown)
+            loss = loss + ((q - torch.as_tensor(clicked, dtype=q.dtype)) ** 2).mean()
+        optimizer.zero_grad()
+        (loss / len(picks)).backward()
+        optimizer.step()
+    challenger.eval()
+    return challenger
 
 
 def _shown_q(network: DuelingQNetwork, batch: FeatureBatch, shown: Sequence[int]) -> torch.Tensor:
@@ -320,6 +432,7 @@ def _shown_q(network: DuelingQNetwork, batch: FeatureBatch, shown: Sequence[int]
 
 
 LEARNERS: dict[str, type[MinorLearner]] = {cls.name: cls for cls in (DBGD, MGD, PDGD, SGD)}
+assert tuple(LEARNERS) == LEARNER_NAMES
 
 
 def learner(name: str, config: LearnerConfig) -> MinorLearner:

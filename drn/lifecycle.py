@@ -2,8 +2,10 @@
 
 - offline training: MIND logs -> time split -> train a fresh DRN -> evaluate it and the promoted model on the same
   test days (so promotion compares like with like);
-- minor update: the interleaving outcome of the current exploration round -> if the explore network W~ won, one
-  DBGD step W' = W + eta (W~ - W), with W~ regenerated from (W, round seed, round alpha) exactly as serving made it;
+- minor update: what the current round teaches, by its recipe's learner (drn.learners): if DBGD's explore network W~
+  won, one step W' = W + eta (W~ - W), with W~ regenerated from (W, round seed, round alpha) exactly as serving
+  made it; MGD's step towards the mean of the winning explore networks; PDGD's gradient step on the clicks of lists
+  replayed with their features (`round_lists`); SGD's next challenger, trained on them, for a gate round;
 - major update: replay every logged impression since the parent's data window -> double-DQN training warm-started
   from the promoted weights -> evaluate candidate and promoted on the newest logs, which only screens out a broken
   candidate (the served model ranked those logs itself) -> a gate round (`challenge`): the candidate interleaved
@@ -19,12 +21,15 @@ import dataclasses
 import hashlib
 import math
 from dataclasses import dataclass
-from typing import Mapping, Sequence
+from typing import Iterable, Mapping, Sequence
+
+import numpy as np
 
 from drn.evaluate import evaluate, time_split
-from drn.exploration import ALPHA, ETA, RoundRecipe, dbgd_step, explore_weights
-from drn.features import SCHEMA, FeatureSchema
-from drn.interleaving import MAX_ROUND_IMPRESSIONS, MIN_DECISIVE, SIGNIFICANCE, Outcome, round_outcome
+from drn.exploration import ALPHA, dbgd_step, explore_weights, explorer_seeds, mean_weights
+from drn.features import SCHEMA, FeatureSchema, FeatureState, record
+from drn.interleaving import Outcome, round_outcome
+from drn.learners import ClickedList, LearnerConfig, RoundRecipe, mgd_winners, pdgd_step, sgd_challenger
 from drn.logstore import LoggedImpression, LogStore, Round
 from drn.mind import Dataset, Impression, NewsItem, load_dataset
 from drn.model import DuelingQNetwork, network_from_weights
@@ -62,19 +67,28 @@ class GateResult:
 
 @dataclass(frozen=True)
 class MinorDecision:
-    """What a minor update concluded about one round: a stepped bundle only when the explore network won."""
+    """What a minor update concluded about one round, and what the flow does with it."""
 
-    outcome: Outcome | None  # None when the round was not scored (it was served with another version)
-    bundle: ModelBundle | None  # an exploration round's DBGD step
+    verdict: str  # "pending", "stale", a duel's winner ("explore", "exploit", "tie", "insufficient"), or a learner's
+    #   summary ("2 of 4 explorers", "31 clicked lists", "collected")
     reason: str
+    outcome: Outcome | None = None  # the duel's counts (DBGD rounds, gate rounds)
+    bundle: ModelBundle | None = None  # W's stepped weights (dbgd, mgd, pdgd): register and promote
     challenger: str | None = None  # a gate round's candidate version
-    promote: bool = False  # the gate round's candidate won: serve it
+    promote: bool = False  # ...which won (or, with promote_on_tie, did not lose): serve it
+    candidate: ModelBundle | None = None  # sgd: the next challenger, trained on the round: register, then a gate round
+    metrics: dict[str, float] = dataclasses.field(default_factory=dict)  # the counts behind the verdict
+
+    @property
+    def pending(self) -> bool:
+        return self.verdict == "pending"
 
     def record(self) -> dict:
         """The JSON kept on the closed round (and summarised on the version it produced)."""
-        scored = dataclasses.asdict(self.outcome) if self.outcome is not None else {"winner": "stale"}
+        scored = dataclasses.asdict(self.outcome) if self.outcome is not None else {}
         gate = {"challenger": self.challenger, "promote": self.promote} if self.challenger is not None else {}
-        return {**scored, "stepped": self.bundle is not None, **gate, "reason": self.reason}
+        return {**scored, **self.metrics, "winner": self.verdict, "stepped": self.bundle is not None, **gate,
+                "reason": self.reason}
 
 
 # ------------------------------------------------------------------------------------------------ model bundles
@@ -128,52 +142,156 @@ def offline_train(data_dir: str, train_config: TrainConfig, seed: int, promoted:
 
 
 def minor_update(promoted: ModelBundle, promoted_version: str, round_: Round, feedback: Sequence[LoggedImpression],
-                 *, eta: float = ETA, form: str = "standard", min_decisive: int = MIN_DECISIVE,
-                 max_impressions: int = MAX_ROUND_IMPRESSIONS, significance: float = SIGNIFICANCE) -> MinorDecision:
-    """Score the round from its logged teams and clicks; step W towards W~ only when the explore network won, or,
-    for a gate round, promote its challenger only when the challenger won.
+                 config: LearnerConfig = LearnerConfig(), *, lists: Sequence[ClickedList] | None = None,
+                 challenger: ModelBundle | None = None) -> MinorDecision:
+    """What a round teaches, by the learner of its recipe (drn.learners): DBGD steps W towards W~ when W~ won; MGD
+    towards the mean of the explore networks that beat W; PDGD takes its pairwise gradient step; SGD trains the next
+    challenger on the round. A gate round promotes its challenger (`challenger`, its bundle) only when it won.
 
     A round served with another version than the one promoted now (a rollback or a major update came between)
-    says nothing about the promoted weights: it is not scored. A round with too few decisive impressions is
-    pending: the caller keeps it open. How W~ was drawn and the lists merged is read from the round's recipe."""
+    says nothing about the promoted weights: it is not scored. A round with too little evidence yet is pending: the
+    caller keeps it open. PDGD and SGD learn from the round's `lists` (features replayed, `round_lists`); everything
+    about how the round was served is read from its recipe, the update's own knobs from `config`."""
     if round_.model_version != promoted_version:
-        return MinorDecision(None, None, f"round {round_.round_id} was served with v{round_.model_version}, "
-                                         f"v{promoted_version} is promoted now: its feedback is stale")
+        return MinorDecision("stale", f"round {round_.round_id} was served with v{round_.model_version}, "
+                                      f"v{promoted_version} is promoted now: its feedback is stale")
     recipe = RoundRecipe.from_dict(round_.recipe)
-    outcome = round_outcome((_teams_and_clicks(imp) for imp in feedback), recipe.interleaving,
-                            min_decisive=min_decisive, max_impressions=max_impressions, significance=significance)
-    decisive = outcome.wins_a + outcome.wins_b
-    if outcome.pending:
-        return MinorDecision(outcome, None, f"round kept open: {decisive} of {min_decisive} decisive impressions "
-                                            f"({outcome.impressions} impressions so far)", recipe.challenger)
     if recipe.challenger is not None:
-        return _judge(outcome, recipe.challenger, promoted_version)
+        decision = _judge(_duel(feedback, recipe, config), recipe, promoted_version, config)
+    elif recipe.learner == "dbgd":
+        return _dbgd(promoted, round_, _duel(feedback, recipe, config), recipe, config)
+    elif recipe.learner == "mgd":
+        return _mgd(promoted, round_, feedback, recipe, config)
+    elif recipe.learner == "pdgd":
+        return _pdgd(promoted, lists, recipe, config)
+    else:
+        decision = _collected(lists, config)
+    if recipe.learner != "sgd" or decision.pending:
+        return decision
+    base = challenger if decision.promote else promoted
+    candidate = network_of(base)
+    trained = sgd_challenger(candidate, lists, config.sgd_steps, config.sgd_learning_rate,
+                             np.random.default_rng(round_.seed))
+    return dataclasses.replace(decision, candidate=bundle_of(trained))
+
+
+def _duel(feedback: Sequence[LoggedImpression], recipe: RoundRecipe, config: LearnerConfig) -> Outcome:
+    return round_outcome((_teams_and_clicks(imp) for imp in feedback), recipe.interleaving,
+                         min_decisive=config.min_decisive, max_impressions=config.max_round_impressions,
+                         significance=config.significance)
+
+
+def _duel_metrics(outcome: Outcome) -> dict[str, float]:
+    return {"interleaving.impressions": outcome.impressions, "interleaving.clicks_exploit": outcome.clicks_a,
+            "interleaving.clicks_explore": outcome.clicks_b, "interleaving.wins_exploit": outcome.wins_a,
+            "interleaving.wins_explore": outcome.wins_b, "interleaving.p_value": outcome.p_value}
+
+
+def _pending(outcome: Outcome, config: LearnerConfig) -> MinorDecision:
+    return MinorDecision("pending", f"round kept open: {outcome.wins_a + outcome.wins_b} of {config.min_decisive} "
+                                    f"decisive impressions ({outcome.impressions} impressions so far)", outcome)
+
+
+def _dbgd(promoted: ModelBundle, round_: Round, outcome: Outcome, recipe: RoundRecipe,
+          config: LearnerConfig) -> MinorDecision:
+    if outcome.pending:
+        return _pending(outcome, config)
+    score = f"({outcome.wins_b} explore vs {outcome.wins_a} exploit wins, {outcome.impressions} impressions, " \
+            f"p={outcome.p_value:.3g})"
     if not outcome.explore_won:
-        return MinorDecision(outcome, None, f"no step: outcome {outcome.winner} "
-                                            f"({outcome.wins_b} explore vs {outcome.wins_a} exploit wins, "
-                                            f"{outcome.impressions} impressions, p={outcome.p_value:.3g})")
+        return MinorDecision(outcome.winner, f"no step: outcome {outcome.winner} {score}", outcome,
+                             metrics=_duel_metrics(outcome))
     explore = explore_weights(promoted.weights, round_.seed, round_.alpha, recipe.noise)
-    stepped = dbgd_step(promoted.weights, explore, eta, form)
-    return MinorDecision(outcome, ModelBundle(stepped, promoted.config, promoted.feature_schema),
-                         f"explore won {outcome.wins_b} to {outcome.wins_a} (p={outcome.p_value:.3g}): "
-                         f"DBGD step eta={eta} ({form})")
+    stepped = dbgd_step(promoted.weights, explore, config.eta, config.step_form)
+    return MinorDecision(outcome.winner, f"explore won {score}: DBGD step eta={config.eta} ({config.step_form})",
+                         outcome, _with_weights(promoted, stepped), metrics=_duel_metrics(outcome))
 
 
-def _judge(outcome: Outcome, challenger: str, promoted_version: str) -> MinorDecision:
-    """A decided gate round: the challenger replaces the served version only when users preferred it."""
+def _mgd(promoted: ModelBundle, round_: Round, feedback: Sequence[LoggedImpression], recipe: RoundRecipe,
+         config: LearnerConfig) -> MinorDecision:
+    impressions = [_teams_and_clicks(imp) for imp in feedback]
+    winners = mgd_winners(impressions, recipe.explorers, recipe.interleaving, min_decisive=config.min_decisive,
+                          max_impressions=config.max_round_impressions, significance=config.significance)
+    if winners is None:
+        return MinorDecision("pending", f"round kept open: too few decisive impressions yet "
+                                        f"({len(impressions)} impressions so far)")
+    verdict = f"{len(winners)} of {recipe.explorers} explorers"
+    metrics = {"mgd.impressions": len(impressions), "mgd.winners": len(winners), "mgd.explorers": recipe.explorers}
+    if not winners:
+        return MinorDecision(verdict, f"no step: no explore network beat W in {len(impressions)} impressions",
+                             metrics=metrics)
+    explorers = [explore_weights(promoted.weights, s, round_.alpha, recipe.noise)
+                 for s in explorer_seeds(round_.seed, recipe.explorers)]
+    stepped = dbgd_step(promoted.weights, mean_weights([explorers[j] for j in winners]), config.eta,
+                        config.step_form)
+    return MinorDecision(verdict, f"explore networks {[j + 1 for j in winners]} beat W in {len(impressions)} "
+                                  f"impressions: MGD step eta={config.eta} towards their mean",
+                         bundle=_with_weights(promoted, stepped), metrics=metrics)
+
+
+def _pdgd(promoted: ModelBundle, lists: Sequence[ClickedList] | None, recipe: RoundRecipe,
+          config: LearnerConfig) -> MinorDecision:
+    network = network_of(promoted)
+    clicked = pdgd_step(network, lists or (), recipe.temperature, config.pdgd_learning_rate)
+    if not clicked:
+        return MinorDecision("pending", f"round kept open: no clicked list yet ({len(lists or ())} lists)")
+    return MinorDecision(f"{clicked} clicked lists", f"PDGD step lr={config.pdgd_learning_rate} on the pairwise "
+                                                     f"preferences of {clicked} clicked lists",
+                         bundle=bundle_of(network), metrics={"pdgd.clicked_lists": clicked,
+                                                             "pdgd.lists": len(lists)})
+
+
+def _collected(lists: Sequence[ClickedList] | None, config: LearnerConfig) -> MinorDecision:
+    """SGD's first round serves W alone: it collects the feedback the first challenger trains on."""
+    clicked = sum(any(c) for _, _, c in lists or ())
+    if clicked < config.min_decisive:
+        return MinorDecision("pending", f"round kept open: {clicked} of {config.min_decisive} clicked lists to "
+                                        f"train a challenger on")
+    return MinorDecision("collected", f"{clicked} clicked lists of {len(lists)} collected",
+                         metrics={"sgd.clicked_lists": clicked, "sgd.lists": len(lists)})
+
+
+def _judge(outcome: Outcome, recipe: RoundRecipe, promoted_version: str, config: LearnerConfig) -> MinorDecision:
+    """A gate round: the challenger replaces the served version only when users preferred it (or, with
+    promote_on_tie, did not prefer the served one)."""
+    if outcome.pending:
+        return dataclasses.replace(_pending(outcome, config), challenger=recipe.challenger)
     score = (f"{outcome.wins_b} to {outcome.wins_a} decisive impressions of {outcome.impressions} "
              f"(p={outcome.p_value:.3g})")
-    if outcome.explore_won:
-        return MinorDecision(outcome, None, f"v{challenger} beat v{promoted_version} in its gate round, {score}",
-                             challenger, promote=True)
-    return MinorDecision(outcome, None, f"v{challenger} did not beat v{promoted_version} in its gate round "
-                                        f"({outcome.winner}), {score}", challenger)
+    accepted = outcome.explore_won or (recipe.promote_on_tie and outcome.winner == "tie")
+    verb = "beat" if outcome.explore_won else "tied with" if accepted else "did not beat"
+    return MinorDecision(outcome.winner, f"v{recipe.challenger} {verb} v{promoted_version} in its gate round "
+                                         f"({outcome.winner}), {score}", outcome, challenger=recipe.challenger,
+                         promote=accepted, metrics=_duel_metrics(outcome))
+
+
+def _with_weights(bundle: ModelBundle, weights: dict) -> ModelBundle:
+    return ModelBundle(weights, bundle.config, bundle.feature_schema)
 
 
 def _teams_and_clicks(imp: LoggedImpression) -> tuple[tuple[int, ...], list[int]]:
     """Interleaving input of one impression: its teams and the positions clicked."""
     teams, clicked = imp.record.teams, imp.clicked
     return teams, [i for i, n in enumerate(imp.record.served) if n in clicked]
+
+
+def round_lists(news: Mapping[str, NewsItem], before: Iterable[LoggedImpression],
+                feedback: Sequence[LoggedImpression]) -> list[ClickedList]:
+    """A round's lists with the features serving ranked them with: the feature state of every impression logged
+    before the round opened, then the round's impressions in time order, each featurised over its whole candidate
+    pool before its own events are recorded (as drn.features.replay does)."""
+    state = FeatureState(news)
+    for logged in before:
+        record(logged.to_impression(), state)
+    lists: list[ClickedList] = []
+    for logged in feedback:
+        rec, clicked = logged.record, logged.clicked
+        state.see_history(rec.user, rec.history)
+        position = {news_id: i for i, news_id in enumerate(rec.candidates)}
+        lists.append((state.features(rec.user, rec.candidates, rec.time), [position[n] for n in rec.served],
+                      [n in clicked for n in rec.served]))
+        record(logged.to_impression(), state)
+    return lists
 
 
 def major_update(promoted: ModelBundle, logged: Sequence[LoggedImpression], news: Mapping[str, NewsItem],
@@ -244,11 +362,13 @@ def exploration_recipe(logs: LogStore) -> RoundRecipe:
         return RoundRecipe()
 
 
-def challenge(logs: LogStore, version: str, challenger: str, alpha: float, now: float) -> Round:
+def challenge(logs: LogStore, version: str, challenger: str, alpha: float, now: float,
+              recipe: RoundRecipe | None = None) -> Round:
     """A gate round: `challenger` interleaved against the served `version` on live traffic (the evidence neither
-    selected), scored by the next minor updates like any round."""
-    recipe = dataclasses.replace(exploration_recipe(logs), challenger=challenger)
-    return open_round(logs, version, alpha, now, recipe)
+    selected), scored by the next minor updates like any round; `recipe` (None: the latest exploration's) says how,
+    and whether a tie is enough."""
+    recipe = recipe if recipe is not None else exploration_recipe(logs)
+    return open_round(logs, version, alpha, now, dataclasses.replace(recipe, challenger=challenger))
 
 
 def promote(registry: Registry, logs: LogStore, version: str, *, who: str, why: str, now: float,

@@ -24,10 +24,12 @@ from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence, TypeVar
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 
+from drn.interleaving import TEAM_EXPLOIT, TEAM_EXPLORE, TEAM_NONE
 from drn.mind import Impression, NewsItem
 
 LOG_FILE = "logs.db"  # the SQLite file `LogStore.at` keeps under a data directory
-NO_TEAM, EXPLOIT, EXPLORE = -1, 0, 1  # `teams` values: which network (W or W~) put a served item in its position
+NO_TEAM, EXPLOIT, EXPLORE = TEAM_NONE, TEAM_EXPLOIT, TEAM_EXPLORE  # `teams` values: which network put a served
+#   item in its position (W, W~; in a multileaved round 1..n are the explore networks)
 BATCH = 1000  # impressions per read when streaming a window, per multi-row insert, per import transaction
 SERVED, IMPORTED = "served", "imported"  # `source` of an impression: logged by serving, or imported from a MIND log
 T = TypeVar("T")
@@ -67,12 +69,14 @@ class ImpressionRecord:
     time: float  # epoch seconds
     candidates: tuple[str, ...]  # the pool ranked
     served: tuple[str, ...]  # the list shown, in order
-    teams: tuple[int, ...]  # per served position: EXPLOIT (W), EXPLORE (W~) or NO_TEAM
+    teams: tuple[int, ...]  # per served position: EXPLOIT (W), EXPLORE (W~; 1..n when multileaved) or NO_TEAM
     model_version: str
     round_id: int | None = None  # the exploration round it was interleaved in
     explore_seed: int | None = None  # the seed W~ was generated with
     history: tuple[str, ...] = ()  # the user's clicks from before (MIND's column), when this impression gave them
     source: str = SERVED  # SERVED, or IMPORTED: a historical log's impression, which no version of this pipeline served
+    propensities: tuple[float, ...] = ()  # per served position, the chance the list's sampler put that item there
+    #   given the items above it (a Plackett-Luce round); empty when the list was not sampled
 
 
 @dataclass(frozen=True)
@@ -145,11 +149,12 @@ _impressions = sa.Table(
     sa.Column("explore_seed", sa.BigInteger),
     sa.Column("history", sa.JSON(none_as_null=True)),  # NULL: none given
     sa.Column("source", sa.Text, nullable=False, server_default=SERVED),
+    sa.Column("propensities", sa.JSON(none_as_null=True)),  # NULL: not sampled
     sa.Index("ix_log_impressions_time", "time", "seq"),
     sa.Index("ix_log_impressions_round", "round_id", "time", "seq"),
 )
 # columns newer than the first schema, per table: added to older files
-ADDED_COLUMNS = {"log_impressions": ("history", "source"), "log_rounds": ("recipe",)}
+ADDED_COLUMNS = {"log_impressions": ("history", "source", "propensities"), "log_rounds": ("recipe",)}
 _clicks = sa.Table(
     "log_clicks", _meta,
     sa.Column("seq", _ID, primary_key=True, autoincrement=True),
@@ -222,7 +227,7 @@ def _between(column: sa.ColumnElement, start: float | None, end: float | None) -
 def _record(row: sa.Row) -> ImpressionRecord:
     return ImpressionRecord(row.impression_id, row.user_id, row.time, tuple(row.candidates), tuple(row.served),
                             tuple(row.teams), row.model_version, row.round_id, row.explore_seed,
-                            tuple(row.history or ()), row.source)
+                            tuple(row.history or ()), row.source, tuple(row.propensities or ()))
 
 
 def _round(row: sa.Row) -> Round:
@@ -233,8 +238,13 @@ def _round(row: sa.Row) -> Round:
 def _check(rec: ImpressionRecord) -> None:
     if len(rec.teams) != len(rec.served):
         raise ValueError(f"impression {rec.impression_id}: {len(rec.teams)} teams for {len(rec.served)} served items")
-    if not set(rec.teams) <= {NO_TEAM, EXPLOIT, EXPLORE}:
-        raise ValueError(f"impression {rec.impression_id}: teams must be -1, 0 or 1, got {rec.teams}")
+    if not all(isinstance(t, int) and t >= NO_TEAM for t in rec.teams):
+        raise ValueError(f"impression {rec.impression_id}: teams must be -1 (none), 0 (W) or an explore network's "
+                         f"number, got {rec.teams}")
+    if rec.propensities and (len(rec.propensities) != len(rec.served)
+                             or not all(0.0 < p <= 1.0 for p in rec.propensities)):
+        raise ValueError(f"impression {rec.impression_id}: propensities must be one probability in (0, 1] per served "
+                         f"item, got {rec.propensities}")
     if not set(rec.served) <= set(rec.candidates):
         raise ValueError(f"impression {rec.impression_id}: served items that are not candidates")
 
@@ -243,7 +253,8 @@ def _impression_row(rec: ImpressionRecord) -> tuple:
     """A log_impressions row in column order (`seq` left to the database)."""
     return (rec.impression_id, rec.user, rec.time, json.dumps(rec.candidates), json.dumps(rec.served),
             json.dumps(rec.teams), rec.model_version, rec.round_id, rec.explore_seed,
-            json.dumps(rec.history) if rec.history else None, rec.source)
+            json.dumps(rec.history) if rec.history else None, rec.source,
+            json.dumps(rec.propensities) if rec.propensities else None)
 
 
 def imported_id(imp: Impression) -> str:

@@ -19,7 +19,8 @@ from prefect.runtime import flow_run
 
 from drn import lifecycle
 from drn.config import Settings
-from drn.exploration import ALPHA, RoundRecipe
+from drn.exploration import ALPHA
+from drn.learners import RoundRecipe
 from drn.logstore import LogStore, Round
 from drn.registry import ModelBundle, Registry, VersionInfo
 
@@ -98,13 +99,15 @@ def gate_round(settings: Settings, version: str) -> Round | None:
 
 
 @io_task
-def challenge(settings: Settings, version: str, *, expected_served: str, alpha: float = ALPHA) -> bool:
-    """Open a gate round of `version` against the served one, unless the served version changed since the flow read
-    it (then the comparison would be with another model than the one it was trained from). True if opened."""
+def challenge(settings: Settings, version: str, *, expected_served: str, alpha: float = ALPHA,
+              recipe: RoundRecipe | None = None) -> bool:
+    """Open a gate round of `version` against the served one (served as `recipe` says; None: as the latest
+    exploration), unless the served version changed since the flow read it (then the comparison would be with
+    another model than the one it was trained from). True if opened."""
     current = registry(settings).served()
     if current is None or current.version != expected_served:
         return False
-    lifecycle.challenge(log_store(settings), expected_served, version, alpha, time.time())
+    lifecycle.challenge(log_store(settings), expected_served, version, alpha, time.time(), recipe)
     return True
 
 

@@ -1,11 +1,14 @@
-"""Minor update (every T_D): score the current round; while it has too few decisive impressions it stays open
-(served on, looked at again next time). Once an exploration round is decided, if the explore network won, register
-the DBGD step (kind minor, parent = the promoted version) and promote it; once a gate round (a major update's
-candidate against the promoted version) is decided, promote the candidate if it won and note the verdict on it.
-Either way close the round with its outcome and open the next exploration round. Without a round yet, it only opens
-one."""
+"""Minor update (every T_D): score the current round by its recipe's learner (drn.learners); while it has too little
+evidence it stays open (served on, looked at again next time). Once decided:
+- an exploration round whose learner stepped W (DBGD's W~ won; MGD's explore networks that beat W; PDGD's gradient
+  on the round's clicks): register the new weights (kind minor, parent = the promoted version) and promote them;
+- a gate round (a major update's or SGD's candidate against the promoted version): note the verdict on the candidate
+  and promote it if it won (SGD's: if it did not lose);
+- an SGD round: train the next challenger on the round's feedback, register it and open its gate round.
+Either way close the round with its outcome and open the next one. Without a round yet, it only opens one."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 
@@ -13,9 +16,12 @@ from prefect import flow
 
 from drn import lifecycle
 from drn.config import Settings
-from drn.exploration import ALPHA, ETA, RoundRecipe
+from drn.exploration import ALPHA, ETA
 from drn.interleaving import DEFAULT_METHOD, MAX_ROUND_IMPRESSIONS, MIN_DECISIVE, SIGNIFICANCE
+from drn.learners import (DEFAULT_LEARNER, EXPLORERS, PDGD_LEARNING_RATE, PL_TEMPERATURE, SGD_LEARNING_RATE, SGD_STEPS,
+                          ClickedList, LearnerConfig, RoundRecipe)
 from drn.logstore import LoggedImpression, Round
+from drn.registry import ModelBundle
 from flows import common
 
 KIND = "minor-update"
@@ -33,6 +39,18 @@ def round_feedback(settings: Settings, round_id: int) -> list[LoggedImpression]:
 
 
 @common.io_task
+def round_lists(settings: Settings, round_: Round) -> list[ClickedList]:
+    """The round's lists with their features, replayed from every impression logged before it (PDGD, SGD)."""
+    logs = common.log_store(settings)
+    return lifecycle.round_lists(logs.news(), logs.window(None, round_.opened_at), logs.round_feedback(round_.round_id))
+
+
+@common.io_task
+def load(settings: Settings, version: str) -> ModelBundle:
+    return common.registry(settings).load(version)
+
+
+@common.io_task
 def close_round(settings: Settings, round_id: int, outcome: dict) -> None:
     common.log_store(settings).close_round(round_id, outcome, time.time())
 
@@ -43,36 +61,63 @@ def open_round(settings: Settings, version: str, alpha: float, recipe: RoundReci
 
 
 @common.compute_task
-def decide(promoted, version: str, round_: Round, feedback: list[LoggedImpression],
-           options: dict) -> lifecycle.MinorDecision:
-    return lifecycle.minor_update(promoted, version, round_, feedback, **options)
+def decide(promoted: ModelBundle, version: str, round_: Round, feedback: list[LoggedImpression],
+           config: LearnerConfig, lists: list[ClickedList] | None,
+           challenger: ModelBundle | None) -> lifecycle.MinorDecision:
+    return lifecycle.minor_update(promoted, version, round_, feedback, config, lists=lists, challenger=challenger)
 
 
-def settle_gate_round(settings: Settings, served: str, round_: Round, decision: lifecycle.MinorDecision,
-                      alpha: float, recipe: RoundRecipe) -> dict:
-    """A decided gate round: close it, note the verdict on the candidate, serve the candidate if it won (which opens
-    an exploration round around it), else open the next exploration round around the served version."""
-    challenger, outcome = decision.challenger, decision.outcome
-    close_round(settings, round_.round_id, decision.record())
-    common.annotate(settings, challenger, {"gate.verdict": decision.reason,
-                                           "gate.outcome": json.dumps(decision.record(), sort_keys=True)})
-    details = {"version": challenger, "parent": served, "round": round_.round_id, "winner": outcome.winner}
-    if decision.promote:
-        result, why = common.promote_if_passed(settings, challenger, lifecycle.GateResult(True, decision.reason),
-                                               served, alpha)
-        return common.report(KIND, result, why, details)
-    opened = open_round(settings, served, alpha, recipe)
-    return common.report(KIND, "challenger refused", decision.reason, {**details, "next_round": opened.round_id})
+def _round_params(round_: Round) -> dict:
+    return {"id": round_.round_id, "seed": round_.seed, "alpha": round_.alpha, "recipe": round_.recipe}
+
+
+def _register_step(settings: Settings, served: str, round_: Round, decision: lifecycle.MinorDecision,
+                   config: LearnerConfig) -> str:
+    """Register W's new weights from an exploration round (kind minor), with the round's evidence."""
+    learner = RoundRecipe.from_dict(round_.recipe).learner
+    return common.register(
+        settings, decision.bundle, kind="minor", parent=served, data_window=(round_.opened_at, time.time()),
+        params={"learner": learner, "config": dataclasses.asdict(config), "round": _round_params(round_)},
+        metrics=decision.metrics,
+        tags={"interleaving.winner": decision.verdict, "interleaving.round": str(round_.round_id),
+              "interleaving.outcome": json.dumps(decision.record(), sort_keys=True)},
+        description=f"{learner} step of v{served} after round {round_.round_id}: {decision.reason}")
+
+
+def _challenge_with(settings: Settings, base: str, round_: Round, decision: lifecycle.MinorDecision,
+                    config: LearnerConfig, recipe: RoundRecipe, alpha: float) -> tuple[str, str]:
+    """SGD: register the challenger trained on the round, and open its gate round against `base`."""
+    version = common.register(
+        settings, decision.candidate, kind="minor", parent=base, data_window=(round_.opened_at, time.time()),
+        params={"learner": "sgd", "config": dataclasses.asdict(config), "round": _round_params(round_)},
+        metrics=decision.metrics, tags={"sgd.round": str(round_.round_id)},
+        description=f"sgd challenger of v{base}: {config.sgd_steps} steps on the feedback of round {round_.round_id}")
+    opened = common.challenge(settings, version, expected_served=base, alpha=alpha,
+                              recipe=dataclasses.replace(recipe, promote_on_tie=True))
+    return version, (f"v{version}, trained on round {round_.round_id}, is in its gate round against v{base}"
+                     if opened else f"v{version} registered, but the served version changed from v{base} meanwhile")
 
 
 @flow(name=KIND, log_prints=True)
-def minor_update(eta: float = ETA, form: str = "standard", noise: str = "element", alpha: float = ALPHA,
-                 method: str = DEFAULT_METHOD, min_decisive: int = MIN_DECISIVE,
-                 max_impressions: int = MAX_ROUND_IMPRESSIONS, significance: float = SIGNIFICANCE) -> dict:
-    """`eta`, `form`: the DBGD step; `alpha`, `noise`, `method`: how the next round is served (its radius, how W~ is
-    drawn, the interleaving), kept on the round for serving and the next minor update to read; `min_decisive`,
-    `max_impressions`, `significance`: when a round decides (drn.interleaving states the test's error rate)."""
+def minor_update(learner: str = DEFAULT_LEARNER, eta: float = ETA, form: str = "standard", noise: str = "element",
+                 alpha: float = ALPHA, method: str = DEFAULT_METHOD, explorers: int = EXPLORERS,
+                 temperature: float = PL_TEMPERATURE, min_decisive: int = MIN_DECISIVE,
+                 max_impressions: int = MAX_ROUND_IMPRESSIONS, significance: float = SIGNIFICANCE,
+                 pdgd_learning_rate: float = PDGD_LEARNING_RATE, sgd_steps: int = SGD_STEPS,
+                 sgd_learning_rate: float = SGD_LEARNING_RATE) -> dict:
+    """`learner`: dbgd, mgd, pdgd or sgd (drn.learners); with `alpha`, `noise`, `method`, `explorers` (mgd),
+    `temperature` (pdgd) it says how the next round is served, kept on the round for serving and the next minor
+    update to read; `eta`, `form`: the step towards winning explore networks; `pdgd_learning_rate`, `sgd_steps`,
+    `sgd_learning_rate`: the gradient learners' steps; `min_decisive`, `max_impressions`, `significance`: when a
+    round decides (drn.interleaving states the test's error rate)."""
     settings = Settings.from_env()
+    recipe = RoundRecipe(learner=learner, noise=noise, interleaving=method, explorers=explorers,
+                         temperature=temperature)
+    config = LearnerConfig(alpha=alpha, eta=eta, step_form=form, noise=noise, interleaving=method,
+                           min_decisive=min_decisive, max_round_impressions=max_impressions,
+                           significance=significance, explorers=explorers, temperature=temperature,
+                           pdgd_learning_rate=pdgd_learning_rate, sgd_steps=sgd_steps,
+                           sgd_learning_rate=sgd_learning_rate)
     with common.exclusive(settings, KIND, LEASE_S) as held:
         if not held:
             return common.report(KIND, "skipped", "another minor update is running", {})
@@ -80,42 +125,45 @@ def minor_update(eta: float = ETA, form: str = "standard", noise: str = "element
         if current is None:
             return common.report(KIND, "nothing promoted", "no version is served: nothing to explore around", {})
         info, promoted = current
-        recipe = RoundRecipe(noise=noise, interleaving=method)
         round_ = current_round(settings)
         if round_ is None:
             opened = open_round(settings, info.version, alpha, recipe)
-            return common.report(KIND, "round opened", "no exploration round was open",
+            return common.report(KIND, "round opened", "no round was open",
                                  {"version": info.version, "round": opened.round_id})
-        options = dict(eta=eta, form=form, min_decisive=min_decisive, max_impressions=max_impressions,
-                       significance=significance)
-        decision = decide(promoted, info.version, round_, round_feedback(settings, round_.round_id), options)
-        record = decision.record()
-        if decision.outcome is not None and decision.outcome.pending:
-            return common.report(KIND, "round kept open", decision.reason,
-                                 {"version": info.version, "round": round_.round_id, "winner": record["winner"]})
+        served_with = RoundRecipe.from_dict(round_.recipe)
+        ours = round_.model_version == info.version
+        lists = round_lists(settings, round_) if ours and served_with.needs_features else None
+        won_with = (load(settings, served_with.challenger)
+                    if ours and served_with.challenger is not None and served_with.learner == "sgd" else None)
+        decision = decide(promoted, info.version, round_, round_feedback(settings, round_.round_id), config, lists,
+                          won_with)
+        details = {"version": info.version, "round": round_.round_id, "winner": decision.verdict}
+        if decision.pending:
+            return common.report(KIND, "round kept open", decision.reason, details)
+        result, why, serving = "no step", decision.reason, info.version
         if decision.challenger is not None:
-            return settle_gate_round(settings, info.version, round_, decision, alpha, recipe)
-        if decision.bundle is None:
-            close_round(settings, round_.round_id, record)
-            opened = open_round(settings, info.version, alpha, recipe)
-            return common.report(KIND, "no step", decision.reason,
-                                 {"version": info.version, "round": round_.round_id, "next_round": opened.round_id,
-                                  "winner": record["winner"]})
-        outcome = decision.outcome
-        version = common.register(
-            settings, decision.bundle, kind="minor", parent=info.version,
-            data_window=(round_.opened_at, time.time()),
-            params={"dbgd": {"eta": eta, "form": form}, "round": {
-                "id": round_.round_id, "seed": round_.seed, "alpha": round_.alpha, "recipe": round_.recipe},
-                "interleaving": options},
-            metrics={"interleaving.impressions": outcome.impressions, "interleaving.clicks_exploit": outcome.clicks_a,
-                     "interleaving.clicks_explore": outcome.clicks_b, "interleaving.wins_exploit": outcome.wins_a,
-                     "interleaving.wins_explore": outcome.wins_b, "interleaving.p_value": outcome.p_value},
-            tags={"interleaving.winner": outcome.winner, "interleaving.round": str(round_.round_id),
-                  "interleaving.outcome": json.dumps(record, sort_keys=True)},
-            description=f"DBGD step of v{info.version} after round {round_.round_id}: {decision.reason}")
-        close_round(settings, round_.round_id, {**record, "version": version})
-        verdict = lifecycle.GateResult(True, decision.reason)
-        result, why = common.promote_if_passed(settings, version, verdict, info.version, alpha)
-        return common.report(KIND, result, why, {"version": version, "parent": info.version,
-                                                 "round": round_.round_id, "winner": outcome.winner})
+            close_round(settings, round_.round_id, decision.record())
+            common.annotate(settings, decision.challenger, {
+                "gate.verdict": decision.reason, "gate.outcome": json.dumps(decision.record(), sort_keys=True)})
+            details.update(version=decision.challenger, parent=info.version)
+            result = "challenger refused"
+            if decision.promote:
+                result, why = common.promote_if_passed(settings, decision.challenger,
+                                                       lifecycle.GateResult(True, decision.reason), info.version, alpha)
+        elif decision.bundle is not None:
+            version = _register_step(settings, info.version, round_, decision, config)
+            close_round(settings, round_.round_id, {**decision.record(), "version": version})
+            details.update(version=version, parent=info.version)
+            result, why = common.promote_if_passed(settings, version, lifecycle.GateResult(True, decision.reason),
+                                                   info.version, alpha)
+        else:
+            close_round(settings, round_.round_id, decision.record())
+        if result == "promoted":
+            serving = details["version"]  # the promotion opened an exploration round around it
+        if decision.candidate is not None:
+            details["challenger"], challenging = _challenge_with(settings, serving, round_, decision, config, recipe,
+                                                                 alpha)
+            why = f"{why}; {challenging}"
+        elif result != "promoted":
+            details["next_round"] = open_round(settings, info.version, alpha, recipe).round_id
+        return common.report(KIND, result, why, details)

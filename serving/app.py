@@ -241,9 +241,10 @@ class Service:
         model = self.holder.current  # one model for the whole request, whatever swaps meanwhile
         batch = self.state.features(body["user"], ids, now)
         ranked = model.rank(batch, body.get("k", DEFAULT_K), self.rng)
+        round_ = model.round
         record = ImpressionRecord(self.signer.new_id(), body["user"], now, tuple(ids), ranked.served, ranked.teams,
-                                  model.label, model.round.round_id if model.explore else None,
-                                  model.round.seed if model.explore else None, history if seeded else ())
+                                  model.label, round_.round_id if round_ else None, round_.seed if round_ else None,
+                                  history if seeded else (), propensities=ranked.propensities)
         await self._log_served(record, news)
         for item in news:
             self.news[item.news_id] = item

@@ -24,13 +24,13 @@ from typing import Callable
 import numpy as np
 
 from drn.baselines import PopularityPolicy
-from drn.exploration import RoundRecipe, explore_weights
 from drn.features import SCHEMA_VERSION, FeatureBatch
-from drn.interleaving import Interleaved, Interleaver, interleaver
+from drn.interleaving import Interleaved
+from drn.learners import RoundRecipe, round_list, round_weights
 from drn.lifecycle import network_of
 from drn.logstore import NO_TEAM, LogStore, Round
 from drn.model import DuelingQNetwork, network_from_weights
-from drn.policy import rankings, top_k
+from drn.policy import top_k
 from drn.registry import ModelBundle, Registry
 from drn.scoring import StackedScorer
 from serving.telemetry import Telemetry
@@ -46,15 +46,16 @@ class ServedModel:
     stage: str | None
     bundle: ModelBundle | None
     exploit: DuelingQNetwork | None  # W
-    explore: DuelingQNetwork | None  # W~ of `round` (or its challenger); None when no round is open for this version
-    round: Round | None
+    explore: tuple[DuelingQNetwork, ...]  # what `round` scores beside W, in team order: W~, MGD's explore networks,
+    #   or a gate round's challenger; empty for W alone (no round, or a PDGD or SGD round)
+    round: Round | None  # the open round of this version; None: W's top k
     loaded_at: float
-    interleave: Interleaver | None = None  # how `round`'s recipe merges W's and W~'s rankings
-    scorer: StackedScorer | None = field(init=False, repr=False, compare=False)  # W (and W~) in one pass
+    recipe: RoundRecipe | None = None  # how `round` makes its lists
+    scorer: StackedScorer | None = field(init=False, repr=False, compare=False)  # W and the rest in one pass
 
     def __post_init__(self) -> None:
         # Built here, in the worker thread that builds the model, never on the request path.
-        networks = [network for network in (self.exploit, self.explore) if network is not None]
+        networks = [self.exploit, *self.explore] if self.exploit is not None else []
         object.__setattr__(self, "scorer", StackedScorer(networks) if networks else None)
 
     @property
@@ -66,25 +67,25 @@ class ServedModel:
         return self.version or POPULARITY
 
     def rank(self, batch: FeatureBatch, k: int, rng: np.random.Generator) -> Interleaved:
-        """The served list: W's and W~'s rankings interleaved during a round (as its recipe says), W's (or
-        popularity's) top k otherwise. W and W~ score all candidates together, in one stacked pass (drn.scoring)."""
+        """The served list: during a round, as its recipe makes lists from W's and the round's networks' scores
+        (drn.learners.round_list); W's (or popularity's) top k otherwise. All networks score the candidates
+        together, in one stacked pass (drn.scoring)."""
         ids = batch.candidates
         if self.scorer is None:
             return _untagged(ids, top_k(_POPULARITY.scores(batch), k))
         scores = self.scorer.score(batch)
-        if self.explore is None:
+        if self.round is None:
             return _untagged(ids, top_k(scores[0], k))
-        exploit, explore = rankings(scores)
-        return self.interleave([ids[i] for i in exploit], [ids[i] for i in explore], k, rng)
+        return round_list(self.recipe, scores, ids, k, rng)
 
     def describe(self) -> dict:
         """What /model and /healthz say about it."""
         return {"source": self.source, "version": self.version, "stage": self.stage, "loaded_at": self.loaded_at,
-                "exploring": self.explore is not None,
+                "exploring": self.round is not None,
                 "round_id": self.round.round_id if self.round else None,
                 "round_seed": self.round.seed if self.round else None,
                 "round_alpha": self.round.alpha if self.round else None,
-                "round_recipe": RoundRecipe.from_dict(self.round.recipe).to_dict() if self.round else None,
+                "round_recipe": self.recipe.to_dict() if self.recipe else None,
                 "feature_schema_version": self.bundle.feature_schema.get("version") if self.bundle else SCHEMA_VERSION}
 
 
@@ -97,7 +98,7 @@ def _round_id(round_: Round | None) -> int | None:
 
 
 def cold() -> ServedModel:
-    return ServedModel(None, None, None, None, None, None, time.time())
+    return ServedModel(None, None, None, None, (), None, time.time())
 
 
 class ModelHolder:
@@ -187,7 +188,7 @@ class ModelHolder:
             return self._with_round(current)
         try:
             bundle = self._registry_client().load(info.version)
-            model = ServedModel(info.version, info.stage, bundle, network_of(bundle), None, None, time.time())
+            model = ServedModel(info.version, info.stage, bundle, network_of(bundle), (), None, time.time())
         except Exception as e:  # CorruptModelError, a schema mismatch, weights that do not fit the config...
             self._failed, self.load_error = info.version, f"version {info.version}: {type(e).__name__}: {e}"
             self._telemetry.errors.labels("model_load_failed").inc()
@@ -197,7 +198,7 @@ class ModelHolder:
         return self._with_round(model)
 
     def _with_round(self, model: ServedModel) -> ServedModel:
-        """`model` with the explore network of the round now open for its version (or none)."""
+        """`model` with the round now open for its version (or none) and what that round scores beside W."""
         if model.bundle is None:
             return model
         try:
@@ -212,26 +213,31 @@ class ModelHolder:
         if _round_id(round_) == _round_id(model.round):
             return model
         if round_ is None:
-            return replace(model, explore=None, round=None, interleave=None)
+            return _alone(model)
         try:
             recipe = RoundRecipe.from_dict(round_.recipe)
         except ValueError as e:  # a recipe this release cannot serve: serve W alone rather than guess
             self._telemetry.errors.labels("round_recipe").inc()
             log.warning("round %s cannot be served (%s): serving v%s without exploration", round_.round_id, e,
                         model.version)
-            return replace(model, explore=None, round=None, interleave=None)
+            return _alone(model)
         try:
-            explore = self._second_network(model.bundle, round_, recipe)
+            explore = self._round_networks(model.bundle, round_, recipe)
         except Exception as e:  # a challenger that does not load: its gate round gets no traffic, W serves alone
             self._telemetry.errors.labels("challenger_load_failed").inc()
             log.error("round %s: challenger v%s not served: %s: %s", round_.round_id, recipe.challenger,
                       type(e).__name__, e)
-            return replace(model, explore=None, round=None, interleave=None)
-        return replace(model, explore=explore, round=round_, interleave=interleaver(recipe.interleaving))
+            return _alone(model)
+        return replace(model, explore=explore, round=round_, recipe=recipe)
 
-    def _second_network(self, bundle: ModelBundle, round_: Round, recipe: RoundRecipe) -> DuelingQNetwork:
-        """What W is interleaved with: a gate round's challenger version, or W~ regenerated from the round's seed."""
+    def _round_networks(self, bundle: ModelBundle, round_: Round, recipe: RoundRecipe) -> tuple[DuelingQNetwork, ...]:
+        """What W is scored with: a gate round's challenger version, or what the learner draws from the round's seed."""
         if recipe.challenger is not None:
-            return network_of(self._registry_client().load(recipe.challenger))
-        weights = explore_weights(bundle.weights, round_.seed, round_.alpha, recipe.noise)
-        return network_from_weights(bundle.config, weights)
+            return (network_of(self._registry_client().load(recipe.challenger)),)
+        return tuple(network_from_weights(bundle.config, weights)
+                     for weights in round_weights(recipe, bundle.weights, round_.seed, round_.alpha))
+
+
+def _alone(model: ServedModel) -> ServedModel:
+    """`model` serving W's top k, outside any round."""
+    return replace(model, explore=(), round=None, recipe=None)

@@ -14,7 +14,7 @@ import pytest
 
 from drn import lifecycle
 from drn.config import Settings
-from drn.logstore import EXPLOIT, EXPLORE, ImpressionRecord, LogStore
+from drn.logstore import EXPLOIT, EXPLORE, NO_TEAM, ImpressionRecord, LogStore
 from drn.mind import load_dataset
 from drn.registry import PRODUCTION, Registry
 from drn.training import TrainConfig
@@ -74,7 +74,7 @@ def v1(world, stores, trained):
     return stores
 
 
-def log_round(logs: LogStore, world, clicked_team: int, n: int = 60, first: int = 0) -> int:
+def log_round(logs: LogStore, world, clicked_team: int, n: int = 60, first: int = 0, teams=TEAMS) -> int:
     """Log `n` interleaved impressions in the open round, each with one click on the first item of `clicked_team`
     (impression ids numbered from `first`, so a round can be logged in parts)."""
     round_ = logs.current_round()
@@ -83,9 +83,20 @@ def log_round(logs: LogStore, world, clicked_team: int, n: int = 60, first: int 
     for i, imp in enumerate(impressions, start=first):
         served = imp.candidates[:SERVED]
         logs.log_impression(ImpressionRecord(f"r{round_.round_id}-{i}", imp.user, now + i, imp.candidates, served,
-                                             TEAMS, round_.model_version, round_.round_id, round_.seed))
-        logs.log_click(f"r{round_.round_id}-{i}", served[TEAMS.index(clicked_team)], now + i + 1)
+                                             teams, round_.model_version, round_.round_id, round_.seed))
+        logs.log_click(f"r{round_.round_id}-{i}", served[teams.index(clicked_team)], now + i + 1)
     return round_.round_id
+
+
+def open_learner_round(logs: LogStore, **recipe) -> None:
+    """A round served by another learner, as the next round after a minor update run with `learner=...` is."""
+    from drn.learners import RoundRecipe
+    lifecycle.open_round(logs, logs.current_round().model_version, 0.1, time.time(), RoundRecipe(**recipe))
+
+
+def changed(registry: Registry, version: str, parent: str) -> bool:
+    a, b = registry.load(version).weights, registry.load(parent).weights
+    return any(not (a[k] == b[k]).all() for k in a)
 
 
 def served_version(registry: Registry) -> str | None:
@@ -145,8 +156,8 @@ def test_minor_update_after_a_losing_round_promotes_nothing(world, v1):
     assert [v.version for v in registry.versions()] == ["1"] and served_version(registry) == "1"
     assert next(r for r in logs.rounds() if r.round_id == round_id).outcome["winner"] == "exploit"
     assert logs.current_round().round_id != round_id and logs.current_round().model_version == "1"
-    assert logs.current_round().recipe == {"learner": "dbgd", "noise": "tensor", "interleaving": "team_draft",
-                                           "challenger": None}
+    from drn.learners import RoundRecipe
+    assert logs.current_round().recipe == RoundRecipe(noise="tensor").to_dict()
 
 
 def test_minor_update_keeps_a_round_with_too_little_feedback_open_until_it_decides(world, v1):
@@ -160,6 +171,46 @@ def test_minor_update_keeps_a_round_with_too_little_feedback_open_until_it_decid
     result = minor_update()
     assert result["decision"] == "promoted" and result["winner"] == "explore"
     assert logs.current_round().round_id != round_id
+
+
+def test_minor_update_with_mgd_steps_towards_the_explore_networks_that_won(world, v1):
+    from flows.minor_update import minor_update
+    registry, logs = v1
+    open_learner_round(logs, learner="mgd", explorers=3)
+    log_round(logs, world, 2, teams=(0, 1, 2, 3) * 2)  # users click what explore network 2 placed
+    result = minor_update(learner="mgd", explorers=3)
+    assert result["decision"] == "promoted" and result["winner"] == "1 of 3 explorers"
+    v2 = registry.version("2")
+    assert (v2.kind, v2.parent, v2.stage) == ("minor", "1", "Production") and changed(registry, "2", "1")
+    assert v2.metrics["mgd.winners"] == 1
+    assert logs.current_round().recipe["learner"] == "mgd" and logs.current_round().model_version == "2"
+
+
+def test_minor_update_with_pdgd_steps_on_the_rounds_replayed_clicks(world, v1):
+    from flows.minor_update import minor_update
+    registry, logs = v1
+    open_learner_round(logs, learner="pdgd")
+    log_round(logs, world, NO_TEAM, teams=(NO_TEAM,) * SERVED)  # sampled lists: no teams, the top item clicked
+    result = minor_update(learner="pdgd")
+    assert result["decision"] == "promoted" and result["winner"] == "60 clicked lists"
+    assert registry.version("2").kind == "minor" and changed(registry, "2", "1")
+
+
+def test_minor_update_with_sgd_trains_challengers_and_keeps_one_that_does_not_lose(world, v1):
+    from flows.minor_update import minor_update
+    registry, logs = v1
+    open_learner_round(logs, learner="sgd")
+    log_round(logs, world, NO_TEAM, teams=(NO_TEAM,) * SERVED)  # W alone: the feedback the first challenger learns
+    result = minor_update(learner="sgd")
+    assert result["decision"] == "no step" and result["challenger"] == "2" and served_version(registry) == "1"
+    gate = logs.current_round()
+    assert (gate.recipe["challenger"], gate.recipe["promote_on_tie"], gate.model_version) == ("2", True, "1")
+    log_round(logs, world, EXPLOIT, n=30)
+    log_round(logs, world, EXPLORE, n=30, first=30)  # a tie: an sgd challenger that does not lose is kept
+    result = minor_update(learner="sgd")
+    assert result["decision"] == "promoted" and served_version(registry) == "2"
+    assert result["challenger"] == "3" and registry.version("3").parent == "2"
+    assert logs.current_round().recipe["challenger"] == "3" and logs.current_round().model_version == "2"
 
 
 def test_major_update_that_fails_the_screen_registers_but_gets_no_gate_round(world, v1):

@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 
 from drn import lifecycle
-from drn.exploration import ALPHA, RoundRecipe
+from drn.exploration import ALPHA
 from drn.features import FeatureState
-from drn.interleaving import interleaver
+from drn.learners import RoundRecipe
 from drn.logstore import ImpressionRecord, LogStore
 from drn.online import set_threads
 from drn.world import SLATE_SIZE, World, WorldConfig
@@ -31,8 +31,8 @@ def gate_round(served, candidate, tmp_path, seed: int, max_impressions: int = 50
     with LogStore.at(tmp_path) as logs:
         round_ = lifecycle.challenge(logs, SERVED, CANDIDATE, ALPHA, now=0.0)
         recipe = RoundRecipe.from_dict(round_.recipe)
-        model = ServedModel(SERVED, "Production", lifecycle.bundle_of(served), served, candidate, round_, 0.0,
-                            interleaver(recipe.interleaving))
+        model = ServedModel(SERVED, "Production", lifecycle.bundle_of(served), served, (candidate,), round_, 0.0,
+                            recipe)
         world, state, rng = World(WorldConfig(n_users=300), seed=seed), FeatureState(), np.random.default_rng(seed)
         for n in range(1, max_impressions + 1):
             request = world.next_request()
@@ -47,7 +47,7 @@ def gate_round(served, candidate, tmp_path, seed: int, max_impressions: int = 50
                 logs.log_click(request.request_id, news_id, time)
             if n % T_D == 0:
                 decision = lifecycle.minor_update(model.bundle, SERVED, round_, logs.round_feedback(round_.round_id))
-                if not decision.outcome.pending:
+                if not decision.pending:
                     return decision
     raise AssertionError(f"the gate round did not decide in {max_impressions} impressions")
 

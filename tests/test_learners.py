@@ -12,7 +12,9 @@ import torch
 from drn.exploration import dbgd_step
 from drn.features import FeatureState
 from drn.interleaving import MIN_DECISIVE, team_draft_multileave
-from drn.learners import LEARNERS, MGD, PDGD, SGD, LearnerConfig, learner, plackett_luce_log_prob
+from drn.learners import (LEARNERS, MGD, PDGD, SGD, LearnerConfig, RoundRecipe, learner, plackett_luce_log_prob,
+                          round_list)
+from drn.logstore import ImpressionRecord, LogStore
 from drn.model import NetworkConfig, build_network
 from drn.online import OnlineConfig, OnlineDRN, run_live, set_threads
 from drn.world import World, WorldConfig
@@ -34,17 +36,30 @@ def test_plackett_luce_log_probs_multiply_to_the_lists_sampling_probability(batc
     assert sum(probs.values()) == pytest.approx(1.0)
     first = np.exp(scores) / np.exp(scores).sum()
     assert probs[(3, 0)] == pytest.approx(first[3] * np.exp(1.0) / np.exp(scores[[0, 1, 2]]).sum())
-    # PDGD serves exactly that distribution (score + Gumbel, sorted), with scores = Q / temperature
-    pdgd = PDGD(LearnerConfig(temperature=0.02, seed=3))
+
+
+def test_pdgd_serves_plackett_luce_lists_and_logs_probabilities_that_multiply_to_each_lists(batch, tmp_path):
+    """Serving's PDGD list (drn.learners.round_list) is a Plackett-Luce sample over Q / temperature, and the
+    per-position probabilities it logs, read back from the log store, multiply to that list's probability."""
     network = build_network(NetworkConfig(hidden=(8,)), seed=0)
-    pdgd.start(network)
-    draws = Counter()
+    recipe = RoundRecipe(learner="pdgd", temperature=0.02)
+    scaled = network.score(batch).astype(np.float64) / recipe.temperature
+    rng, draws, logged = np.random.default_rng(3), Counter(), {}
     for _ in range(6000):
-        shown, served_scores = pdgd.serve(network, batch, 2)
-        draws[tuple(shown)] += 1
-    expected = {o: np.exp(plackett_luce_log_prob(served_scores, o).sum()) for o in itertools.permutations(range(6), 2)}
-    for order, p in expected.items():
+        listed = round_list(recipe, network.score(batch)[None], batch.candidates, 2, rng)
+        draws[listed.served] += 1
+        logged[listed.served] = listed.propensities
+    index = {n: i for i, n in enumerate(batch.candidates)}
+    for order in itertools.permutations(batch.candidates, 2):
+        p = float(np.exp(plackett_luce_log_prob(scaled, [index[n] for n in order]).sum()))
         assert draws[order] / 6000 == pytest.approx(p, abs=0.02)
+        if order in logged:
+            assert float(np.prod(logged[order])) == pytest.approx(p, rel=1e-6)
+    served = max(draws, key=draws.get)
+    with LogStore.at(tmp_path) as store:
+        store.log_impression(ImpressionRecord("i1", "U1", 1.0, batch.candidates, served, (-1, -1), "1",
+                                              propensities=logged[served]))
+        assert store.impression("i1").propensities == pytest.approx(logged[served])
 
 
 def test_multileaving_gives_each_team_its_best_unused_item_and_fair_shares():

@@ -6,11 +6,13 @@ import dataclasses
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
 from drn import lifecycle
-from drn.exploration import dbgd_step, explore_weights
+from drn.exploration import dbgd_step, explore_weights, explorer_seeds
+from drn.learners import LearnerConfig, RoundRecipe
 from drn.logstore import EXPLOIT, EXPLORE, NO_TEAM, Click, ImpressionRecord, LoggedImpression, Round
 from drn.mind import load_dataset
 from drn.model import NetworkConfig, build_network
@@ -57,7 +59,7 @@ def test_gate(candidate, tolerance, passed):
 
 # -------------------------------------------------------------------------------------------------- minor update
 def test_minor_update_steps_towards_the_winning_explore_network(bundle):
-    decision = lifecycle.minor_update(bundle, "3", ROUND, impressions(60, EXPLORE), eta=0.05)
+    decision = lifecycle.minor_update(bundle, "3", ROUND, impressions(60, EXPLORE), LearnerConfig(eta=0.05))
     assert decision.outcome.winner == "explore" and decision.bundle is not None
     expected = dbgd_step(bundle.weights, explore_weights(bundle.weights, ROUND.seed, ROUND.alpha), 0.05)
     assert all(torch.equal(decision.bundle.weights[k], expected[k]) for k in expected)
@@ -66,7 +68,7 @@ def test_minor_update_steps_towards_the_winning_explore_network(bundle):
 
 def test_minor_update_draws_w_tilde_as_the_rounds_recipe_says(bundle):
     tensor_round = dataclasses.replace(ROUND, recipe={"noise": "tensor"})
-    decision = lifecycle.minor_update(bundle, "3", tensor_round, impressions(60, EXPLORE), eta=0.05)
+    decision = lifecycle.minor_update(bundle, "3", tensor_round, impressions(60, EXPLORE), LearnerConfig(eta=0.05))
     expected = dbgd_step(bundle.weights, explore_weights(bundle.weights, ROUND.seed, ROUND.alpha, "tensor"), 0.05)
     assert all(torch.equal(decision.bundle.weights[k], expected[k]) for k in expected)
 
@@ -79,7 +81,7 @@ def test_minor_update_keeps_weights_when_exploit_wins(bundle):
 
 def test_minor_update_with_too_little_feedback_keeps_the_round_open(bundle):
     decision = lifecycle.minor_update(bundle, "3", ROUND, impressions(5, EXPLORE))
-    assert decision.outcome.pending and decision.bundle is None and "kept open" in decision.reason
+    assert decision.pending and decision.bundle is None and "kept open" in decision.reason
 
 
 def test_minor_update_ignores_a_round_served_with_another_version(bundle):
@@ -89,12 +91,88 @@ def test_minor_update_ignores_a_round_served_with_another_version(bundle):
 
 def test_clicks_on_positions_without_a_team_earn_no_credit(bundle):
     logged = impressions(60, NO_TEAM, teams=(EXPLOIT, EXPLORE, NO_TEAM))
-    decision = lifecycle.minor_update(bundle, "3", ROUND, logged, max_impressions=60)
+    decision = lifecycle.minor_update(bundle, "3", ROUND, logged, LearnerConfig(max_round_impressions=60))
     assert decision.outcome.clicks_b == 0 and decision.outcome.clicks_a == 0 and decision.bundle is None
     assert decision.outcome.winner == "insufficient"
 
 
 # ------------------------------------------------------------------------------------------- lineage and rounds
+def _recipe_round(**recipe) -> Round:
+    return dataclasses.replace(ROUND, recipe=RoundRecipe(**recipe).to_dict())
+
+
+def test_mgd_steps_towards_the_mean_of_the_explore_networks_that_beat_w(bundle):
+    """Team 2 (the second explore network) gets every click: W steps towards it alone, regenerated from the seed."""
+    round_ = _recipe_round(learner="mgd", explorers=3)
+    decision = lifecycle.minor_update(bundle, "3", round_, impressions(60, 2, teams=(0, 1, 2, 3)),
+                                      LearnerConfig(eta=0.5))
+    assert decision.verdict == "1 of 3 explorers" and decision.metrics["mgd.winners"] == 1
+    second = explore_weights(bundle.weights, explorer_seeds(ROUND.seed, 3)[1], ROUND.alpha)
+    expected = dbgd_step(bundle.weights, second, 0.5)
+    assert all(torch.allclose(decision.bundle.weights[k], expected[k]) for k in expected)
+    lost = lifecycle.minor_update(bundle, "3", round_, impressions(60, 0, teams=(0, 1, 2, 3)))
+    assert lost.bundle is None and lost.verdict == "0 of 3 explorers"
+    assert lifecycle.minor_update(bundle, "3", round_, impressions(5, 2, teams=(0, 1, 2, 3))).pending
+
+
+@pytest.fixture(scope="module")
+def clicked_lists():
+    """Lists of one request of the world with the features serving computed, the third shown item clicked."""
+    from drn.features import FeatureState
+    from drn.world import World, WorldConfig
+    world = World(WorldConfig(n_users=30, warmup_days=0.5), seed=0)
+    request = world.next_request()
+    batch = FeatureState({n: world.item(n) for n in request.candidates}).features(request.user, request.candidates,
+                                                                                   request.time)
+    return [(batch, [0, 1, 2, 3], [False, False, True, False])] * 30
+
+
+def test_pdgd_takes_the_gradient_step_of_the_rounds_clicked_lists(bundle, clicked_lists):
+    from drn.learners import pdgd_step
+    round_ = _recipe_round(learner="pdgd", temperature=0.05)
+    decision = lifecycle.minor_update(bundle, "3", round_, [], LearnerConfig(pdgd_learning_rate=1e-3),
+                                      lists=clicked_lists)
+    expected = lifecycle.network_of(bundle)
+    assert pdgd_step(expected, clicked_lists, 0.05, 1e-3) == 30 == decision.metrics["pdgd.clicked_lists"]
+    assert all(torch.equal(decision.bundle.weights[k], v) for k, v in expected.state_dict().items())
+    assert lifecycle.minor_update(bundle, "3", round_, [], lists=[]).pending  # no clicks yet: nothing to learn
+
+
+def test_sgd_trains_a_challenger_on_the_round_and_keeps_one_that_does_not_lose(bundle, clicked_lists):
+    collecting = _recipe_round(learner="sgd")
+    first = lifecycle.minor_update(bundle, "3", collecting, [], lists=clicked_lists)
+    assert first.verdict == "collected" and first.bundle is None and first.candidate is not None
+    assert any(not torch.equal(first.candidate.weights[k], bundle.weights[k]) for k in bundle.weights)
+    assert lifecycle.minor_update(bundle, "3", collecting, [], lists=clicked_lists[:5]).pending
+    gate = _recipe_round(learner="sgd", challenger="4", promote_on_tie=True)
+    tied = impressions(30, EXPLOIT) + impressions(30, EXPLORE)
+    kept = lifecycle.minor_update(bundle, "3", gate, tied, lists=clicked_lists, challenger=first.candidate)
+    assert kept.verdict == "tie" and kept.promote and kept.challenger == "4" and kept.candidate is not None
+    lost = lifecycle.minor_update(bundle, "3", gate, impressions(60, EXPLOIT), lists=clicked_lists,
+                                  challenger=first.candidate)
+    assert lost.verdict == "exploit" and not lost.promote
+    major_gate = _recipe_round(challenger="4")  # a major update's candidate must win
+    assert not lifecycle.minor_update(bundle, "3", major_gate, tied).promote
+
+
+def test_round_lists_replays_the_features_serving_ranked_with(tmp_path):
+    """Each round impression's features are those of a state that saw every impression logged before it."""
+    from drn.features import FeatureState, replay
+    folder = tmp_path / "world"
+    generate_logs(folder, days=1, users=10, seed=5)
+    data = load_dataset(folder)
+    logged = [LoggedImpression(ImpressionRecord(imp.impression_id, imp.user, imp.time, imp.candidates,
+                                                imp.candidates, (NO_TEAM,) * len(imp.candidates), "3"),
+                               tuple(Click(n, imp.time) for n, y in zip(imp.candidates, imp.labels) if y))
+              for imp in data.impressions[:40]]
+    lists = lifecycle.round_lists(data.news, logged[:30], logged[30:])
+    expected = [sample.batch for sample in replay([imp.to_impression() for imp in logged], FeatureState(data.news))]
+    for (batch, shown, clicked), want, imp in zip(lists, expected[30:], logged[30:]):
+        assert np.array_equal(batch.state, want.state) and np.array_equal(batch.action, want.action)
+        assert shown == list(range(len(imp.record.served)))
+        assert clicked == [n in imp.clicked for n in imp.record.served]
+
+
 def _info(version: str, kind: str, parent: str | None, window=None) -> VersionInfo:
     return VersionInfo(version, kind, parent, "None", [], {}, 0.0, None, data_window=window)
 

@@ -261,7 +261,7 @@ def test_an_older_log_store_gains_the_new_columns(tmp_path):
                 conn.execute(f"ALTER TABLE {table} DROP COLUMN {column}")
     with LogStore(f"sqlite:///{path}") as store:
         assert store.impression("old") == rec("old", 1.0)  # history () and source "served"
-        assert store.current_round().recipe == {}  # read as the defaults (drn.exploration.RoundRecipe)
+        assert store.current_round().recipe == {}  # read as the defaults (drn.learners.RoundRecipe)
         store.import_impressions(mind_log())
         assert [li.record.source for li in store.window()] == [SERVED, IMPORTED, IMPORTED, IMPORTED]
 

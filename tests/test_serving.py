@@ -121,23 +121,43 @@ def _recommend(client: httpx.Client, user: str = "U1", n: int = 20, k: int = 5, 
 
 def test_serving_explores_as_the_rounds_recipe_says(registry, versions, logs, tmp_path):
     """The round's recipe in the log store, not a setting of the service, says how W~ is drawn and lists merged."""
-    from drn.exploration import RoundRecipe, explore_weights
-    from drn.interleaving import probabilistic
+    from drn.exploration import explore_weights
+    from drn.learners import RoundRecipe
     from serving.holder import ModelHolder
     lifecycle.promote(registry, logs, versions["a"], who="test", why="serve a", now=time.time())
     recipe = RoundRecipe(noise="tensor", interleaving="probabilistic")
     round_ = lifecycle.open_round(logs, versions["a"], 0.3, time.time(), recipe)
     holder = ModelHolder(lambda: registry, logs, "stage", Telemetry())
     model = asyncio.run(holder.refresh())
-    assert model.round == round_ and model.interleave is probabilistic
+    assert model.round == round_ and model.recipe == recipe and len(model.explore) == 1
     expected = explore_weights(registry.load(versions["a"]).weights, round_.seed, 0.3, "tensor")
-    assert all(torch.equal(model.explore.state_dict()[k], expected[k]) for k in expected)
+    assert all(torch.equal(model.explore[0].state_dict()[k], expected[k]) for k in expected)
     assert model.describe()["round_recipe"] == recipe.to_dict()
-    logs.open_round(versions["a"], 9, 0.3, time.time(), {"learner": "pdgd"})  # not served by this release
+    logs.open_round(versions["a"], 9, 0.3, time.time(), {"learner": "bandit"})  # not served by this release
     model = asyncio.run(holder.refresh())
-    assert model.explore is None and model.round is None
+    assert model.explore == () and model.round is None
     with serve(_settings(tmp_path), registry, logs) as client:
         assert _recommend(client).json()["round_id"] is None  # W alone, no failed request
+
+
+def test_serving_makes_each_learners_lists_and_logs_what_the_update_needs(registry, versions, logs, tmp_path):
+    """MGD's round multileaves W with its explore networks (teams 0..n logged); PDGD's samples from W and logs each
+    position's probability; SGD's first round serves W alone, inside the round, to collect its feedback."""
+    from drn.learners import RoundRecipe
+    lifecycle.promote(registry, logs, versions["a"], who="test", why="serve a", now=time.time())
+    with serve(_settings(tmp_path), registry, logs) as client:
+        logged = {}
+        for recipe in (RoundRecipe(learner="mgd", explorers=3), RoundRecipe(learner="pdgd"),
+                       RoundRecipe(learner="sgd")):
+            round_ = lifecycle.open_round(logs, versions["a"], 0.3, time.time(), recipe)
+            _wait_for(client, lambda s: s["round_id"] == round_.round_id, f"the {recipe.learner} round")
+            body = _recommend(client, k=8).json()
+            assert body["round_id"] == round_.round_id
+            logged[recipe.learner] = logs.impression(body["impression_id"])
+    assert set(logged["mgd"].teams) == {0, 1, 2, 3} and not logged["mgd"].propensities
+    pdgd = logged["pdgd"]
+    assert set(pdgd.teams) == {-1} and len(pdgd.propensities) == 8 and all(0 < p <= 1 for p in pdgd.propensities)
+    assert set(logged["sgd"].teams) == {-1} and not logged["sgd"].propensities
 
 
 def test_a_gate_round_interleaves_the_challenger_version_against_the_served_one(registry, versions, logs):
@@ -149,11 +169,11 @@ def test_a_gate_round_interleaves_the_challenger_version_against_the_served_one(
     model = asyncio.run(holder.refresh())
     assert model.version == versions["a"] and model.round == gate
     challenger = registry.load(versions["b"]).weights
-    assert all(torch.equal(model.explore.state_dict()[k], challenger[k]) for k in challenger)
+    assert all(torch.equal(model.explore[0].state_dict()[k], challenger[k]) for k in challenger)
     assert model.describe()["round_recipe"]["challenger"] == versions["b"]
     lifecycle.challenge(logs, versions["a"], versions["bad"], 0.1, time.time())  # features this code lacks
     model = asyncio.run(holder.refresh())
-    assert model.version == versions["a"] and model.explore is None and model.round is None
+    assert model.version == versions["a"] and model.explore == () and model.round is None
     assert telemetry.errors.labels("challenger_load_failed")._value.get() == 1
     after = lifecycle.promote(registry, logs, versions["b"], who="test", why="it won", now=time.time())
     assert after.recipe.get("challenger") is None  # a promotion explores again
