@@ -1,6 +1,8 @@
 """Offline evaluation by progressive validation, and the data helpers the CLI exposes (stats, time split)."""
 from __future__ import annotations
 
+import copy
+
 import shutil
 from pathlib import Path
 from typing import Callable
@@ -15,12 +17,14 @@ from drn.policy import Policy
 DAY = 86400.0
 
 
-def evaluate(policy: Policy, train: Dataset, test: Dataset, progress: Callable[[int, int], None] | None = None) -> dict:
-    """Replay train to warm the online state, then score each test impression before its clicks are revealed.
+def evaluate(policy: Policy, train: Dataset, test: Dataset, progress: Callable[[int, int], None] | None = None,
+             start: FeatureState | None = None) -> dict:
+    """Replay train to warm the online state (from `start`, copied, when given), then score each test impression
+    before its clicks are revealed.
 
     The policy must already be fitted; its weights stay frozen here (only the feature state moves on).
     """
-    state = FeatureState({**train.news, **test.news})
+    state = copy.deepcopy(start) if start is not None else FeatureState({**train.news, **test.news})
     for impression in train.impressions:
         record(impression, state)
     metrics = RankingMetrics()

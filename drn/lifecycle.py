@@ -110,22 +110,18 @@ def data_window(impressions: Sequence[Impression]) -> tuple[float, float]:
     return min(times), math.nextafter(max(times), math.inf)
 
 
-def _metrics(network: DuelingQNetwork, train_data: Dataset, test_data: Dataset) -> dict[str, float]:
-    result = evaluate(DRNPolicy(network), train_data, test_data)
+def _metrics(network: DuelingQNetwork, train_data: Dataset, test_data: Dataset,
+             start: FeatureState | None = None) -> dict[str, float]:
+    result = evaluate(DRNPolicy(network), train_data, test_data, start=start)
     return {k: float(v) for k, v in result.items()}
 
 
-def _fit(network: DuelingQNetwork, train_data: Dataset, test_data: Dataset, config: TrainConfig,
-         promoted: ModelBundle | None) -> Candidate:
-    """Train `network` on train_data, then evaluate it and the promoted model on test_data (same feature warm-up)."""
-    return _candidate(network, train(network, train_data, config), train_data, test_data, promoted)
-
-
 def _candidate(network: DuelingQNetwork, summary: dict, train_data: Dataset, test_data: Dataset,
-               promoted: ModelBundle | None) -> Candidate:
-    """A trained network with its evidence: it and the promoted model evaluated on test_data (same warm-up)."""
-    baseline = _metrics(network_of(promoted), train_data, test_data) if promoted is not None else None
-    return Candidate(bundle_of(network), _metrics(network, train_data, test_data), baseline,
+               promoted: ModelBundle | None, start: FeatureState | None = None) -> Candidate:
+    """A trained network with its evidence: it and the promoted model evaluated on test_data (same warm-up, from
+    `start` when the data does not begin the log)."""
+    baseline = _metrics(network_of(promoted), train_data, test_data, start) if promoted is not None else None
+    return Candidate(bundle_of(network), _metrics(network, train_data, test_data, start), baseline,
                      data_window(train_data.impressions + test_data.impressions), summary)
 
 
@@ -280,9 +276,7 @@ def round_lists(news: Mapping[str, NewsItem], before: Iterable[LoggedImpression]
     """A round's lists with the features serving ranked them with: the feature state of every impression logged
     before the round opened, then the round's impressions in time order, each featurised over its whole candidate
     pool before its own events are recorded (as drn.features.replay does)."""
-    state = FeatureState(news)
-    for logged in before:
-        record(logged.to_impression(), state)
+    state = warm_state(news, before)
     lists: list[ClickedList] = []
     for logged in feedback:
         rec, clicked = logged.record, logged.clicked
@@ -295,8 +289,13 @@ def round_lists(news: Mapping[str, NewsItem], before: Iterable[LoggedImpression]
 
 
 def major_update(promoted: ModelBundle, logged: Sequence[LoggedImpression], news: Mapping[str, NewsItem],
-                 train_config: TrainConfig, holdout_fraction: float = HOLDOUT_FRACTION) -> Candidate:
-    """Warm-start from the promoted weights, train on the older logs, evaluate both models on the newest share."""
+                 train_config: TrainConfig, holdout_fraction: float = HOLDOUT_FRACTION,
+                 before: Iterable[LoggedImpression] = ()) -> Candidate:
+    """Warm-start from the promoted weights, train on the older logs, evaluate both models on the newest share.
+
+    `before`: everything logged before `logged` (the imported logs, earlier rounds), whose events make the feature
+    state the replay starts from, as serving had it; without it the replay would learn from users without history
+    and items without clicks, features serving never computes."""
     if not 0.0 < holdout_fraction < 1.0:
         raise ValueError(f"holdout_fraction must be in (0, 1), got {holdout_fraction}")
     impressions = [imp.to_impression() for imp in logged]
@@ -304,8 +303,19 @@ def major_update(promoted: ModelBundle, logged: Sequence[LoggedImpression], news
     if cut < 1:
         raise ValueError(f"{len(impressions)} impressions cannot be split into training and evaluation")
     news = dict(news)
-    return _fit(network_of(promoted), Dataset(impressions[:cut], news), Dataset(impressions[cut:], news),
-                train_config, promoted)
+    start = warm_state(news, before)
+    train_data, test_data = Dataset(impressions[:cut], news), Dataset(impressions[cut:], news)
+    network = network_of(promoted)
+    summary = train(network, train_data, train_config, start=start)
+    return _candidate(network, summary, train_data, test_data, promoted, start)
+
+
+def warm_state(news: Mapping[str, NewsItem], before: Iterable[LoggedImpression]) -> FeatureState:
+    """The feature state after the events of `before` (in time order), as serving rebuilds it at start."""
+    state = FeatureState(news)
+    for logged in before:
+        record(logged.to_impression(), state)
+    return state
 
 
 def gate(candidate: Mapping[str, float], promoted: Mapping[str, float] | None, tolerance: float = TOLERANCE,

@@ -141,11 +141,13 @@ class Trainer:
         self.begin_pass()
 
     def fit(self, impressions: Sequence[Impression] | Callable[[], Iterable[Impression]],
-            news: Mapping[str, NewsItem]) -> dict:
+            news: Mapping[str, NewsItem], start: FeatureState | None = None) -> dict:
         """Train for `epochs` passes over time-ordered logs; returns a summary of what happened.
 
         `impressions` is a list, or a callable that opens a fresh stream per pass (e.g. reading a time-ordered
-        behaviors.tsv line by line), so a log larger than memory never has to be loaded.
+        behaviors.tsv line by line), so a log larger than memory never has to be loaded. `start`: the feature
+        state at the logs' beginning (a major update's: everything logged before its window), copied for each
+        pass; None: an empty one.
         """
         torch.manual_seed(self.config.seed)
         open_stream = impressions if callable(impressions) else (lambda: impressions)
@@ -153,7 +155,8 @@ class Trainer:
         seen = 0
         for _ in range(self.config.epochs):
             self.begin_pass()
-            for count, sample in enumerate(replay(open_stream(), FeatureState(news)), start=1):
+            state = copy.deepcopy(start) if start is not None else FeatureState(news)
+            for count, sample in enumerate(replay(open_stream(), state), start=1):
                 self.observe(sample)
                 if count % self.config.train_every == 0:
                     self.gradient_step()
@@ -219,6 +222,7 @@ class Trainer:
 
 
 def train(network: DuelingQNetwork, data: Dataset, config: TrainConfig = TrainConfig(),
-          progress: ProgressFn | None = None) -> dict:
-    """Offline training / major update entry point: warm start = pass a network holding the given weights."""
-    return Trainer(network, config, progress).fit(data.impressions, data.news)
+          progress: ProgressFn | None = None, start: FeatureState | None = None) -> dict:
+    """Offline training / major update entry point: warm start = pass a network holding the given weights, and
+    the feature state the data begins from as `start`."""
+    return Trainer(network, config, progress).fit(data.impressions, data.news, start)

@@ -32,9 +32,11 @@ def replay_logs(settings: Settings, version: str) -> tuple[float | None, list[Lo
 
 
 @common.compute_task
-def train(promoted, logged: list[LoggedImpression], news: dict[str, NewsItem], config: TrainConfig,
-          holdout_fraction: float) -> lifecycle.Candidate:
-    return lifecycle.major_update(promoted, logged, news, config, holdout_fraction)
+def train(settings: Settings, promoted, start: float | None, logged: list[LoggedImpression],
+          news: dict[str, NewsItem], config: TrainConfig, holdout_fraction: float) -> lifecycle.Candidate:
+    """The candidate, trained from the feature state of everything logged before `start` (streamed, not held)."""
+    before = common.log_store(settings).window(None, start) if start is not None else ()
+    return lifecycle.major_update(promoted, logged, news, config, holdout_fraction, before)
 
 
 @flow(name=KIND, log_prints=True)
@@ -61,7 +63,7 @@ def major_update(train_config: dict[str, Any] | None = None, holdout_fraction: f
             return common.report(KIND, "too few logs", f"{len(logged)} impressions since {start}, "
                                  f"fewer than {min_impressions}", {"version": info.version})
         config = TrainConfig(**(train_config or {}))
-        candidate = train(promoted, logged, news, config, holdout_fraction)
+        candidate = train(settings, promoted, start, logged, news, config, holdout_fraction)
         verdict = lifecycle.gate(candidate.metrics, candidate.baseline, tolerance)
         version = common.register(
             settings, candidate.bundle, kind="major", parent=info.version, data_window=candidate.data_window,

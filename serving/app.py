@@ -22,6 +22,7 @@ import asyncio
 import contextlib
 import gc
 import hmac
+import itertools
 import logging
 import sys
 import threading
@@ -39,7 +40,7 @@ from fastapi.responses import Response
 from pydantic import TypeAdapter, ValidationError
 
 from drn import lifecycle
-from drn.features import FeatureState, record
+from drn.features import FeatureState
 from drn.logstore import ClickNotServed, ImpressionRecord, LogStore, UnknownImpression
 from drn.mind import NewsItem
 from drn.online import set_threads
@@ -73,11 +74,9 @@ def rebuild_feature_state(logs: LogStore) -> tuple[FeatureState, dict[str, NewsI
     the same code training uses (their features are not computed: nothing needs them). So a version goes live with
     the user and item state it was evaluated with. Returns (state, news, impressions)."""
     news = logs.news()
-    state = FeatureState(news)
-    count = 0
-    for count, logged in enumerate(logs.window(), start=1):
-        record(logged.to_impression(), state)
-    return state, news, count
+    counter = itertools.count()
+    state = lifecycle.warm_state(news, (logged for logged, _ in zip(logs.window(), counter)))
+    return state, news, next(counter)  # zip draws from the counter once per impression read
 
 
 class Service:

@@ -228,3 +228,30 @@ def test_major_update_warm_starts_from_the_promoted_weights(world):
     assert any(not torch.equal(candidate.bundle.weights[k], promoted.weights[k]) for k in promoted.weights)
     with pytest.raises(ValueError):
         lifecycle.major_update(promoted, logged, dataset.news, TINY, holdout_fraction=1.0)
+
+
+def test_major_update_replays_from_the_feature_state_of_everything_logged_before(world, monkeypatch):
+    """The window's first samples carry the users' clicks from before it (as serving computed their features), and
+    both models are evaluated from that state."""
+    from drn.agent import DRNPolicy
+    from drn.evaluate import evaluate
+    from drn.mind import Dataset
+    from drn.training import Trainer
+    promoted = lifecycle.offline_train(str(world), TINY, seed=0).bundle
+    dataset = load_dataset(world)
+    logged = [LoggedImpression(ImpressionRecord(imp.impression_id, imp.user, imp.time, imp.candidates, imp.candidates,
+                                                (NO_TEAM,) * len(imp.candidates), "1"),
+                               tuple(Click(n, imp.time) for n in imp.clicked)) for imp in dataset.impressions]
+    before, window = logged[:-40], logged[-40:]
+    seen = []
+    observe = Trainer.observe
+    monkeypatch.setattr(Trainer, "observe", lambda self, sample: (seen.append(sample.batch.state.copy()),
+                                                                   observe(self, sample))[1])
+    cold = lifecycle.major_update(promoted, window, dataset.news, TINY, holdout_fraction=0.25)
+    cold_states, seen[:] = list(seen), []
+    warm = lifecycle.major_update(promoted, window, dataset.news, TINY, holdout_fraction=0.25, before=before)
+    assert np.count_nonzero(seen[0]) > np.count_nonzero(cold_states[0])  # a user with a past, not a stranger
+    impressions = [imp.to_impression() for imp in window]
+    expected = evaluate(DRNPolicy(lifecycle.network_of(promoted)), Dataset(impressions[:30], dataset.news),
+                        Dataset(impressions[30:], dataset.news), start=lifecycle.warm_state(dataset.news, before))
+    assert warm.baseline == pytest.approx(expected) and warm.baseline != cold.baseline
