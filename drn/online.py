@@ -21,7 +21,7 @@ from drn.learners import LearnerConfig, learner
 from drn.mind import Impression
 from drn.model import DuelingQNetwork
 from drn.policy import Policy, top_k
-from drn.training import ReplayBuffer, TrainConfig, Trainer
+from drn.training import MAJOR_LEARNING_RATE, ReplayBuffer, TrainConfig, Trainer
 from drn.world import SLATE_SIZE, World
 
 MINUTE = 60.0
@@ -37,9 +37,7 @@ class OnlineConfig:
     learner: LearnerConfig = LearnerConfig()  # the minor learners' knobs (their seed is `seed`)
     epsilon: float = 0.1  # epsilon-greedy: chance that a slot is filled at random
     steps_per_impression: float = 0.25  # major update: gradient steps per impression logged since the last one
-    major_learning_rate: float = 1e-3  # fine-tuning step of warm-started major updates: smaller than offline
-    #   training's, so a few hours of self-selected feedback (only what the policy itself showed) refine the
-    #   offline fit instead of overwriting it
+    major_learning_rate: float = MAJOR_LEARNING_RATE  # fine-tuning step of warm-started major updates
     seed: int = 0
 
 

@@ -27,6 +27,12 @@ from drn.model import DuelingQNetwork
 ProgressFn = Callable[[int, int], None]
 
 
+MAJOR_LEARNING_RATE = 1e-3  # fine-tuning step of warm-started major updates: smaller than offline training's, so a
+#   few hours of self-selected feedback (only what the policy itself showed) refine the offline fit instead of
+#   overwriting it (the pipeline's and the in-process loop's major updates both use it)
+MAJOR_EPOCHS = 1  # a major update passes once over the impressions logged since the last one
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     gamma: float = 0.4  # DRN.md discount of future reward; 0 gives the paper's "DN" (no future reward)

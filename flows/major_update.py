@@ -43,7 +43,8 @@ def train(settings: Settings, promoted, start: float | None, logged: list[Logged
 def major_update(train_config: dict[str, Any] | None = None, holdout_fraction: float = lifecycle.HOLDOUT_FRACTION,
                  tolerance: float = lifecycle.SCREEN_TOLERANCE, min_impressions: int = lifecycle.MIN_REPLAY_IMPRESSIONS,
                  alpha: float = ALPHA) -> dict:
-    """`train_config` overrides TrainConfig fields; `holdout_fraction`: newest share of the logs that evaluates;
+    """`train_config` overrides TrainConfig fields (over lifecycle.MAJOR_TRAINING's fine-tuning);
+    `holdout_fraction`: newest share of the logs that evaluates;
     `tolerance`: how much worse on those logs a candidate may be and still get a gate round; `min_impressions`:
     fewer new logs and nothing is trained; `alpha`: the radius of the exploration round opened after a promotion."""
     settings = Settings.from_env()
@@ -62,7 +63,7 @@ def major_update(train_config: dict[str, Any] | None = None, holdout_fraction: f
         if len(logged) < min_impressions:
             return common.report(KIND, "too few logs", f"{len(logged)} impressions since {start}, "
                                  f"fewer than {min_impressions}", {"version": info.version})
-        config = TrainConfig(**(train_config or {}))
+        config = TrainConfig(**{**lifecycle.MAJOR_TRAINING, **(train_config or {})})
         candidate = train(settings, promoted, start, logged, news, config, holdout_fraction)
         verdict = lifecycle.gate(candidate.metrics, candidate.baseline, tolerance)
         version = common.register(

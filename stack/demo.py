@@ -120,7 +120,8 @@ def edge_ctr(per_hour: list[dict], first: bool) -> float:
 
 
 def summarise(stats: TrafficStats, versions: list[dict], history: list[dict],
-              flow_runs: dict[str, dict[str, int]], options: DemoOptions, wall_s: float) -> dict:
+              flow_runs: dict[str, dict[str, int]], options: DemoOptions, wall_s: float,
+              rounds: dict[str, dict[str, int]] | None = None) -> dict:
     per_hour = [{"hour": h, "impressions": s.impressions, "shown": s.shown, "clicks": s.clicks, "ctr": s.ctr,
                  "versions": dict(s.versions)} for h, s in sorted(stats.hours.items())]
     during = [{**r, "world_hour": (stats.world_time_of(r["at"]) - stats.start) / HOUR} for r in history
@@ -146,6 +147,7 @@ def summarise(stats: TrafficStats, versions: list[dict], history: list[dict],
         "versions_registered_by_kind": registered,
         "promotions_by_action_and_kind": promoted,
         "promotions_during_demo": during,
+        "rounds_by_kind_and_outcome": rounds or {},
         "versions": versions,
         "flow_runs": flow_runs,
     }
@@ -198,6 +200,7 @@ def print_summary(summary: dict, say: Callable[[str], None]) -> None:
     say(f"CTR first hours {summary['ctr_first_hours']:.4f} -> last hours {summary['ctr_last_hours']:.4f}")
     say(f"versions registered by kind {summary['versions_registered_by_kind']}; "
         f"promotions {summary['promotions_by_action_and_kind']}")
+    say(f"rounds by kind and outcome {summary['rounds_by_kind_and_outcome']}")
 
 
 def wait_for_interrupt(stack, say: Callable[[str], None]) -> None:
@@ -221,7 +224,7 @@ def run_demo(settings: StackSettings, options: DemoOptions, out: Path, say: Call
         stats = asyncio.run(traffic_with_status(settings, options, token))
         versions, history = observe.registry_story(settings.mlflow_url)
         summary = summarise(stats, versions, history, observe.flow_run_states(settings.prefect_api), options,
-                            time.monotonic() - started)
+                            time.monotonic() - started, observe.round_story(settings.home))
         summary_file, png = out / "summary.json", out / "ctr.png"
         plot(summary, png)
         summary["plot"] = str(png.resolve())

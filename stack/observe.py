@@ -5,8 +5,10 @@ The Prefect server answers 503 while its SQLite database is locked by a write of
 run's state change); such calls are retried."""
 from __future__ import annotations
 
+import os
 import time
 from collections import defaultdict
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -69,3 +71,20 @@ def registry_story(mlflow_url: str) -> tuple[list[dict], list[dict]]:
     kinds = {v["version"]: v["kind"] for v in versions}
     history = [{**record, "kind": kinds.get(record["version"], "unknown")} for record in registry.history()]
     return versions, history
+
+
+def round_story(home: Path) -> dict[str, dict[str, int]]:
+    """Rounds by kind (exploration / gate) and outcome (a duel's winner, a learner's verdict, "superseded" when a
+    promotion or rollback closed it unscored, "open"), from the log store of the stack at `home`."""
+    from drn.config import Settings
+    logs = Settings.from_env({**os.environ, "DRN_HOME": str(home)}).open_log_store()
+    try:
+        counts: dict[str, dict[str, int]] = {}
+        for round_ in logs.rounds():
+            kind = "gate" if (round_.recipe or {}).get("challenger") else "exploration"
+            outcome = (round_.outcome or {}).get("winner") or ("open" if round_.is_open else "superseded")
+            by_outcome = counts.setdefault(kind, {})
+            by_outcome[outcome] = by_outcome.get(outcome, 0) + 1
+        return counts
+    finally:
+        logs.close()
