@@ -130,10 +130,10 @@ def test_unknown_learner_is_refused():
         learner("annealing", LearnerConfig())
 
 
-SGD_SHORT = pytest.mark.xfail(strict=True, reason=(
-    "sgd lifts the degraded model 1.08-1.13x, not 1.2x (online seeds 1-4, measured 2026-12-02 on a fresh install): a "
-    "click regression on the shown items, which W chose, barely changes what W ranks first; larger steps or more of "
-    "them did worse (benchmarks/LEARNING.md)"))
+SGD_SHORT = pytest.mark.xfail(strict=False, reason=(
+    "sgd lifts the degraded model 1.08-1.13x here, not 1.2x (online seeds 1-4, 2026-12-02), though it passed on CI's "
+    "machine the day before: its path depends on float rounding, and a click regression on the shown items, which W "
+    "chose, barely changes what W ranks first; larger steps or more of them did worse (benchmarks/LEARNING.md)"))
 
 
 @pytest.mark.slow
