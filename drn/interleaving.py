@@ -51,6 +51,11 @@ class Interleaved:
             raise ValueError(f"{len(self.served)} served items but {len(self.propensities)} propensities")
 
 
+def untagged(ids: Sequence[str], order: Sequence[int]) -> Interleaved:
+    """The items of `order` (indices into `ids`) as one ranker's list: no position credited to a team."""
+    return Interleaved(tuple(ids[i] for i in order), (TEAM_NONE,) * len(order))
+
+
 @dataclass(frozen=True)
 class Outcome:
     """The verdict of one interleaving round, kept on the model version it produced."""

@@ -31,8 +31,8 @@ from scipy.special import expit
 from drn.exploration import (ALPHA, ETA, NOISE_SHAPES, Weights, dbgd_step, explore_weights, explorer_seeds,
                              mean_weights)
 from drn.features import FeatureBatch
-from drn.interleaving import (DEFAULT_METHOD, MAX_ROUND_IMPRESSIONS, METHODS, MIN_DECISIVE, SIGNIFICANCE, TEAM_NONE,
-                              Interleaved, Outcome, interleaver, round_outcome, team_draft_multileave)
+from drn.interleaving import (DEFAULT_METHOD, MAX_ROUND_IMPRESSIONS, METHODS, MIN_DECISIVE, SIGNIFICANCE,
+                              Interleaved, Outcome, interleaver, round_outcome, team_draft_multileave, untagged)
 from drn.model import DuelingQNetwork
 from drn.policy import rankings, top_k
 
@@ -116,10 +116,9 @@ def round_list(recipe: RoundRecipe, scores: np.ndarray, ids: Sequence[str], k: i
         if recipe.learner == "pdgd":
             scaled = scores[0].astype(np.float64) / recipe.temperature
             order = plackett_luce_sample(scaled, k, rng)
-            return Interleaved(tuple(ids[i] for i in order), (TEAM_NONE,) * len(order),
-                               tuple(np.exp(plackett_luce_log_prob(scaled, order)).tolist()))
-        order = top_k(scores[0], k)
-        return Interleaved(tuple(ids[i] for i in order), (TEAM_NONE,) * len(order))
+            probabilities = tuple(np.exp(plackett_luce_log_prob(scaled, order)).tolist())
+            return replace(untagged(ids, order), propensities=probabilities)
+        return untagged(ids, top_k(scores[0], k))
     ranked = [[ids[i] for i in ranking] for ranking in rankings(scores)]
     if len(ranked) == 2:
         return interleaver(recipe.interleaving)(ranked[0], ranked[1], k, rng)

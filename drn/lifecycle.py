@@ -157,18 +157,23 @@ def minor_update(promoted: ModelBundle, promoted_version: str, round_: Round, fe
     if recipe.challenger is not None:
         decision = _judge(_duel(feedback, recipe, config), recipe, promoted_version, config)
     elif recipe.learner == "dbgd":
-        return _dbgd(promoted, round_, _duel(feedback, recipe, config), recipe, config)
+        decision = _dbgd(promoted, round_, _duel(feedback, recipe, config), recipe, config)
     elif recipe.learner == "mgd":
-        return _mgd(promoted, round_, feedback, recipe, config)
+        decision = _mgd(promoted, round_, feedback, recipe, config)
     elif recipe.learner == "pdgd":
-        return _pdgd(promoted, lists, recipe, config)
+        decision = _pdgd(promoted, lists, recipe, config)
     else:
         decision = _collected(lists, config)
-    if recipe.learner != "sgd" or decision.pending:
-        return decision
-    base = challenger if decision.promote else promoted
-    candidate = network_of(base)
-    trained = sgd_challenger(candidate, lists, config.sgd_steps, config.sgd_learning_rate,
+    if recipe.learner == "sgd" and not decision.pending:  # every decided SGD round trains the next challenger
+        decision = _with_next_challenger(decision, challenger if decision.promote else promoted, lists, round_,
+                                         config)
+    return decision
+
+
+def _with_next_challenger(decision: MinorDecision, base: ModelBundle, lists: Sequence[ClickedList], round_: Round,
+                          config: LearnerConfig) -> MinorDecision:
+    """SGD: a copy of the version served from now on, trained on the round's lists (seeded by the round)."""
+    trained = sgd_challenger(network_of(base), lists, config.sgd_steps, config.sgd_learning_rate,
                              np.random.default_rng(round_.seed))
     return dataclasses.replace(decision, candidate=bundle_of(trained))
 

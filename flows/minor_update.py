@@ -39,10 +39,10 @@ def round_feedback(settings: Settings, round_id: int) -> list[LoggedImpression]:
 
 
 @common.io_task
-def round_lists(settings: Settings, round_: Round) -> list[ClickedList]:
+def round_lists(settings: Settings, round_: Round, feedback: list[LoggedImpression]) -> list[ClickedList]:
     """The round's lists with their features, replayed from every impression logged before it (PDGD, SGD)."""
     logs = common.log_store(settings)
-    return lifecycle.round_lists(logs.news(), logs.window(None, round_.opened_at), logs.round_feedback(round_.round_id))
+    return lifecycle.round_lists(logs.news(), logs.window(None, round_.opened_at), feedback)
 
 
 @common.io_task
@@ -132,11 +132,11 @@ def minor_update(learner: str = DEFAULT_LEARNER, eta: float = ETA, form: str = "
                                  {"version": info.version, "round": opened.round_id})
         served_with = RoundRecipe.from_dict(round_.recipe)
         ours = round_.model_version == info.version
-        lists = round_lists(settings, round_) if ours and served_with.needs_features else None
+        feedback = round_feedback(settings, round_.round_id)
+        lists = round_lists(settings, round_, feedback) if ours and served_with.needs_features else None
         won_with = (load(settings, served_with.challenger)
                     if ours and served_with.challenger is not None and served_with.learner == "sgd" else None)
-        decision = decide(promoted, info.version, round_, round_feedback(settings, round_.round_id), config, lists,
-                          won_with)
+        decision = decide(promoted, info.version, round_, feedback, config, lists, won_with)
         details = {"version": info.version, "round": round_.round_id, "winner": decision.verdict}
         if decision.pending:
             return common.report(KIND, "round kept open", decision.reason, details)

@@ -25,10 +25,10 @@ import numpy as np
 
 from drn.baselines import PopularityPolicy
 from drn.features import SCHEMA_VERSION, FeatureBatch
-from drn.interleaving import Interleaved
+from drn.interleaving import Interleaved, untagged
 from drn.learners import RoundRecipe, round_list, round_weights
 from drn.lifecycle import network_of
-from drn.logstore import NO_TEAM, LogStore, Round
+from drn.logstore import LogStore, Round
 from drn.model import DuelingQNetwork, network_from_weights
 from drn.policy import top_k
 from drn.registry import ModelBundle, Registry
@@ -72,10 +72,10 @@ class ServedModel:
         together, in one stacked pass (drn.scoring)."""
         ids = batch.candidates
         if self.scorer is None:
-            return _untagged(ids, top_k(_POPULARITY.scores(batch), k))
+            return untagged(ids, top_k(_POPULARITY.scores(batch), k))
         scores = self.scorer.score(batch)
         if self.round is None:
-            return _untagged(ids, top_k(scores[0], k))
+            return untagged(ids, top_k(scores[0], k))
         return round_list(self.recipe, scores, ids, k, rng)
 
     def describe(self) -> dict:
@@ -87,10 +87,6 @@ class ServedModel:
                 "round_alpha": self.round.alpha if self.round else None,
                 "round_recipe": self.recipe.to_dict() if self.recipe else None,
                 "feature_schema_version": self.bundle.feature_schema.get("version") if self.bundle else SCHEMA_VERSION}
-
-
-def _untagged(ids: tuple[str, ...], order: list[int]) -> Interleaved:
-    return Interleaved(tuple(ids[i] for i in order), (NO_TEAM,) * len(order))
 
 
 def _round_id(round_: Round | None) -> int | None:
