@@ -317,6 +317,23 @@ def major_update(promoted: ModelBundle, logged: Sequence[LoggedImpression], news
     return _candidate(network, summary, train_data, test_data, promoted, start)
 
 
+EVIDENCE_TAG = "evidence"  # version tag of a major update: what it learned from, in words and as a comparable key
+
+
+def evidence(logged: Sequence[LoggedImpression]) -> str:
+    """What a major update learns from, in words that are equal exactly when the evidence is: the impressions (how
+    many, first and last id) and the clicks they received."""
+    clicks = sum(len(imp.clicks) for imp in logged)
+    first, last = (logged[0].record.impression_id, logged[-1].record.impression_id) if logged else ("-", "-")
+    return f"{len(logged)} impressions ({first} .. {last}), {clicks} clicks"
+
+
+def earlier_attempt(versions: Mapping[str, VersionInfo], parent: str, seen: str) -> VersionInfo | None:
+    """A major version of `parent` already trained on the same evidence: training again would register a copy."""
+    return next((info for info in versions.values() if info.kind == "major" and info.parent == parent
+                 and info.tags.get(EVIDENCE_TAG) == seen), None)
+
+
 def warm_state(news: Mapping[str, NewsItem], before: Iterable[LoggedImpression]) -> FeatureState:
     """The feature state after the events of `before` (in time order), as serving rebuilds it at start."""
     state = FeatureState(news)
@@ -389,15 +406,17 @@ def challenge(logs: LogStore, version: str, challenger: str, alpha: float, now: 
 
 
 def promote(registry: Registry, logs: LogStore, version: str, *, who: str, why: str, now: float,
-            alpha: float = ALPHA) -> Round:
-    """Serve `version` (the registry checks it loads first) and open an exploration round around it."""
-    registry.promote(version, who=who, why=why)
+            alpha: float = ALPHA, by_hand: bool = False) -> Round:
+    """Serve `version` (the registry checks it loads first; while a rollback holds promotion only `by_hand`) and
+    open an exploration round around it."""
+    registry.promote(version, who=who, why=why, by_hand=by_hand)
     return open_round(logs, version, alpha, now)
 
 
 def rollback(registry: Registry, logs: LogStore, to: str | None, *, who: str, why: str, now: float,
-             alpha: float = ALPHA) -> str:
-    """Serve `to` (default: the version served before the current one) and open a round around it."""
-    version = registry.rollback(to, who=who, why=why)
+             alpha: float = ALPHA, hold_until: float | None = None) -> str:
+    """Serve `to` (default: the version served before the current one), hold automatic promotion (until
+    `hold_until`, or until resumed) and open a round around it."""
+    version = registry.rollback(to, who=who, why=why, hold_until=hold_until)
     open_round(logs, version, alpha, now)
     return version

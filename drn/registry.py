@@ -7,10 +7,12 @@ module, the JSON feature schema) stored as plain artifacts of an MLflow run unde
     model/config.json
     model/feature_schema.json
     model/manifest.json        sha256 + size of each file above
+    model/MLmodel              pyfunc flavor (loader_module drn.registry), signature: candidates' rows in, Q out
 
-and registered as a version of one registered model (default ``drn``). No pickled flavor, no MLmodel file:
-loading never executes code. The sha256 of ``manifest.json`` is also kept as a version tag, so the
-database anchors the manifest and the manifest anchors the files.
+and registered as a version of one registered model (default ``drn``). No pickle anywhere:
+``mlflow.pyfunc.load_model("models:/drn@champion")`` calls :func:`_load_pyfunc`, which reads the checked plain
+weights. The sha256 of ``manifest.json`` is also kept as a version tag, so the database anchors the manifest and
+the manifest anchors the files.
 
 Crash safety: the run's artifacts are written and read back and checked *before* the model version is created
 (one database transaction, tags included), so a half-written version is never visible. Promotion is a
@@ -21,16 +23,22 @@ alias ``champion`` is kept on the same version; if they disagree (a stage change
 wins and :meth:`Registry.reconcile` records the change and moves the alias. Every promotion / rollback is kept
 as version tags (``promoted_at``, ``promoted_by``, ``promotion_reason``, ``previous_version``,
 ``promotion_action``) and as an append-only history: one registered-model tag per record,
-``history/<time_ns>-v<version>`` -> JSON.
+``history/<time_ns>-v<version>`` -> JSON. Times in tags are ISO 8601 (UTC).
+
+A rollback holds automatic promotion: every rollback (``rollback``, a stage or the alias moved by hand, a promotion
+by hand) sets the registered-model tag ``promotion_hold`` (since, who, why, optionally until), and while it is set
+:meth:`Registry.promote` refuses automatic promotions with :class:`PromotionHeld`. :meth:`Registry.resume` lifts it.
 
 mlflow is imported lazily (4-6 s) inside :class:`Registry`; importing this module costs only torch.
 """
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import json
 import os
+import platform
 import shutil
 import subprocess
 import tempfile
@@ -39,6 +47,7 @@ import urllib.parse
 import urllib.request
 import warnings
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 
@@ -50,6 +59,7 @@ PRODUCTION = "Production"
 KINDS = ("offline", "minor", "major", "rollback")
 BUNDLE_DIR = "model"
 WEIGHTS, CONFIG, SCHEMA, MANIFEST = "weights.pt", "config.json", "feature_schema.json", "manifest.json"
+MLMODEL = "MLmodel"
 BUNDLE_FILES = (WEIGHTS, CONFIG, SCHEMA)
 BUNDLE_FORMAT = "drn-bundle/1"
 HISTORY_PREFIX = "history/"
@@ -57,21 +67,85 @@ NONE_TAG = "none"  # tag value for "no parent" / "no data window"
 
 # version tags written by this module
 TAG_KIND, TAG_PARENT, TAG_WINDOW, TAG_CODE = "kind", "parent", "data_window", "code_version"
+TAG_WINDOW_EPOCH = "data_window_epoch"  # the window's exact float bounds: the next replay starts at exactly its end
 TAG_MANIFEST_SHA = "manifest_sha256"
 TAG_PROMOTED_AT, TAG_PROMOTED_BY = "promoted_at", "promoted_by"
 TAG_PROMOTION_REASON, TAG_PREVIOUS, TAG_ACTION = "promotion_reason", "previous_version", "promotion_action"
-RESERVED_TAGS = frozenset({TAG_KIND, TAG_PARENT, TAG_WINDOW, TAG_CODE, TAG_MANIFEST_SHA, TAG_PROMOTED_AT,
+METRIC_TAG_PREFIX = "metric."  # each run metric also shown on its version, as metric.<name>
+RESERVED_TAGS = frozenset({TAG_KIND, TAG_PARENT, TAG_WINDOW, TAG_WINDOW_EPOCH, TAG_CODE, TAG_MANIFEST_SHA, TAG_PROMOTED_AT,
                            TAG_PROMOTED_BY, TAG_PROMOTION_REASON, TAG_PREVIOUS, TAG_ACTION})
+TAG_HOLD = "promotion_hold"  # registered-model tag, JSON of a Hold, present while automatic promotion is held
+RECONCILE_GRACE_S = 10.0  # a registry mismatch younger than this may be drn's own promotion in flight
+SERVING_ACTIONS = ("promote", "rollback", "stage_change", "alias_change")  # history records that changed what is served
 
 
 class RegistryError(RuntimeError):
     """A registry operation that cannot be done (unknown version, nothing to roll back to...)."""
 
 
+class PromotionHeld(RegistryError):
+    """An automatic promotion while a rollback holds promotion: the engineer's choice stands until they resume."""
+
+
 class CorruptModelError(RegistryError):
     """A stored model version is incomplete, fails its checksums, or holds something other than plain tensors.
 
     Raised before anything is returned: a version is loaded whole or not at all."""
+
+
+def iso_time(epoch: float) -> str:
+    """How times are written in tags and history: ISO 8601, UTC, milliseconds."""
+    return datetime.fromtimestamp(epoch, tz=timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def epoch_time(text: str | float) -> float:
+    """Back from `iso_time` (epoch seconds as written by earlier releases are read too)."""
+    try:
+        return float(text)
+    except ValueError:
+        return datetime.fromisoformat(str(text).replace("Z", "+00:00")).timestamp()
+
+
+def _window_tag(window: tuple[float, float]) -> str:
+    return f"{iso_time(window[0])}/{iso_time(window[1])}"  # an ISO 8601 interval
+
+
+def _parse_window(tags: Mapping[str, str]) -> tuple[float, float] | None:
+    """The exact bounds; versions registered by earlier releases kept them as JSON in the data_window tag."""
+    exact = tags.get(TAG_WINDOW_EPOCH) or tags.get(TAG_WINDOW)
+    if exact in (None, NONE_TAG, ""):
+        return None
+    start, end = json.loads(exact)
+    return float(start), float(end)
+
+
+@dataclass(frozen=True)
+class Hold:
+    """Automatic promotion is held since `since` (epoch s) because `who` rolled back for `why`; `until`: when it
+    lifts itself (None: only by an engineer's resume)."""
+    since: float
+    who: str
+    why: str
+    until: float | None = None
+
+    def describe(self) -> dict:
+        """What /model, `drn models` and the registered model's tag say."""
+        return {"held": True, "since": iso_time(self.since), "by": self.who, "why": self.why,
+                "until": iso_time(self.until) if self.until is not None else None}
+
+    def message(self) -> str:
+        until = f", until {iso_time(self.until)}" if self.until is not None else ""
+        return (f"promotion is held since {iso_time(self.since)} by {self.who} ({self.why}{until}); "
+                "`drn resume` lifts it")
+
+    @classmethod
+    def from_tag(cls, text: str) -> "Hold":
+        data = json.loads(text)
+        until = data.get("until")
+        return cls(epoch_time(data["since"]), data["by"], data["why"], None if until is None else epoch_time(until))
+
+
+NOT_HELD = {"held": False}
 
 
 @dataclass
@@ -258,6 +332,7 @@ class Registry:
         from mlflow.exceptions import MlflowException
 
         self.tracking_uri, self.model_name = tracking_uri, model_name
+        self.reconcile_grace_s = RECONCILE_GRACE_S
         self.experiment_name = experiment_name or model_name
         self._MlflowException = MlflowException
         db = _sqlite_path(tracking_uri)
@@ -292,12 +367,14 @@ class Registry:
     def register(self, bundle: ModelBundle, *, kind: str, parent: str | None,
                  data_window: tuple[float, float] | None, params: Mapping[str, Any],
                  metrics: Mapping[str, float], tags: Mapping[str, str] | None = None,
-                 plots: Mapping[str, Any] | None = None, description: str | None = None) -> str:
+                 plots: Mapping[str, Any] | None = None, description: str | None = None,
+                 series: Mapping[str, Sequence[tuple[int, float]]] | None = None) -> str:
         """Store the bundle as run artifacts, check them, then create the model version. Returns the version.
 
         Never promotes. ``plots``: name -> matplotlib Figure or a file path (stored under the run's ``plots/``).
         ``tags`` go on the version (e.g. interleaving outcome, evaluation against the parent); keys reserved by
-        this module are refused. Params / metrics go on the run."""
+        this module are refused. Params / metrics go on the run, and the metrics on the version too (``metric.*``);
+        ``series``: metric name -> (step, value) points, the run's curves (training loss per step...)."""
         if kind not in KINDS:
             raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
         tags = {str(k): str(v) for k, v in (tags or {}).items()}
@@ -307,12 +384,14 @@ class Registry:
         parent = None if parent is None else str(parent)
         if parent is not None:
             self.version(parent)  # the parent must exist
-        window = None if data_window is None else [float(data_window[0]), float(data_window[1])]
         version_tags = {
             TAG_KIND: kind,
             TAG_PARENT: parent if parent is not None else NONE_TAG,
-            TAG_WINDOW: json.dumps(window) if window is not None else NONE_TAG,
+            TAG_WINDOW: _window_tag(data_window) if data_window is not None else NONE_TAG,
+            **({TAG_WINDOW_EPOCH: json.dumps([float(data_window[0]), float(data_window[1])])}
+               if data_window is not None else {}),
             TAG_CODE: code_version(),
+            **{f"{METRIC_TAG_PREFIX}{k}": f"{float(v):.4f}" for k, v in metrics.items()},
             **tags,
         }
         from mlflow.entities import Metric, Param, RunTag
@@ -329,8 +408,11 @@ class Registry:
             flat = _flatten(params)
             plist = [Param(k, v) for k, v in flat.items()]
             mlist = [Metric(k, float(v), now_ms, 0) for k, v in metrics.items()]
+            mlist += [Metric(name, float(value), now_ms, int(step))
+                      for name, points in (series or {}).items() for step, value in points]
             for i in range(0, max(len(plist), len(mlist), 1), 100):
                 self.client.log_batch(run_id, metrics=mlist[i:i + 100], params=plist[i:i + 100])
+            self.client.log_batch(run_id, tags=[RunTag("mlflow.note.content", description or "")])
             self.client.log_batch(run_id, tags=[RunTag(f"drn.tag.{k}", v) for k, v in tags.items()])
             for name, plot in (plots or {}).items():
                 if isinstance(plot, (str, os.PathLike)):
@@ -339,6 +421,7 @@ class Registry:
                     self.client.log_figure(run_id, plot, f"plots/{name}.png")
             with tempfile.TemporaryDirectory(prefix="drn-bundle-") as tmp:
                 manifest_sha = write_bundle(bundle, tmp)
+                _write_mlmodel(bundle, tmp, run_id)
                 self.client.log_artifacts(run_id, tmp, BUNDLE_DIR)
             source = f"{run.info.artifact_uri.rstrip('/')}/{BUNDLE_DIR}"
             self._fetch_and_read(source, manifest_sha)  # read back what the store holds before it is visible
@@ -391,14 +474,24 @@ class Registry:
         return self._fetch_and_read(mv.source, sha)
 
     # ---------------------------------------------------------------------------------------- promotion
-    def promote(self, version: str, *, who: str, why: str) -> None:
+    def promote(self, version: str, *, who: str, why: str, by_hand: bool = False) -> None:
         """Check ``version`` loads, then move it to stage Production (archiving the others) with alias champion,
-        and record the promotion (version tags + history). A corrupt version raises and changes nothing."""
-        self._promote(str(version), who=who, why=why, action="promote")
+        and record the promotion (version tags + history). A corrupt version raises and changes nothing.
 
-    def rollback(self, to: str | None = None, *, who: str, why: str) -> str:
-        """Serve ``to`` or, by default, the version that was served before the current one was promoted.
-        Recorded like a promotion (action ``rollback``). Returns the version now served."""
+        While promotion is held (after a rollback) an automatic promotion raises :class:`PromotionHeld`. A
+        promotion ``by_hand`` (an engineer's choice, like a rollback) is done and holds promotion from then on."""
+        version = str(version)
+        hold = self.promotion_hold()
+        if hold is not None and not by_hand:
+            raise PromotionHeld(hold.message())
+        self._promote(version, who=who, why=why, action="promote")
+        if by_hand:
+            self.hold(who=who, why=f"v{version} promoted by hand: {why}")
+
+    def rollback(self, to: str | None = None, *, who: str, why: str, hold_until: float | None = None) -> str:
+        """Serve ``to`` or, by default, the version that was served before the current one was promoted, and hold
+        automatic promotion (until ``hold_until``, epoch s; None: until `resume`). Recorded like a promotion (action
+        ``rollback``). Returns the version now served."""
         self.reconcile()  # a stage change by hand first becomes a history record
         current = self.served()
         if to is None:
@@ -409,10 +502,11 @@ class Registry:
         if current is not None and to == current.version:
             raise RegistryError(f"version {to} is already served")
         self._promote(to, who=who, why=why, action="rollback")
+        self.hold(who=who, why=f"rolled back to v{to}: {why}", until=hold_until)
         return to
 
     def _rollback_target(self, current: str) -> str:
-        hist = self.history()
+        hist = [rec for rec in self.history() if rec["action"] in SERVING_ACTIONS]
         for rec in reversed(hist):  # what was served before `current` was (last) promoted
             if rec["version"] == current and rec["action"] != "rollback":
                 if rec.get("previous_version"):
@@ -430,33 +524,99 @@ class Registry:
         if current is not None and current.version == version:
             self.client.set_registered_model_alias(self.model_name, CHAMPION, version)
             return  # already served: nothing to record
-        with _quiet():  # the commit point: serving follows the stage
-            self.client.transition_model_version_stage(self.model_name, mv.version, PRODUCTION,
-                                                       archive_existing_versions=True)
-        self.client.set_registered_model_alias(self.model_name, CHAMPION, version)
-        self._record(version, action=action, who=who, why=why,
-                     previous=current.version if current is not None else None)
-
-    def _record(self, version: str, *, action: str, who: str, why: str, previous: str | None) -> None:
-        now = time.time()
-        for k, v in {TAG_PROMOTED_AT: repr(now), TAG_PROMOTED_BY: who, TAG_PROMOTION_REASON: why,
+        previous = current.version if current is not None else None
+        # recorded first: a reconcile in another process meanwhile reads the half-done move as drn's own
+        key = self._history(version, action=action, who=who, why=why, previous=previous)
+        try:
+            with _quiet():  # the commit point: serving follows the stage
+                self.client.transition_model_version_stage(self.model_name, mv.version, PRODUCTION,
+                                                           archive_existing_versions=True)
+            self.client.set_registered_model_alias(self.model_name, CHAMPION, version)
+        except BaseException:
+            with contextlib.suppress(Exception):
+                self.client.delete_registered_model_tag(self.model_name, key)
+            raise
+        for k, v in {TAG_PROMOTED_AT: iso_time(time.time()), TAG_PROMOTED_BY: who, TAG_PROMOTION_REASON: why,
                      TAG_PREVIOUS: previous if previous is not None else NONE_TAG, TAG_ACTION: action}.items():
             self.client.set_model_version_tag(self.model_name, version, k, v)
-        rec = {"at": now, "action": action, "version": version, "previous_version": previous,
+
+    def _history(self, version: str, *, action: str, who: str, why: str, previous: str | None) -> str:
+        """Append one record to the history; returns its tag key."""
+        key = f"{HISTORY_PREFIX}{time.time_ns():020d}-v{version}"
+        rec = {"at": iso_time(time.time()), "action": action, "version": version, "previous_version": previous,
                "who": who, "why": why}
-        self.client.set_registered_model_tag(self.model_name, f"{HISTORY_PREFIX}{time.time_ns():020d}-v{version}",
-                                             json.dumps(rec, sort_keys=True))
+        self.client.set_registered_model_tag(self.model_name, key, json.dumps(rec, sort_keys=True))
+        return key
 
     def reconcile(self, who: str = "mlflow-ui") -> bool:
-        """If the Production stage was changed outside this module (the MLflow UI), record it as a rollback
-        (action ``stage_change``) and move alias champion onto the served version. Returns True if it did."""
+        """Catch up with a change made outside this module (the MLflow UI), record it as what it was, and hold
+        automatic promotion, as after any rollback. Returns True if there was one.
+
+        - stage Production moved (the served version is not the last one drn recorded): action ``stage_change``;
+          alias champion follows the stage.
+        - alias champion moved (the stage did not): action ``alias_change``; the stage follows the alias, so the
+          new registry UI, which shows aliases and hides stages, rolls back too. A version that does not load is
+          refused: the alias goes back.
+
+        A mismatch within `reconcile_grace_s` of drn's last record is left for the next look: it can be another
+        process's promotion half done. MLflow's stage dialog sends no comment to the server (MLflow 3.17: name,
+        version, stage, archive flag), so the record says what changed, not why."""
         served, champion = self.served_version(), self.champion_version()  # every update flow asks: numbers only
         if served is None or champion == served:
             return False
+        last = next((rec for rec in reversed(self.history()) if rec["action"] in SERVING_ACTIONS), None)
+        if last is not None and time.time() - last["at"] < self.reconcile_grace_s:
+            return False
+        last_version = last["version"] if last is not None else None
+        if champion is not None and served == last_version:
+            try:
+                self._promote(champion, who=who, action="alias_change",
+                              why=f"alias {CHAMPION} moved from v{served} to v{champion} outside drn")
+            except CorruptModelError as err:
+                self.client.set_registered_model_alias(self.model_name, CHAMPION, served)
+                self._history(champion, action="alias_change", who=who, previous=served,
+                              why=f"alias {CHAMPION} moved to v{champion} outside drn, moved back: {err}")
+                return True
+            self.hold(who=who, why=f"alias {CHAMPION} moved to v{champion} by hand")
+            return True
         self.client.set_registered_model_alias(self.model_name, CHAMPION, served)
-        self._record(served, action="stage_change", who=who,
-                     why="stage Production changed outside drn", previous=champion)
+        self._history(served, action="stage_change", who=who, previous=champion or last_version,
+                      why=f"stage {PRODUCTION} moved to v{served} outside drn")
+        for k, v in {TAG_PROMOTED_AT: iso_time(time.time()), TAG_PROMOTED_BY: who, TAG_ACTION: "stage_change",
+                     TAG_PROMOTION_REASON: f"stage {PRODUCTION} moved by hand",
+                     TAG_PREVIOUS: champion or last_version or NONE_TAG}.items():
+            self.client.set_model_version_tag(self.model_name, served, k, v)
+        self.hold(who=who, why=f"stage {PRODUCTION} moved to v{served} by hand")
         return True
+
+    # -------------------------------------------------------------------------------------------- holding
+    def hold(self, *, who: str, why: str, until: float | None = None) -> Hold:
+        """Hold automatic promotion (a newer hold replaces an older one); recorded in the history."""
+        hold = Hold(time.time(), who, why, until)
+        self.client.set_registered_model_tag(self.model_name, TAG_HOLD, json.dumps(hold.describe(), sort_keys=True))
+        self._history(self.served_version() or NONE_TAG, action="hold", who=who, why=why, previous=None)
+        return hold
+
+    def resume(self, *, who: str, why: str) -> Hold | None:
+        """Lift the hold; returns it (None when promotion was not held)."""
+        hold = self._stored_hold()
+        if hold is None:
+            return None
+        self.client.delete_registered_model_tag(self.model_name, TAG_HOLD)
+        self._history(self.served_version() or NONE_TAG, action="resume", who=who, why=why, previous=None)
+        return hold
+
+    def promotion_hold(self, now: float | None = None) -> Hold | None:
+        """The hold in force, or None. A hold past its `until` is lifted here (recorded as resumed by the deadline)."""
+        hold = self._stored_hold()
+        if hold is not None and hold.until is not None and (time.time() if now is None else now) >= hold.until:
+            self.resume(who="deadline", why=f"the hold set by {hold.who} ended at {iso_time(hold.until)}")
+            return None
+        return hold
+
+    def _stored_hold(self) -> Hold | None:
+        text = self.client.get_registered_model(self.model_name).tags.get(TAG_HOLD)
+        return None if not text else Hold.from_tag(text)
 
     # ------------------------------------------------------------------------------------------- queries
     def served(self) -> VersionInfo | None:
@@ -491,10 +651,11 @@ class Registry:
         return self._info(self._mv(str(v)), self._aliases_by_version())
 
     def history(self) -> list[dict]:
-        """Promotion / rollback / stage-change records, oldest first: {at, action, version, previous_version,
-        who, why}."""
+        """Promotion / rollback / stage- and alias-change / hold / resume records, oldest first: {at (epoch s),
+        action, version, previous_version, who, why}."""
         tags = self.client.get_registered_model(self.model_name).tags
-        return [json.loads(tags[k]) for k in sorted(k for k in tags if k.startswith(HISTORY_PREFIX))]
+        records = [json.loads(tags[k]) for k in sorted(k for k in tags if k.startswith(HISTORY_PREFIX))]
+        return [{**rec, "at": epoch_time(rec["at"])} for rec in records]
 
     # ------------------------------------------------------------------------------------------ internals
     def _mv(self, version: str):
@@ -540,16 +701,55 @@ class Registry:
             with contextlib.suppress(self._MlflowException):
                 metrics = dict(self.client.get_run(mv.run_id).data.metrics)
         parent = tags.get(TAG_PARENT)
-        window = tags.get(TAG_WINDOW)
         promoted = tags.get(TAG_PROMOTED_AT)
         return VersionInfo(
             version=str(mv.version), kind=tags.get(TAG_KIND, "unknown"),
             parent=None if parent in (None, NONE_TAG, "") else parent,
             stage=mv.current_stage or "None", aliases=sorted(aliases.get(str(mv.version), [])),
             metrics=metrics, created_at=(mv.creation_timestamp or 0) / 1000.0,
-            promoted_at=float(promoted) if promoted else None, tags=tags, run_id=mv.run_id or "",
-            data_window=tuple(json.loads(window)) if window not in (None, NONE_TAG, "") else None,
+            promoted_at=epoch_time(promoted) if promoted else None, tags=tags, run_id=mv.run_id or "",
+            data_window=_parse_window(tags),
         )
+
+
+# ------------------------------------------------------------------------------------------------ pyfunc flavor
+def _write_mlmodel(bundle: ModelBundle, folder: str, run_id: str) -> None:
+    """The MLmodel file: pyfunc flavor loaded by this module's `_load_pyfunc` (no pickle), and the signature: one row
+    per candidate, the request's state then the candidate's action features (float32), Q out."""
+    import numpy as np
+    from mlflow.models import Model
+    from mlflow.models.signature import ModelSignature
+    from mlflow.pyfunc import add_to_model
+    from mlflow.types.schema import Schema, TensorSpec
+
+    model = Model(artifact_path=BUNDLE_DIR, run_id=run_id)
+    add_to_model(model, loader_module="drn.registry", data=".", python_version=platform.python_version())
+    if {"state_dim", "action_dim"} <= set(bundle.config):  # a DRN network (the registry stores any state_dict)
+        width = int(bundle.config["state_dim"]) + int(bundle.config["action_dim"])
+        model.signature = ModelSignature(inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, width))]),
+                                         outputs=Schema([TensorSpec(np.dtype(np.float32), (-1,))]))
+    model.save(str(Path(folder) / MLMODEL))
+
+
+class PyfuncRanker:
+    """What `mlflow.pyfunc.load_model` returns the predictions of: Q of each row (state + candidate features)."""
+
+    def __init__(self, bundle: ModelBundle):
+        from drn.model import network_from_weights
+        # rows may come from several requests: V + A per row ("mean" aggregation ranks a request's rows the same)
+        self.network = network_from_weights({**bundle.config, "aggregation": "sum"}, bundle.weights)
+        self.state_dim = int(bundle.config["state_dim"])
+
+    def predict(self, model_input, params=None):
+        import numpy as np
+        rows = torch.as_tensor(np.asarray(model_input, dtype=np.float32))
+        with torch.no_grad():
+            return self.network(rows[:, :self.state_dim], rows[:, None, self.state_dim:])[:, 0].numpy()
+
+
+def _load_pyfunc(path: str) -> PyfuncRanker:
+    """MLflow's pyfunc entry point: the bundle checked whole (checksums, plain tensors), then the network."""
+    return PyfuncRanker(read_bundle(path))
 
 
 def log_report_run(tracking_uri: str, experiment: str, run_name: str, params: Mapping[str, Any],

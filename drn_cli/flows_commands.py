@@ -1,4 +1,5 @@
-"""`drn flows run|serve`, `drn promote`, `drn rollback`, `drn models`, `drn config`: operating the pipeline.
+"""`drn flows run|serve`, `drn promote`, `drn rollback`, `drn resume`, `drn models`, `drn config`: operating the
+pipeline.
 
 `promote` and `rollback` talk to the registry and the log store directly (no Prefect server to start: a rollback
 is seconds), through the same `drn.lifecycle` steps the flows use. Prefect, MLflow and torch are imported inside
@@ -15,7 +16,8 @@ import time
 from datetime import datetime, timezone
 from typing import Any, Iterator
 
-FLOW_NAMES = ("offline-training", "minor-update", "major-update", "rollback")  # flows.deployments.FLOWS, unimported
+# flows.deployments.FLOWS, not imported (Prefect is slow to import)
+FLOW_NAMES = ("offline-training", "minor-update", "major-update", "rollback", "resume")
 KEY_METRICS = ("auc", "mrr", "ndcg_at_10")  # columns of `drn models`
 COLUMNS = ("version", "kind", "parent", "stage", "aliases", *KEY_METRICS, "promoted_at")
 
@@ -74,17 +76,26 @@ def cmd_promote(args: argparse.Namespace) -> object:
     settings = _settings()
     with _registry_errors(), settings.open_log_store() as logs:
         round_ = lifecycle.promote(settings.open_registry(), logs, args.version, who=_who(), why=args.reason,
-                                   now=time.time())
-    return {"served": args.version, "round": round_.round_id}
+                                   now=time.time(), by_hand=True)
+    return {"served": args.version, "round": round_.round_id, "promotion": "held until `drn resume`"}
 
 
 def cmd_rollback(args: argparse.Namespace) -> object:
     from drn import lifecycle
     settings = _settings()
     with _registry_errors(), settings.open_log_store() as logs:
-        version = lifecycle.rollback(settings.open_registry(), logs, args.to, who=_who(), why=args.reason,
-                                     now=time.time())
-    return {"served": version}
+        if args.hold_hours is not None and args.hold_hours <= 0:
+            raise ValueError("--hold-hours must be > 0 (leave it out to hold until `drn resume`)")
+        until = None if args.hold_hours is None else time.time() + args.hold_hours * 3600.0
+        registry = settings.open_registry()
+        version = lifecycle.rollback(registry, logs, args.to, who=_who(), why=args.reason, now=time.time(),
+                                     hold_until=until)
+    return {"served": version, "promotion": registry.promotion_hold().describe()}
+
+
+def cmd_resume(args: argparse.Namespace) -> object:
+    hold = _settings().open_registry().resume(who=_who(), why=args.reason)
+    return {"resumed": hold is not None, "was": hold.describe() if hold is not None else "not held"}
 
 
 def model_rows(versions) -> list[dict[str, Any]]:
@@ -109,10 +120,13 @@ def format_table(rows: list[dict[str, Any]]) -> str:
 
 
 def cmd_models(args: argparse.Namespace) -> object:
-    rows = model_rows(_settings().open_registry().versions())
+    registry = _settings().open_registry()
+    rows = model_rows(registry.versions())
     if args.json:
         return rows
+    hold = registry.promotion_hold()
     print(format_table(rows) if rows else "no model versions yet")
+    print(f"\n{hold.message()}" if hold is not None else "\nautomatic promotion: on (not held)")
     return None
 
 
@@ -128,19 +142,25 @@ def register(sub: argparse._SubParsersAction) -> None:
     run.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
                      help="a flow parameter; JSON values are parsed (repeatable)")
     run.set_defaults(handler=cmd_flows_run)
-    serve = flows.add_parser("serve", help="serve all four deployments (minor every T_D, major every T_R)")
+    serve = flows.add_parser("serve", help="serve all five deployments (minor every T_D, major every T_R)")
     serve.add_argument("--minor-every", type=float, default=30.0, help="T_D in minutes")
     serve.add_argument("--major-every", type=float, default=60.0, help="T_R in minutes")
     serve.set_defaults(handler=cmd_flows_serve)
 
-    promote = sub.add_parser("promote", help="serve a model version (and open an exploration round)")
+    promote = sub.add_parser("promote", help="serve a model version by hand (holds automatic promotion, like a "
+                                             "rollback) and open an exploration round")
     promote.add_argument("version")
     promote.add_argument("--reason", default="promoted by hand")
     promote.set_defaults(handler=cmd_promote)
     back = sub.add_parser("rollback", help="serve an earlier version (default: the previously served one)")
     back.add_argument("--to", default=None, metavar="VERSION")
     back.add_argument("--reason", required=True)
+    back.add_argument("--hold-hours", type=float, default=None,
+                      help="resume automatic promotion after this many hours (default: hold until `drn resume`)")
     back.set_defaults(handler=cmd_rollback)
+    resume = sub.add_parser("resume", help="resume automatic promotion after a rollback held it")
+    resume.add_argument("--reason", required=True)
+    resume.set_defaults(handler=cmd_resume)
 
     models = sub.add_parser("models", help="model versions: lineage, stage, key metrics")
     models.add_argument("--json", action="store_true", help="JSON instead of a table")

@@ -15,14 +15,18 @@ from typing import Any, Iterator, Mapping
 from prefect import task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
-from prefect.runtime import flow_run
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import (FlowRunFilter, FlowRunFilterDeploymentId, FlowRunFilterId,
+                                            FlowRunFilterStartTime, FlowRunFilterState, FlowRunFilterStateName)
+from prefect.runtime import deployment, flow_run
+from prefect.states import Completed, State
 
 from drn import lifecycle
 from drn.config import Settings
 from drn.exploration import ALPHA
 from drn.learners import RoundRecipe
 from drn.logstore import LogStore, Round
-from drn.registry import ModelBundle, Registry, VersionInfo
+from drn.registry import Hold, ModelBundle, PromotionHeld, Registry, VersionInfo
 
 IO_RETRIES = 2  # attempts after the first for registry / log store calls
 IO_RETRY_DELAY_S = 2.0  # seconds between those attempts
@@ -74,20 +78,32 @@ def annotate(settings: Settings, version: str, tags: Mapping[str, str]) -> None:
     registry(settings).annotate(version, tags)
 
 
+HELD = "held after rollback"  # the decision of an update that would have promoted while a rollback holds
+
+
 @io_task
 def promote(settings: Settings, version: str, *, expected_served: str | None, why: str,
-            alpha: float = ALPHA) -> bool:
+            alpha: float = ALPHA) -> tuple[str, str]:
     """Serve `version` and open a round around it, unless the served version changed since the flow read it
-    (another update or a rollback came between): then promoting would silently undo that change. True if served.
+    (another update or a rollback came between: promoting would silently undo that change) or a rollback holds
+    promotion. (decision, why): "promoted", "registered" or HELD.
 
     Safe to retry: when an earlier attempt already served `version`, the registry records nothing new and only
     the round is opened again."""
     current = registry(settings).served()
     if (current.version if current else None) not in (expected_served, version):
-        return False
-    lifecycle.promote(registry(settings), log_store(settings), version, who=who(), why=why, now=time.time(),
-                      alpha=alpha)
-    return True
+        return "registered", f"{why}; not served: the served version changed from v{expected_served} meanwhile"
+    try:
+        lifecycle.promote(registry(settings), log_store(settings), version, who=who(), why=why, now=time.time(),
+                          alpha=alpha)
+    except PromotionHeld as held:
+        return HELD, f"{why}; not served: {held}"
+    return "promoted", why
+
+
+@io_task
+def promotion_hold(settings: Settings) -> Hold | None:
+    return registry(settings).promotion_hold()
 
 
 @io_task
@@ -117,6 +133,10 @@ def challenge_if_screened(settings: Settings, version: str, verdict: lifecycle.G
     if not verdict.passed:
         annotate(settings, version, {"gate.verdict": f"refused before its gate round: {verdict.reason}"})
         return "registered", verdict.reason
+    hold = promotion_hold(settings)
+    if hold is not None:
+        annotate(settings, version, {"gate.verdict": f"screened, no gate round: {HELD}"})
+        return HELD, f"screened ({verdict.reason}), not challenged: {hold.message()}"
     if not challenge(settings, version, expected_served=served, alpha=alpha):
         return "registered", f"passed the screen, but the served version changed from v{served} meanwhile"
     return "challenging", (f"screened ({verdict.reason}); now interleaved against v{served} on live traffic, "
@@ -128,9 +148,8 @@ def promote_if_passed(settings: Settings, version: str, verdict: lifecycle.GateR
     """The last step of a training flow: promote a registered version that passed its gate. (decision, why)."""
     if not verdict.passed:
         return "registered", verdict.reason
-    if not promote(settings, version, expected_served=previous, why=verdict.reason, alpha=alpha):
-        return "registered", f"passed the gate, but the served version changed from v{previous} meanwhile"
-    return "promoted", verdict.reason
+    return promote(settings, version, expected_served=previous, why=verdict.reason, alpha=alpha)
+
 
 
 def candidate_metrics(candidate: lifecycle.Candidate) -> dict[str, float]:
@@ -143,20 +162,53 @@ def candidate_metrics(candidate: lifecycle.Candidate) -> dict[str, float]:
 
 
 # --------------------------------------------------------------------------------------------- one run per kind
+def skipped(kind: str, why: str, details: Mapping[str, Any] | None = None) -> State:
+    """The end of a run with nothing to do: Completed, named Skipped, so the UI shows it quietly (not Cancelled,
+    not failed); its log states why in one line. Calling the flow still returns the decision as a dict."""
+    print(f"{kind}: skipped: {why}")
+    return Completed(name="Skipped", message=why, data={"flow": kind, "decision": "skipped", "why": why,
+                                                          **(details or {})})
+
+
+def superseded() -> str | None:
+    """The name of a run of this run's deployment that started after this run's scheduled time and did its work: a
+    late run after an outage, or one that waited for a slot behind it, then has nothing left to do. None outside a
+    deployment (`drn flows run`)."""
+    deployment_id = deployment.id  # attribute access: Prefect's PREFECT__RUNTIME__* overrides apply
+    if deployment_id is None:
+        return None
+    scheduled = flow_run.scheduled_start_time
+    with get_client(sync_client=True) as client:
+        later = client.read_flow_runs(
+            flow_run_filter=FlowRunFilter(
+                deployment_id=FlowRunFilterDeploymentId(any_=[deployment_id]),
+                id=FlowRunFilterId(not_any_=[flow_run.id]),
+                start_time=FlowRunFilterStartTime(after_=scheduled),
+                state=FlowRunFilterState(name=FlowRunFilterStateName(any_=["Running", "Completed"]))),
+            limit=1)
+    return later[0].name if later else None
+
+
 @contextlib.contextmanager
-def exclusive(settings: Settings, kind: str, lease_s: float) -> Iterator[bool]:
-    """Hold the log store lease of this update kind for the block; yields False when another run holds it.
+def exclusive(settings: Settings, kind: str, lease_s: float, scheduled: bool = False) -> Iterator[str | None]:
+    """Hold the log store lease of this update kind for the block; yields None when it does, else why this run
+    should skip: another run holds the lease, or (a `scheduled` kind, whose runs are slots of one schedule, not
+    requests with their own parameters) a later run of the deployment already did this slot's work.
 
     `lease_s` must exceed the longest run of the kind: it only matters when a process died without releasing,
     and then it is how long the kind stays blocked.
 
     Deployment concurrency limits only cover runs the Prefect server schedules; this lease also covers direct
     runs (`drn flows run`, each with its own temporary server) and runs from other workers."""
+    later = superseded() if scheduled else None
+    if later is not None:
+        yield f"run {later} started after this run's scheduled time and did its work"
+        return
     logs = log_store(settings)
     holder = f"{flow_run.get_id() or 'direct'}:{uuid.uuid4().hex}"
     held = logs.acquire(f"flow:{kind}", holder, lease_s)
     try:
-        yield held
+        yield None if held else f"another {kind} run is running"
     finally:
         if held:
             logs.release(f"flow:{kind}", holder)
@@ -166,6 +218,7 @@ def exclusive(settings: Settings, kind: str, lease_s: float) -> Iterator[bool]:
 def report(kind: str, decision: str, why: str, details: Mapping[str, Any]) -> dict:
     """Publish the run's decision as a markdown artifact (key `<kind>-decision`, so the UI keeps its history)
     and return it as the flow's result."""
+    print(f"{kind}: {decision}: {why}")  # the run's log states the decision in one line (log_prints)
     rows = "\n".join(f"| {k} | {_cell(v)} |" for k, v in details.items())
     create_markdown_artifact(
         markdown=f"# {kind}: {decision}\n\n{why}\n\n| | |\n| --- | --- |\n{rows}\n",

@@ -1,9 +1,12 @@
-"""The four deployments, served from one process: `drn flows serve`.
+"""The five deployments, served from one process: `drn flows serve`.
 
-minor-update every T_D (30 min), major-update every T_R (60 min), offline-training and rollback on demand (from
+minor-update every T_D (30 min), major-update every T_R (60 min), offline-training, rollback and resume on demand (from
 the UI, `prefect deployment run`, or `drn flows run`). One run at a time per kind: each deployment has a
-concurrency limit of 1 (the scheduled updates drop a run that would wait, `CANCEL_NEW`; on-demand runs queue), and
-each flow also holds a log store lease for its kind, which covers runs started outside this server.
+concurrency limit of 1 whose extra runs wait for the slot (`ENQUEUE`: Prefect's AwaitingConcurrencySlot, not
+Cancelled), and each flow also holds a log store lease for its kind, which covers runs started outside this server.
+A scheduled run that gets its slot after a later run of its deployment already started (it waited behind a long
+run, or it is one of the late runs after an outage) ends at once as Completed named Skipped: after an outage the
+update runs once, not once per missed slot.
 
 Paused deployments stay paused when this is restarted. In Prefect 3.9, `flow.to_deployment(paused=None)` is
 validated to `paused=False` and applying (what `serve` does) upserts the deployment with it, so re-serving silently
@@ -26,14 +29,13 @@ from prefect.exceptions import ObjectNotFound
 from flows.major_update import major_update
 from flows.minor_update import minor_update
 from flows.offline_training import offline_training
-from flows.rollback import rollback
+from flows.rollback import resume, rollback
 
 DEPLOYMENT = "drn"  # deployment name of every flow: the UI shows e.g. "minor-update/drn"
 MINOR_EVERY = timedelta(minutes=30)  # T_D (DRN.md)
 MAJOR_EVERY = timedelta(minutes=60)  # T_R (DRN.md)
-FLOWS: dict[str, Flow] = {f.name: f for f in (offline_training, minor_update, major_update, rollback)}
-SCHEDULED = ConcurrencyLimitConfig(limit=1, collision_strategy=ConcurrencyLimitStrategy.CANCEL_NEW)
-ON_DEMAND = ConcurrencyLimitConfig(limit=1, collision_strategy=ConcurrencyLimitStrategy.ENQUEUE)
+FLOWS: dict[str, Flow] = {f.name: f for f in (offline_training, minor_update, major_update, rollback, resume)}
+ONE_AT_A_TIME = ConcurrencyLimitConfig(limit=1, collision_strategy=ConcurrencyLimitStrategy.ENQUEUE)
 
 
 def paused_states(names: list[str]) -> dict[str, bool]:
@@ -50,13 +52,13 @@ def paused_states(names: list[str]) -> dict[str, bool]:
 
 def deployments(minor_every: timedelta = MINOR_EVERY, major_every: timedelta = MAJOR_EVERY,
                 paused: Mapping[str, bool] | None = None) -> list[RunnerDeployment]:
-    """The four deployments; `paused` (default: read from the server) keeps each one's paused flag."""
+    """The five deployments; `paused` (default: read from the server) keeps each one's paused flag."""
     if paused is None:
         paused = paused_states([f"{name}/{DEPLOYMENT}" for name in FLOWS])
     schedule = {minor_update.name: minor_every, major_update.name: major_every}
     return [flow.to_deployment(DEPLOYMENT, interval=schedule.get(name), tags=["drn"],
                                paused=paused.get(f"{name}/{DEPLOYMENT}", False),
-                               concurrency_limit=SCHEDULED if name in schedule else ON_DEMAND)
+                               concurrency_limit=ONE_AT_A_TIME)
             for name, flow in FLOWS.items()]
 
 

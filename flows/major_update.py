@@ -14,6 +14,7 @@ from drn.config import Settings
 from drn.exploration import ALPHA
 from drn.logstore import LoggedImpression
 from drn.mind import NewsItem
+from drn.registry import VersionInfo
 from drn.training import TrainConfig
 from flows import common
 
@@ -22,13 +23,16 @@ LEASE_S = 4 * 3600.0  # longer than any replay of the logs; a dead run blocks th
 
 
 @common.io_task
-def replay_logs(settings: Settings, version: str) -> tuple[float | None, list[LoggedImpression], dict[str, NewsItem]]:
-    """(replay start, the impressions logged since, the news metadata they refer to). Logs imported for an offline
-    version lie inside its data window, before the start: they are not replayed again as new feedback."""
+def replay_logs(settings: Settings, version: str) -> tuple[float | None, list[LoggedImpression], dict[str, NewsItem],
+                                                          VersionInfo | None]:
+    """(replay start, the impressions logged since, the news metadata they refer to, an earlier major version of
+    `version` trained on exactly these). Logs imported for an offline version lie inside its data window, before the
+    start: they are not replayed again as new feedback."""
     versions = {v.version: v for v in common.registry(settings).versions()}
     start = lifecycle.replay_start(versions, version)
     logs = common.log_store(settings)
-    return start, list(logs.window(start)), logs.news()
+    logged = list(logs.window(start))
+    return start, logged, logs.news(), lifecycle.earlier_attempt(versions, version, lifecycle.evidence(logged))
 
 
 @common.compute_task
@@ -48,21 +52,25 @@ def major_update(train_config: dict[str, Any] | None = None, holdout_fraction: f
     `tolerance`: how much worse on those logs a candidate may be and still get a gate round; `min_impressions`:
     fewer new logs and nothing is trained; `alpha`: the radius of the exploration round opened after a promotion."""
     settings = Settings.from_env()
-    with common.exclusive(settings, KIND, LEASE_S) as held:
-        if not held:
-            return common.report(KIND, "skipped", "another major update is running", {})
+    with common.exclusive(settings, KIND, LEASE_S, scheduled=True) as busy:
+        if busy:
+            return common.skipped(KIND, busy)
         current = common.served(settings)
         if current is None:
             return common.report(KIND, "nothing promoted", "no version is served: nothing to warm-start from", {})
         info, promoted = current
         gate_round = common.gate_round(settings, info.version)
         if gate_round is not None:
-            return common.report(KIND, "skipped", f"v{gate_round.recipe['challenger']} is still in its gate round "
-                                 f"{gate_round.round_id} against v{info.version}", {"version": info.version})
-        start, logged, news = replay_logs(settings, info.version)
+            return common.skipped(KIND, f"v{gate_round.recipe['challenger']} is still in its gate round "
+                                  f"{gate_round.round_id} against v{info.version}", {"version": info.version})
+        start, logged, news, earlier = replay_logs(settings, info.version)
         if len(logged) < min_impressions:
             return common.report(KIND, "too few logs", f"{len(logged)} impressions since {start}, "
                                  f"fewer than {min_impressions}", {"version": info.version})
+        if earlier is not None:
+            return common.report(KIND, "no new evidence", f"v{earlier.version} was trained from v{info.version} on "
+                                 f"the same logs ({earlier.tags[lifecycle.EVIDENCE_TAG]}): nothing registered",
+                                 {"version": info.version, "earlier": earlier.version})
         config = TrainConfig(**{**lifecycle.MAJOR_TRAINING, **(train_config or {})})
         candidate = train(settings, promoted, start, logged, news, config, holdout_fraction)
         verdict = lifecycle.gate(candidate.metrics, candidate.baseline, tolerance)
@@ -70,7 +78,8 @@ def major_update(train_config: dict[str, Any] | None = None, holdout_fraction: f
             settings, candidate.bundle, kind="major", parent=info.version, data_window=candidate.data_window,
             params={"train": config.to_dict(), "holdout_fraction": holdout_fraction, "gate_tolerance": tolerance,
                     "replay_start": start},
-            metrics=common.candidate_metrics(candidate), tags={"gate": verdict.reason},
+            metrics=common.candidate_metrics(candidate),
+            tags={"gate": verdict.reason, lifecycle.EVIDENCE_TAG: lifecycle.evidence(logged)},
             description=f"major update of v{info.version} on {len(logged)} logged impressions")
         decision, why = common.challenge_if_screened(settings, version, verdict, info.version, alpha)
         return common.report(KIND, decision, why, {"version": version, "parent": info.version,

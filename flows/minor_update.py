@@ -118,9 +118,9 @@ def minor_update(learner: str = DEFAULT_LEARNER, eta: float = ETA, form: str = "
                            significance=significance, explorers=explorers, temperature=temperature,
                            pdgd_learning_rate=pdgd_learning_rate, sgd_steps=sgd_steps,
                            sgd_learning_rate=sgd_learning_rate)
-    with common.exclusive(settings, KIND, LEASE_S) as held:
-        if not held:
-            return common.report(KIND, "skipped", "another minor update is running", {})
+    with common.exclusive(settings, KIND, LEASE_S, scheduled=True) as busy:
+        if busy:
+            return common.skipped(KIND, busy)
         current = common.served(settings)
         if current is None:
             return common.report(KIND, "nothing promoted", "no version is served: nothing to explore around", {})

@@ -51,9 +51,9 @@ def offline_training(data_dir: str, train_config: dict[str, Any] | None = None, 
     exploration radius of the round opened for a promoted version; `choose_settings`: pick the step size and the
     passes on the last day before the test days (off: train_config's are used as given)."""
     settings = Settings.from_env()
-    with common.exclusive(settings, KIND, LEASE_S) as held:
-        if not held:
-            return common.report(KIND, "skipped", "another offline training is running", {})
+    with common.exclusive(settings, KIND, LEASE_S) as busy:
+        if busy:
+            return common.skipped(KIND, busy)
         config = TrainConfig(**(train_config or {}))
         imported = import_logs(settings, data_dir)
         current = common.served(settings)

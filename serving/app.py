@@ -4,7 +4,8 @@ what was served and what users did, and follow the registry without restarts.
     POST /recommend       user, candidates (+ metadata of new items), k, context.time, history -> served list, id
     POST /feedback        clicks (impression id, news id) and returns (user); a repeated click counts once
     GET  /healthz         liveness and what is wrong (registry unreachable, a version that did not load)
-    GET  /model           version, stage, exploration round and seed, when loaded, feature schema version
+    GET  /model           version, stage, exploration round and seed, when loaded, feature schema version, and
+                          whether promotion is held after a rollback
     GET  /metrics         Prometheus text format
     POST /admin/reload    look at the registry now, retrying a version that failed    (bearer DRN_SERVE_ADMIN_TOKEN)
     POST /admin/rollback  serve the previous (or a given) version, open a round for it (bearer DRN_SERVE_ADMIN_TOKEN)
@@ -44,7 +45,7 @@ from drn.features import FeatureState
 from drn.logstore import ClickNotServed, ImpressionRecord, LogStore, UnknownImpression
 from drn.mind import NewsItem
 from drn.online import set_threads
-from drn.registry import Registry, RegistryError
+from drn.registry import NOT_HELD, Registry, RegistryError
 from serving.holder import ModelHolder
 from serving.schemas import (DEFAULT_K, RECOMMEND_REQUEST, Candidate, ClickEvent, FeedbackRequest, FeedbackResponse,
                              RecommendRequest, RecommendResponse, ReturnEvent, RollbackRequest, adds_nothing_to,
@@ -299,6 +300,14 @@ class Service:
                 "cold_start": model.exploit is None, "registry_error": holder.registry_error,
                 "load_error": holder.load_error, "last_registry_sync": holder.last_sync}
 
+    async def promotion(self) -> dict:
+        """Whether a rollback holds automatic promotion (since when, by whom, why), asked of the registry now."""
+        try:
+            hold = await self.holder.with_registry(lambda registry: registry.promotion_hold())
+        except Exception as e:  # the registry unreachable: /model still answers, saying so
+            return {"held": None, "error": f"{type(e).__name__}: {e}"}
+        return hold.describe() if hold is not None else NOT_HELD
+
     async def rollback(self, body: RollbackRequest) -> dict:
         try:
             version = await self.holder.with_registry(lambda registry: lifecycle.rollback(
@@ -351,7 +360,8 @@ def create_app(settings: ServeSettings, *, open_registry: Callable[[], Registry]
 
     @app.get("/model")
     async def model() -> dict:
-        return {**service.holder.current.describe(), "follow": settings.follow}
+        return {**service.holder.current.describe(), "follow": settings.follow,
+                "promotion": await service.promotion()}
 
     @app.get("/metrics")
     async def metrics() -> Response:

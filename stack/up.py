@@ -10,7 +10,7 @@ Order, and why:
 4. when nothing is served: `drn world generate` writes logs of the simulated world and the offline-training flow
    runs on them against the Prefect server (so the run shows in the UI), imports them into the log store and
    promotes the first version;
-5. `drn flows serve` (the four deployments, minor and major updates on their schedules) and `drn serve`, whose
+5. `drn flows serve` (the five deployments, minor and major updates on their schedules) and `drn serve`, whose
    feature state is rebuilt from the log store: the first version goes live with the logs' users and items, the
    same way as after `drn flows run offline-training --param data_dir=...` by hand.
 Every part is a subprocess in its own process group, recorded in the pid file at once, so a failure half-way, a

@@ -260,18 +260,25 @@ def test_rollback_restores_the_previous_version(world, v1):
     assert logs.current_round().model_version == "1"
 
 
-def test_a_stage_change_by_hand_is_recorded_by_the_next_update(world, v1):
+def test_a_stage_change_by_hand_is_recorded_by_the_next_update_and_holds_promotion(world, v1, monkeypatch):
     from flows.minor_update import minor_update
     registry, logs = v1
+    monkeypatch.setattr("drn.registry.RECONCILE_GRACE_S", 0.0)  # the hand comes seconds after the promotion here
     log_round(logs, world, EXPLORE)
     assert minor_update()["decision"] == "promoted"
     registry.client.transition_model_version_stage(registry.model_name, "1", PRODUCTION,  # as in the MLflow UI
                                                    archive_existing_versions=True)
     assert minor_update()["decision"] == "no step"  # the open round was v2's
     assert "champion" in registry.version("1").aliases and registry.champion_version() == "1"
-    last = registry.history()[-1]
-    assert (last["action"], last["version"], last["previous_version"]) == ("stage_change", "1", "2")
+    change = [r for r in registry.history() if r["action"] == "stage_change"][-1]
+    assert (change["version"], change["previous_version"]) == ("1", "2")
     assert logs.current_round().model_version == "1"
+    assert registry.promotion_hold().why == "stage Production moved to v1 by hand"
+    log_round(logs, world, EXPLORE, first=1000)  # v1's round is won: the step is registered, not served
+    held = minor_update()
+    assert held["decision"] == "held after rollback" and "promotion is held since" in held["why"]
+    assert served_version(registry) == "1" and registry.version(held["version"]).kind == "minor"
+    assert logs.current_round().model_version == "1"  # the next round explores around the version kept
 
 
 def test_a_flow_that_crashes_before_promotion_leaves_the_promotion_unchanged(world, v1, monkeypatch):
@@ -288,6 +295,71 @@ def test_a_flow_that_crashes_before_promotion_leaves_the_promotion_unchanged(wor
         minor_update()
     assert registry.version("2").stage == "None" and served_version(registry) == "1"
     assert "champion" in registry.version("1").aliases
+
+
+def test_a_rollback_holds_every_automatic_promotion_until_resume(world, v1):
+    from flows.major_update import major_update
+    from flows.minor_update import minor_update
+    from flows.rollback import resume, rollback
+    registry, logs = v1
+    log_round(logs, world, EXPLORE)
+    assert minor_update()["decision"] == "promoted"
+    rolled = rollback(reason="CTR dropped")
+    assert "promotion is held since" in rolled["why"] and served_version(registry) == "1"
+    log_round(logs, world, EXPLORE, n=40)  # new evidence for both updates
+    major = major_update(train_config=TINY, tolerance=1.0, min_impressions=20)
+    assert major["decision"] == "held after rollback" and "not challenged" in major["why"]
+    assert logs.current_round().recipe.get("challenger") is None  # no gate round for a candidate it cannot serve
+    minor = minor_update()
+    assert minor["decision"] == "held after rollback" and served_version(registry) == "1"
+    assert [v.kind for v in registry.versions()] == ["offline", "minor", "major", "minor"]  # updates still register
+    assert resume(reason="root cause fixed")["decision"] == "resumed" and registry.promotion_hold() is None
+    assert resume(reason="again")["decision"] == "not held"
+    log_round(logs, world, EXPLORE, first=1000)
+    assert minor_update()["decision"] == "promoted"
+
+
+def test_a_major_update_without_new_evidence_registers_nothing(world, v1):
+    from flows.major_update import major_update
+    registry, logs = v1
+    log_round(logs, world, EXPLORE, n=40)
+    first = major_update(train_config=TINY, tolerance=-1.0, min_impressions=20)  # refused by the screen
+    assert first["decision"] == "registered" and len(registry.versions()) == 2
+    again = major_update(train_config=TINY, tolerance=-1.0, min_impressions=20)
+    assert again["decision"] == "no new evidence" and again["earlier"] == first["version"]
+    assert len(registry.versions()) == 2
+    log_round(logs, world, EXPLORE, n=40, first=1000)  # more traffic: a new attempt
+    assert major_update(train_config=TINY, tolerance=-1.0, min_impressions=20)["decision"] == "registered"
+    assert len(registry.versions()) == 3
+
+
+def test_a_scheduled_run_whose_slot_a_later_run_already_served_is_skipped(world, v1):
+    from datetime import timedelta
+
+    from prefect.client.orchestration import get_client
+    from prefect.flow_engine import run_flow
+    from prefect.states import Completed, Running, Scheduled
+
+    from flows.deployments import DEPLOYMENT, deployments
+    from flows.minor_update import minor_update
+    registry, logs = v1
+    log_round(logs, world, EXPLORE)
+    for deployment in deployments(paused={f"{name}/{DEPLOYMENT}": True for name in ("minor-update", "major-update")}):
+        deployment.apply()
+    with get_client(sync_client=True) as client:
+        deployment_id = client.read_deployment_by_name(f"minor-update/{DEPLOYMENT}").id
+        done = client.create_flow_run_from_deployment(deployment_id)  # the run that did the work, just now
+        client.set_flow_run_state(done.id, Running(), force=True)
+        client.set_flow_run_state(done.id, Completed(), force=True)
+        started = client.read_flow_run(done.id).start_time
+        # a slot missed an hour before it (an outage), and the next slot after it, as the runner would start them
+        late, next_slot = (client.create_flow_run_from_deployment(deployment_id, state=Scheduled(scheduled_time=t))
+                           for t in (started - timedelta(hours=1), started + timedelta(seconds=1)))
+        late, next_slot = client.read_flow_run(late.id), client.read_flow_run(next_slot.id)
+    state = run_flow(minor_update, flow_run=late, return_type="state")
+    assert (state.type.value, state.name) == ("COMPLETED", "Skipped") and done.name in state.message
+    assert state.result()["decision"] == "skipped" and len(registry.versions()) == 1
+    assert run_flow(minor_update, flow_run=next_slot)["decision"] == "promoted"
 
 
 def test_stale_round_is_not_scored(world, v1):
@@ -425,6 +497,6 @@ def test_promotion_is_safe_to_retry(home, v1):
     registry, logs = v1
     history, round_id = len(registry.history()), logs.current_round().round_id
     # an attempt that served v1 (expected to replace nothing) but failed before reporting back, retried:
-    assert common.promote.fn(home, "1", expected_served=None, why="retried")
+    assert common.promote.fn(home, "1", expected_served=None, why="retried")[0] == "promoted"
     assert served_version(registry) == "1" and len(registry.history()) == history
     assert logs.current_round().round_id != round_id and logs.current_round().model_version == "1"

@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from drn.registry import CHAMPION, PRODUCTION, CorruptModelError, ModelBundle, Registry, RegistryError, _sha256
+from drn.registry import (CHAMPION, PRODUCTION, CorruptModelError, ModelBundle, PromotionHeld, Registry, RegistryError,
+                          SERVING_ACTIONS, _sha256, epoch_time)
 
 pytestmark = pytest.mark.integration
 
@@ -52,9 +53,18 @@ def _folder(reg: Registry, version: str) -> Path:
 def reg(tmp_path_factory) -> Registry:
     d = tmp_path_factory.mktemp("mlflow")
     r = _timed("init (import + new db)", Registry, f"sqlite:///{d}/mlflow.db")
+    r.reconcile_grace_s = 0.0  # changes by hand follow drn's own at once here
     yield r
     print("\nregistry timings (s):", {k: f"max {max(v):.3f} mean {sum(v) / len(v):.3f} n={len(v)}"
                                        for k, v in TIMINGS.items()})
+
+
+@pytest.fixture(autouse=True)
+def no_hold_left_behind(request):
+    """The module shares one store: a test that rolls back must not hold the next test's promotions."""
+    yield
+    if "reg" in request.fixturenames:
+        request.getfixturevalue("reg").resume(who="test", why="the next test starts unheld")
 
 
 def test_register_load_roundtrip(reg):
@@ -65,9 +75,9 @@ def test_register_load_roundtrip(reg):
     for k, t in b.weights.items():
         assert got.weights[k].dtype == t.dtype and torch.equal(got.weights[k], t), k
     assert got.config == b.config and got.feature_schema == b.feature_schema
-    # stored as plain artifacts, no pickled flavor
+    # stored as plain artifacts and an MLmodel file, nothing pickled
     assert sorted(p.name for p in _folder(reg, v).iterdir()) == [
-        "config.json", "feature_schema.json", "manifest.json", "weights.pt"]
+        "MLmodel", "config.json", "feature_schema.json", "manifest.json", "weights.pt"]
 
 
 def test_version_tags_params_metrics_plots(reg, tmp_path):
@@ -87,10 +97,11 @@ def test_version_tags_params_metrics_plots(reg, tmp_path):
     info = reg.version(v)
     assert (info.kind, info.parent, info.data_window) == ("minor", parent, (10.0, 20.0))
     assert info.tags["kind"] == "minor" and info.tags["parent"] == parent
-    assert json.loads(info.tags["data_window"]) == [10.0, 20.0]
+    assert info.tags["data_window"] == "1970-01-01T00:00:10.000Z/1970-01-01T00:00:20.000Z"  # ISO 8601 interval
     assert info.tags["code_version"] and info.tags["code_version"] != "unknown"
     assert info.tags["interleaving_outcome"] == "explore_wins 12:7"
     assert info.metrics == {"ctr": 0.12, "auc": 0.7}
+    assert (info.tags["metric.ctr"], info.tags["metric.auc"]) == ("0.1200", "0.7000")  # on the version page too
     assert info.stage == "None" and info.aliases == [] and info.promoted_at is None
     run = reg.client.get_run(info.run_id)
     assert run.data.params == {"alpha": "0.1", "net.hidden": "16"} and run.info.status == "FINISHED"
@@ -192,7 +203,7 @@ def test_rollback_to_previous_and_to_named_version(reg):
     assert reg.rollback(who="oncall", why="still bad") == a  # again: what was served before b
     assert reg.rollback(to=c, who="oncall", why="false alarm") == c
     assert reg.served().version == reg.served_version() == c
-    recs = reg.history()[n:]
+    recs = [r for r in reg.history()[n:] if r["action"] in SERVING_ACTIONS]  # each rollback also holds
     assert [(r["action"], r["version"], r["previous_version"], r["who"]) for r in recs] == [
         ("rollback", b, c, "oncall"), ("rollback", a, b, "oncall"), ("rollback", c, a, "oncall")]
     assert reg.version(c).tags["promotion_action"] == "rollback"
@@ -218,6 +229,7 @@ def test_stage_change_in_ui_changes_served(reg):
     assert reg.version(a).aliases == [CHAMPION]
     rec = reg.history()[n]
     assert (rec["action"], rec["version"], rec["previous_version"]) == ("stage_change", a, b)
+    assert reg.promotion_hold().who == "mlflow-ui" and "by hand" in reg.promotion_hold().why
     # rolling back undoes the hand-made change
     assert reg.rollback(who="oncall", why="undo ui change") == b
     assert (reg.served().version, reg.version(a).stage) == (b, "Archived")
@@ -298,3 +310,110 @@ def test_timings_are_reasonable(reg):
     _timed("promote", reg.promote, v, who="ci", why="timing")
     _timed("served", reg.served)
     assert max(TIMINGS["register"]) < 10 and max(TIMINGS["promote"]) < 5 and max(TIMINGS["load"]) < 2
+
+
+def test_a_rollback_holds_automatic_promotion_until_resumed(reg):
+    a, b, c = _register(reg, 20), _register(reg, 21), _register(reg, 22)
+    reg.promote(a, who="ci", why="a")
+    reg.promote(b, who="ci", why="b")
+    assert reg.promotion_hold() is None
+    assert reg.rollback(who="oncall", why="ctr dropped") == a
+    hold = reg.promotion_hold()
+    assert (hold.who, hold.until) == ("oncall", None) and "ctr dropped" in hold.why
+    with pytest.raises(PromotionHeld, match="held since .* by oncall"):
+        reg.promote(c, who="prefect:minor-update", why="won its round")
+    assert reg.served_version() == a and reg.version(c).stage == "None"
+    described = hold.describe()
+    assert described["held"] and epoch_time(described["since"]) == pytest.approx(hold.since, abs=1e-3)
+    # an engineer's own promotion goes through, and holds from then on
+    reg.promote(c, who="alice", why="tried by hand", by_hand=True)
+    assert reg.served_version() == c and "promoted by hand" in reg.promotion_hold().why
+    assert reg.resume(who="oncall", why="fixed").who == "alice"
+    assert reg.promotion_hold() is None and reg.resume(who="oncall", why="again") is None
+    reg.promote(b, who="prefect:minor-update", why="automatic again")
+    assert reg.served_version() == b
+    actions = [r["action"] for r in reg.history()[-6:]]
+    assert actions == ["rollback", "hold", "promote", "hold", "resume", "promote"]
+
+
+def test_a_hold_with_a_deadline_lifts_itself_and_says_so(reg):
+    a, b = _register(reg, 23), _register(reg, 24)
+    reg.promote(a, who="ci", why="a")
+    reg.promote(b, who="ci", why="b")
+    until = time.time() + 3600
+    reg.rollback(who="oncall", why="looks wrong", hold_until=until)
+    assert reg.promotion_hold(now=until - 1).until == pytest.approx(until, abs=1e-3)
+    assert reg.promotion_hold(now=until + 1) is None
+    last = reg.history()[-1]
+    assert (last["action"], last["who"]) == ("resume", "deadline")
+    reg.promote(b, who="ci", why="automatic again")
+
+
+def test_an_alias_moved_by_hand_is_an_alias_change_and_serving_follows_it(reg):
+    from mlflow import MlflowClient
+    a, b = _register(reg, 25), _register(reg, 26)
+    reg.promote(a, who="ci", why="a")
+    reg.promote(b, who="ci", why="b")
+    ui = MlflowClient(tracking_uri=reg.tracking_uri, registry_uri=reg.tracking_uri)
+    ui.set_registered_model_alias(reg.model_name, CHAMPION, a)  # the new registry UI: aliases, no stages
+    assert reg.reconcile() is True and reg.reconcile() is False
+    assert reg.served_version() == reg.champion_version() == a and reg.version(b).stage == "Archived"
+    change = [r for r in reg.history() if r["action"] == "alias_change"][-1]
+    assert (change["version"], change["previous_version"], change["who"]) == (a, b, "mlflow-ui")
+    assert "alias champion moved from v%s to v%s" % (b, a) in change["why"]
+    assert not any(r["action"] == "stage_change" for r in reg.history()[-3:])
+    assert "alias champion moved" in reg.promotion_hold().why
+
+
+def test_reconcile_leaves_a_promotion_in_flight_alone(reg):
+    from mlflow import MlflowClient
+    a, b = _register(reg, 27), _register(reg, 28)
+    reg.promote(a, who="ci", why="a")
+    reg.promote(b, who="ci", why="b")
+    n = len(reg.history())
+    other = MlflowClient(tracking_uri=reg.tracking_uri, registry_uri=reg.tracking_uri)
+    with pytest.warns(FutureWarning):  # another process, half-way: history and stage written, alias not yet
+        reg._history(a, action="promote", who="prefect:other", why="mid-flight", previous=b)
+        other.transition_model_version_stage(reg.model_name, a, "Production", archive_existing_versions=True)
+    reg.reconcile_grace_s = 60.0
+    try:
+        assert reg.reconcile() is False and reg.promotion_hold() is None
+    finally:
+        reg.reconcile_grace_s = 0.0
+    assert len(reg.history()) == n + 1
+    reg.client.set_registered_model_alias(reg.model_name, CHAMPION, a)  # the other process finishes
+
+
+def test_times_in_tags_and_history_are_iso(reg):
+    v = _register(reg, 29)
+    reg.promote(v, who="ci", why="iso")
+    tags = reg.version(v).tags
+    assert tags["promoted_at"].endswith("Z") and "T" in tags["promoted_at"]
+    assert abs(reg.version(v).promoted_at - time.time()) < 60
+    stored = reg.client.get_registered_model(reg.model_name).tags
+    raw = json.loads(stored[sorted(k for k in stored if k.startswith("history/"))[-1]])
+    assert raw["at"].endswith("Z") and abs(reg.history()[-1]["at"] - time.time()) < 60
+
+
+def test_a_version_is_an_mlflow_pyfunc_model_that_ranks_candidates(reg):
+    import mlflow
+    import numpy as np
+
+    from drn.lifecycle import bundle_of
+    from drn.model import build_network
+    network = build_network(seed=3)
+    drn_version = reg.register(bundle_of(network), kind="offline", parent=None, data_window=None, params={},
+                               metrics={"auc": 0.6})
+    reg.promote(drn_version, who="ci", why="pyfunc")
+    mlflow.set_registry_uri(reg.tracking_uri)
+    mlflow.set_tracking_uri(reg.tracking_uri)
+    model = mlflow.pyfunc.load_model(f"models:/{reg.model_name}@{CHAMPION}")
+    width = network.config.state_dim + network.config.action_dim
+    assert model.metadata.signature.inputs.inputs[0].shape == (-1, width)
+    rng, split = np.random.default_rng(0), network.config.state_dim
+    state = rng.normal(size=(1, split)).astype(np.float32)
+    actions = rng.normal(size=(7, width - split)).astype(np.float32)
+    rows = np.hstack([np.repeat(state, 7, axis=0), actions])  # one request's 7 candidates
+    with torch.no_grad():
+        expected = network(torch.from_numpy(state), torch.from_numpy(actions[None]))[0].numpy()
+    np.testing.assert_allclose(model.predict(rows), expected, rtol=1e-5, atol=1e-6)
