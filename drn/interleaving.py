@@ -247,3 +247,14 @@ def round_outcome(impressions: Iterable[tuple[Sequence[int], Iterable[int]]], me
     else:
         winner = "tie"
     return Outcome(method, count, clicks_a, clicks_b, wins_a, wins_b, count - wins_a - wins_b, p_value, winner)
+
+
+def credit_curve(impressions: Iterable[tuple[Sequence[int], Iterable[int]]]) -> list[tuple[int, int, int]]:
+    """(impressions so far, impressions won by exploit, by explore) after each impression of a round: how its
+    evidence built up, the curve on a minor update's run."""
+    curve, wins_a, wins_b = [], 0, 0
+    for count, (teams, clicked) in enumerate(impressions, start=1):
+        a, b = credit(teams, clicked)
+        wins_a, wins_b = wins_a + (a > b), wins_b + (b > a)
+        curve.append((count, wins_a, wins_b))
+    return curve

@@ -28,7 +28,7 @@ import numpy as np
 from drn.evaluate import evaluate, time_split
 from drn.exploration import ALPHA, dbgd_step, explore_weights, explorer_seeds, mean_weights
 from drn.features import SCHEMA, FeatureSchema, FeatureState, record
-from drn.interleaving import Outcome, round_outcome
+from drn.interleaving import Outcome, credit_curve, round_outcome
 from drn.learners import ClickedList, LearnerConfig, RoundRecipe, mgd_winners, pdgd_step, sgd_challenger
 from drn.logstore import LoggedImpression, LogStore, Round
 from drn.mind import Dataset, Impression, NewsItem, load_dataset
@@ -270,6 +270,20 @@ def _judge(outcome: Outcome, recipe: RoundRecipe, promoted_version: str, config:
 
 def _with_weights(bundle: ModelBundle, weights: dict) -> ModelBundle:
     return ModelBundle(weights, bundle.config, bundle.feature_schema)
+
+
+def round_curve(feedback: Sequence[LoggedImpression]) -> list[tuple[int, int, int]]:
+    """The round's credit per team over its impressions (drn.interleaving.credit_curve)."""
+    return credit_curve(_teams_and_clicks(imp) for imp in feedback)
+
+
+def comparison(candidate: Mapping[str, float], served: Mapping[str, float] | None, served_version: str | None,
+               impressions: int, metric: str = "auc") -> str:
+    """The gate's comparison in words, for the candidate's version page."""
+    if served is None or served_version is None:
+        return f"{metric} {candidate[metric]:.4f} on {impressions:,} held-out impressions; nothing served to compare"
+    return (f"{metric}: this version {candidate[metric]:.4f}, served v{served_version} {served[metric]:.4f}, "
+            f"on the same {impressions:,} held-out impressions")
 
 
 def _teams_and_clicks(imp: LoggedImpression) -> tuple[tuple[int, ...], list[int]]:

@@ -176,7 +176,8 @@ class Trainer:
     def summary(self, impressions: int) -> dict:
         recent = self.losses[-100:]
         return {"steps": self.steps, "loss": float(np.mean(recent)) if recent else float("nan"),
-                "buffer_bytes": self.buffer.nbytes, "impressions": impressions}
+                "buffer_bytes": self.buffer.nbytes, "impressions": impressions,
+                "loss_curve": loss_curve(self.losses)}
 
     def begin_pass(self) -> None:
         """Start a pass over a log: user activeness and pending next states restart with it."""
@@ -225,6 +226,17 @@ class Trainer:
         self.losses.append(loss.item())
         if self.steps % self.config.target_every == 0:
             self.target.load_state_dict(self.network.state_dict())
+
+
+CURVE_POINTS = 200  # a run's training-loss curve is kept as at most this many (step, mean loss) points
+
+
+def loss_curve(losses: Sequence[float], points: int = CURVE_POINTS) -> list[tuple[int, float]]:
+    """(last step of the bin, mean loss over the bin): the whole run's curve at a size a tracking store keeps."""
+    if not losses:
+        return []
+    edges = np.linspace(0, len(losses), min(points, len(losses)) + 1).astype(int)
+    return [(int(end), float(np.mean(losses[start:end]))) for start, end in zip(edges[:-1], edges[1:])]
 
 
 def train(network: DuelingQNetwork, data: Dataset, config: TrainConfig = TrainConfig(),

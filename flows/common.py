@@ -10,7 +10,7 @@ import contextlib
 import functools
 import time
 import uuid
-from typing import Any, Iterator, Mapping
+from typing import Any, Iterator, Mapping, Sequence
 
 from prefect import task
 from prefect.artifacts import create_markdown_artifact
@@ -26,6 +26,7 @@ from drn.config import Settings
 from drn.exploration import ALPHA
 from drn.learners import RoundRecipe
 from drn.logstore import LogStore, Round
+from drn.selection import SELECTION_METRIC
 from drn.registry import Hold, ModelBundle, PromotionHeld, Registry, VersionInfo
 
 IO_RETRIES = 2  # attempts after the first for registry / log store calls
@@ -68,9 +69,19 @@ def served(settings: Settings) -> tuple[VersionInfo, ModelBundle] | None:
 @io_task
 def register(settings: Settings, candidate: ModelBundle, *, kind: str, parent: str | None,
              data_window: tuple[float, float] | None, params: Mapping[str, Any], metrics: Mapping[str, float],
-             tags: Mapping[str, str], description: str) -> str:
-    return registry(settings).register(candidate, kind=kind, parent=parent, data_window=data_window, params=params,
-                                       metrics=metrics, tags=tags, description=description)
+             tags: Mapping[str, str], description: str,
+             series: Mapping[str, Sequence[tuple[int, float]]] | None = None) -> str:
+    """Register the version with its run's curves (`series`) and their plot."""
+    series = {name: points for name, points in (series or {}).items() if points}
+    figure = curves_figure(series, f"{kind} update" + (f" of v{parent}" if parent else "")) if series else None
+    try:
+        return registry(settings).register(candidate, kind=kind, parent=parent, data_window=data_window,
+                                           params=params, metrics=metrics, tags=tags, description=description,
+                                           series=series, plots={"curves": figure} if figure else None)
+    finally:
+        if figure is not None:
+            import matplotlib.pyplot as plt
+            plt.close(figure)
 
 
 @io_task
@@ -150,6 +161,33 @@ def promote_if_passed(settings: Settings, version: str, verdict: lifecycle.GateR
         return "registered", verdict.reason
     return promote(settings, version, expected_served=previous, why=verdict.reason, alpha=alpha)
 
+
+
+def candidate_series(candidate: lifecycle.Candidate) -> dict[str, list[tuple[int, float]]]:
+    """A trained version's curves: the training loss per gradient step and, when offline training chose its
+    settings, the validation metric after each pass for every step size tried."""
+    series = {"train.loss": list(candidate.training.get("loss_curve", []))}
+    choice = candidate.training.get("choice")  # a dict when validation chose, else how the settings were set
+    for tried in choice.get("tried", ()) if isinstance(choice, dict) else ():
+        name = f"validation.{SELECTION_METRIC}.lr_{tried['learning_rate']:g}"
+        series.setdefault(name, []).append((int(tried["epochs"]), float(tried[SELECTION_METRIC])))
+    return series
+
+
+def curves_figure(series: Mapping[str, Sequence[tuple[int, float]]], title: str):
+    """One panel per curve, the run's plot artifact (plots/curves.png)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    figure, axes = plt.subplots(len(series), 1, figsize=(7, 2.4 * len(series)), squeeze=False)
+    for ax, (name, points) in zip(axes[:, 0], series.items()):
+        steps, values = zip(*points)
+        ax.plot(steps, values, marker="." if len(points) < 30 else None)
+        ax.set_title(name, fontsize=9)
+        ax.grid(alpha=0.3)
+    figure.suptitle(title)
+    figure.tight_layout()
+    return figure
 
 
 def candidate_metrics(candidate: lifecycle.Candidate) -> dict[str, float]:

@@ -78,8 +78,10 @@ def major_update(train_config: dict[str, Any] | None = None, holdout_fraction: f
             settings, candidate.bundle, kind="major", parent=info.version, data_window=candidate.data_window,
             params={"train": config.to_dict(), "holdout_fraction": holdout_fraction, "gate_tolerance": tolerance,
                     "replay_start": start},
-            metrics=common.candidate_metrics(candidate),
-            tags={"gate": verdict.reason, lifecycle.EVIDENCE_TAG: lifecycle.evidence(logged)},
+            metrics=common.candidate_metrics(candidate), series=common.candidate_series(candidate),
+            tags={"gate": verdict.reason, lifecycle.EVIDENCE_TAG: lifecycle.evidence(logged),
+                  "gate.comparison": lifecycle.comparison(candidate.metrics, candidate.baseline, info.version,
+                                                          int(candidate.metrics["impressions"]))},
             description=f"major update of v{info.version} on {len(logged)} logged impressions")
         decision, why = common.challenge_if_screened(settings, version, verdict, info.version, alpha)
         return common.report(KIND, decision, why, {"version": version, "parent": info.version,

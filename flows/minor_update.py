@@ -71,14 +71,20 @@ def _round_params(round_: Round) -> dict:
     return {"id": round_.round_id, "seed": round_.seed, "alpha": round_.alpha, "recipe": round_.recipe}
 
 
+def _credit_series(feedback: list[LoggedImpression]) -> dict[str, list[tuple[int, float]]]:
+    """The round's impressions won by each team, over the round: the minor version's curves."""
+    curve = lifecycle.round_curve(feedback)
+    return {"round.won_by_exploit": [(n, a) for n, a, _ in curve], "round.won_by_explore": [(n, b) for n, _, b in curve]}
+
+
 def _register_step(settings: Settings, served: str, round_: Round, decision: lifecycle.MinorDecision,
-                   config: LearnerConfig) -> str:
+                   config: LearnerConfig, feedback: list[LoggedImpression]) -> str:
     """Register W's new weights from an exploration round (kind minor), with the round's evidence."""
     learner = RoundRecipe.from_dict(round_.recipe).learner
     return common.register(
         settings, decision.bundle, kind="minor", parent=served, data_window=(round_.opened_at, time.time()),
         params={"learner": learner, "config": dataclasses.asdict(config), "round": _round_params(round_)},
-        metrics=decision.metrics,
+        metrics=decision.metrics, series=_credit_series(feedback),
         tags={"interleaving.winner": decision.verdict, "interleaving.round": str(round_.round_id),
               "interleaving.outcome": json.dumps(decision.record(), sort_keys=True)},
         description=f"{learner} step of v{served} after round {round_.round_id}: {decision.reason}")
@@ -151,7 +157,7 @@ def minor_update(learner: str = DEFAULT_LEARNER, eta: float = ETA, form: str = "
                 result, why = common.promote_if_passed(settings, decision.challenger,
                                                        lifecycle.GateResult(True, decision.reason), info.version, alpha)
         elif decision.bundle is not None:
-            version = _register_step(settings, info.version, round_, decision, config)
+            version = _register_step(settings, info.version, round_, decision, config, feedback)
             close_round(settings, round_.round_id, {**decision.record(), "version": version})
             details.update(version=version, parent=info.version)
             result, why = common.promote_if_passed(settings, version, lifecycle.GateResult(True, decision.reason),

@@ -65,8 +65,11 @@ def offline_training(data_dir: str, train_config: dict[str, Any] | None = None, 
             settings, candidate.bundle, kind="offline", parent=None, data_window=candidate.data_window,
             params={"train": config.to_dict(), "seed": seed, "data_dir": data_dir, "test_days": test_days,
                     "gate_tolerance": tolerance, "chosen": chosen},
-            metrics=common.candidate_metrics(candidate),
-            tags={"compared_with": promoted_info.version if promoted_info else "none", "gate": verdict.reason},
+            metrics=common.candidate_metrics(candidate), series=common.candidate_series(candidate),
+            tags={"compared_with": promoted_info.version if promoted_info else "none", "gate": verdict.reason,
+                  "gate.comparison": lifecycle.comparison(candidate.metrics, candidate.baseline,
+                                                          promoted_info.version if promoted_info else None,
+                                                          int(candidate.metrics["impressions"]))},
             description=f"offline training on {data_dir}")
         previous = promoted_info.version if promoted_info else None
         decision, why = common.promote_if_passed(settings, version, verdict, previous, alpha)

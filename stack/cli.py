@@ -45,7 +45,8 @@ def cmd_up(args: argparse.Namespace) -> object:
     _sigterm_as_interrupt()
     settings = _settings(args)
     try:
-        stack = up(settings, UpOptions(minor_every_min=args.minor_every, major_every_min=args.major_every), say)
+        stack = up(settings, UpOptions(minor_every_min=args.minor_every, major_every_min=args.major_every,
+                                       data_dir=Path(args.data) if args.data else None), say)
     except StackError as err:
         _fail(err)
     except KeyboardInterrupt:
@@ -105,6 +106,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     _stack_flags(up)
     up.add_argument("--minor-every", type=float, default=30.0, help="T_D in minutes (default 30)")
     up.add_argument("--major-every", type=float, default=60.0, help="T_R in minutes (default 60)")
+    up.add_argument("--data", metavar="DIR", help="a MIND folder (behaviors.tsv, news.tsv) the first model trains on "
+                                                 "when none is served (default: logs of the simulated world)")
     up.set_defaults(handler=cmd_up)
     down = sub.add_parser("down", help="stop what `drn up` / `drn demo` started (reads DRN_HOME's pid file)")
     _stack_flags(down)

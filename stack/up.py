@@ -7,9 +7,9 @@ Order, and why:
    that safe, but a fresh SQLite store migrated by several processes at once is slow and noisy) and says what is
    served;
 3. the MLflow server starts on that store;
-4. when nothing is served: `drn world generate` writes logs of the simulated world and the offline-training flow
-   runs on them against the Prefect server (so the run shows in the UI), imports them into the log store and
-   promotes the first version;
+4. when nothing is served: the offline-training flow runs against the Prefect server (so the run shows in the UI)
+   on the user's MIND folder (`drn up --data DIR`) or, without one, on logs of the simulated world that
+   `drn world generate` writes; it imports them into the log store and promotes the first version;
 5. `drn flows serve` (the five deployments, minor and major updates on their schedules) and `drn serve`, whose
    feature state is rebuilt from the log store: the first version goes live with the logs' users and items, the
    same way as after `drn flows run offline-training --param data_dir=...` by hand.
@@ -66,6 +66,7 @@ class UpOptions:
     major_every_min: float = 60.0  # T_R, wall-clock minutes between major updates
     world: WorldSpec = WorldSpec()
     clock_token: str | None = None  # lets a simulated world set event times (DRN_SERVE_CLOCK_TOKEN); None: nobody
+    data_dir: Path | None = None  # a MIND folder the first model trains on; None: the simulated world's logs
 
 
 Say = Callable[[str], None]
@@ -194,15 +195,29 @@ def served_version(models_json: str) -> str | None:
     return next((row["version"] for row in json.loads(models_json) if row["stage"] == "Production"), None)
 
 
-def train_first_model(stack: Stack, world: WorldSpec) -> None:
-    """Generate the world's logs, then run the offline-training flow on them against the Prefect server."""
-    logs = stack.settings.home / FIRST_LOGS
+def check_data_dir(folder: Path) -> Path:
+    """The MIND folder `drn up --data` names, checked before anything starts; StackError in one line if unusable."""
+    folder = folder.expanduser().resolve()
+    missing = [name for name in ("behaviors.tsv", "news.tsv") if not (folder / name).is_file()]
+    if missing:
+        raise StackError(f"--data {folder}: not a MIND folder (missing {', '.join(missing)})")
+    return folder
+
+
+def train_first_model(stack: Stack, world: WorldSpec, data_dir: Path | None = None) -> None:
+    """Run the offline-training flow against the Prefect server on `data_dir` or, without one, on logs of the
+    simulated world generated first."""
     env = part_env(stack.settings)
-    stack.say(f"  no model served: generating {world.log_days} days of the simulated world ({world.users} users) "
-              f"in {logs}")
-    stack.run_step(Part("world-generate", drn_argv("world", "generate", "--out", str(logs), "--days",
-                                                   str(world.log_days), "--users", str(world.users),
-                                                   "--seed", str(world.seed)), env))
+    if data_dir is not None:
+        logs = data_dir
+        stack.say(f"  no model served: training the first one on your logs in {logs}")
+    else:
+        logs = stack.settings.home / FIRST_LOGS
+        stack.say(f"  no model served: generating {world.log_days} days of the simulated world ({world.users} "
+                  f"users) in {logs}")
+        stack.run_step(Part("world-generate", drn_argv("world", "generate", "--out", str(logs), "--days",
+                                                       str(world.log_days), "--users", str(world.users),
+                                                       "--seed", str(world.seed)), env))
     stack.say("  training the first model (flow offline-training; watch it in the Prefect UI)")
     result = json.loads(stack.run_step(Part("offline-training", drn_argv(
         "flows", "run", "offline-training", "--param", f"data_dir={logs}", "--param", f"seed={world.seed}",
@@ -221,6 +236,7 @@ def _deployment_served_since(settings: StackSettings, since: datetime) -> Callab
 def up(settings: StackSettings, options: UpOptions, say: Say) -> Stack:
     """Start everything (see the module docstring); the caller stops it with `Stack.stop` or a `with` block."""
     processes.check_ports_free(settings.ports())
+    data_dir = check_data_dir(options.data_dir) if options.data_dir is not None else None
     settings.home.mkdir(parents=True, exist_ok=True)
     stores = Settings.from_env({**os.environ, "DRN_HOME": str(settings.home)})
     stack = Stack(settings, say)
@@ -234,7 +250,10 @@ def up(settings: StackSettings, options: UpOptions, say: Say) -> Stack:
         stack.wait_ready("mlflow-server", _serves(stack, "mlflow-server", settings.mlflow_port,
                                                   f"{settings.mlflow_url}/health"))
         if served is None:
-            train_first_model(stack, options.world)
+            train_first_model(stack, options.world, data_dir)
+        elif data_dir is not None:
+            say(f"  v{served} is served already: --data {data_dir} not used (train on it with `drn flows run "
+                f"offline-training --param data_dir={data_dir}`)")
         since = datetime.now(timezone.utc)
         stack.start(flow_server(settings, options))
         stack.start(serving(settings, options))

@@ -20,6 +20,8 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(420)]
 HOURS, SPEED, USERS = 4, 240, 120  # 4 world hours in 60 s of traffic; a small world trains its first model fast
 SUMMARY_TIMEOUT_S = 330  # start (~1-2 min on 2 busy cores) + traffic + summary
 FOLLOW_TIMEOUT_S = 15  # serving polls the registry every second
+MAJOR_PERIOD_S = 60 * 60 / SPEED  # T_R (60 world minutes) on the demo's clock
+HOLD_TIMEOUT_S = 60  # the next update run records the stage change and holds promotion
 STOP_TIMEOUT_S = 60
 
 
@@ -46,6 +48,12 @@ def served_version(api: str) -> str | None:
         return httpx.get(f"{api}/model", timeout=5).json().get("version")
     except httpx.HTTPError:
         return None
+
+
+def held_promotion(api: str) -> dict | None:
+    """/model's `promotion` while a rollback holds it, else None."""
+    promotion = httpx.get(f"{api}/model", timeout=5).json()["promotion"]
+    return promotion if promotion.get("held") else None
 
 
 def test_demo_serves_learns_rolls_back_and_stops(tmp_path):
@@ -81,6 +89,11 @@ def test_demo_serves_learns_rolls_back_and_stops(tmp_path):
         assert others, f"only v{served} was registered: nothing to change the stage to"
         client.transition_model_version_stage("drn", others[0], "Production", archive_existing_versions=True)
         wait_for(lambda: served_version(api) == others[0], FOLLOW_TIMEOUT_S, f"serving v{others[0]}", demo, log)
+        # the rollback holds: the next update run records it, /model says so, and the schedule does not overrule it
+        promotion = wait_for(lambda: held_promotion(api), HOLD_TIMEOUT_S, "promotion held", demo, log)
+        assert promotion["by"] == "mlflow-ui" and f"v{others[0]}" in promotion["why"]
+        time.sleep(2 * MAJOR_PERIOD_S)
+        assert served_version(api) == others[0]
     finally:
         demo.send_signal(signal.SIGINT)
         demo.wait(STOP_TIMEOUT_S)
@@ -88,3 +101,40 @@ def test_demo_serves_learns_rolls_back_and_stops(tmp_path):
     for name, pid in pids.items():
         with pytest.raises(ProcessLookupError):
             os.killpg(pid, 0)
+
+
+def test_up_with_data_trains_the_first_model_on_the_users_mind_folder(tmp_path):
+    """`drn up --data DIR`: the first version is trained on the user's MIND folder, not on the simulated world."""
+    from drn.mind import load_dataset
+    logs = tmp_path / "my-mind-logs"
+    subprocess.run([sys.executable, "-m", "drn_cli.main", "world", "generate", "--out", str(logs), "--days", "2",
+                    "--users", "60", "--seed", "7"], check=True, capture_output=True, timeout=120)
+    ports = {"--prefect-port": free_port(), "--mlflow-port": free_port(), "--api-port": free_port()}
+    home, log = tmp_path / "home", tmp_path / "up.log"
+    argv = [sys.executable, "-m", "drn_cli.main", "up", "--home", str(home), "--data", str(logs),
+            *(str(x) for kv in ports.items() for x in kv)]
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DRN_", "PREFECT_", "MLFLOW_"))}
+    with open(log, "wb") as sink:
+        up = subprocess.Popen(argv, stdout=sink, stderr=subprocess.STDOUT, env=env)
+    try:
+        api = f"http://127.0.0.1:{ports['--api-port']}"
+        wait_for(lambda: served_version(api) == "1", SUMMARY_TIMEOUT_S, "v1 served", up, log)
+        from mlflow import MlflowClient
+        client = MlflowClient(f"http://127.0.0.1:{ports['--mlflow-port']}")
+        run = client.get_run(client.get_model_version("drn", "1").run_id)
+        assert run.data.params["data_dir"] == str(logs.resolve())
+        assert "generating" not in log.read_text()  # no simulated world was generated for it
+        known = {imp.user for imp in load_dataset(logs).impressions}
+        user = sorted(known)[0]
+        reply = httpx.post(f"{api}/recommend", json={"user": user, "candidates": ["N1", "N2", "N3"]}, timeout=10)
+        assert reply.status_code == 200
+    finally:
+        up.send_signal(signal.SIGINT)
+        up.wait(STOP_TIMEOUT_S)
+
+
+def test_up_refuses_a_folder_that_is_not_mind_before_starting_anything(tmp_path):
+    from drn_cli.main import main
+    ports = [str(x) for flag in ("--prefect-port", "--mlflow-port", "--api-port") for x in (flag, free_port())]
+    assert main(["up", "--home", str(tmp_path / "home"), "--data", str(tmp_path), *ports]) == 2
+    assert not (tmp_path / "home").exists()

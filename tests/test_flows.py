@@ -137,6 +137,9 @@ def test_minor_update_after_a_winning_round_promotes_a_dbgd_step(world, v1):
     v2 = registry.version("2")
     assert (v2.kind, v2.parent, v2.stage) == ("minor", "1", "Production")
     assert v2.tags["interleaving.winner"] == "explore"
+    won = registry.client.get_metric_history(v2.run_id, "round.won_by_explore")  # the round's credit, as a curve
+    assert [m.step for m in won] == list(range(1, 61)) and won[-1].value == 60
+    assert "plots/curves.png" in {a.path for a in registry.client.list_artifacts(v2.run_id, "plots")}
     closed = next(r for r in logs.rounds() if r.round_id == round_id)
     assert closed.outcome["winner"] == "explore" and closed.outcome["version"] == "2"
     assert logs.current_round().model_version == "2"
@@ -224,6 +227,12 @@ def test_major_update_that_fails_the_screen_registers_but_gets_no_gate_round(wor
     assert served_version(registry) == "1" and logs.current_round().round_id == round_id
     assert v2.data_window is not None and "gate" in v2.tags and "promoted.auc" in v2.metrics
     assert v2.tags["gate.verdict"].startswith("refused before its gate round")
+    # the version page tells its story: metrics, the comparison in words, the evidence; the run has curves
+    assert v2.tags["metric.auc"] == f"{v2.metrics['auc']:.4f}" and "Z/" in v2.tags["data_window"]
+    assert "served v1" in v2.tags["gate.comparison"] and "held-out impressions" in v2.tags["gate.comparison"]
+    assert v2.tags["evidence"].startswith("40 impressions")
+    assert len(registry.client.get_metric_history(v2.run_id, "train.loss")) > 1
+    assert "plots/curves.png" in {a.path for a in registry.client.list_artifacts(v2.run_id, "plots")}
 
 
 @pytest.mark.parametrize("clicked_team, decision, served", [(EXPLORE, "promoted", "2"),
