@@ -10,14 +10,17 @@ import contextlib
 import functools
 import time
 import uuid
+from datetime import datetime, timezone
 from typing import Any, Iterator, Mapping, Sequence
 
 from prefect import task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.client.orchestration import get_client
-from prefect.client.schemas.filters import (FlowRunFilter, FlowRunFilterDeploymentId, FlowRunFilterId,
-                                            FlowRunFilterStartTime, FlowRunFilterState, FlowRunFilterStateName)
+from prefect.client.schemas.filters import (FlowRunFilter, FlowRunFilterDeploymentId, FlowRunFilterExpectedStartTime,
+                                            FlowRunFilterId, FlowRunFilterState, FlowRunFilterStateName,
+                                            FlowRunFilterStateType)
+from prefect.client.schemas.objects import StateType
 from prefect.runtime import deployment, flow_run
 from prefect.states import Completed, State
 
@@ -200,31 +203,37 @@ def candidate_metrics(candidate: lifecycle.Candidate) -> dict[str, float]:
 
 
 # --------------------------------------------------------------------------------------------- one run per kind
+SKIPPED = "Skipped"  # the name of the Completed state of a run with nothing to do
+LIVE_STATES = [StateType.SCHEDULED, StateType.PENDING, StateType.RUNNING, StateType.COMPLETED]  # will do or did work
+
+
 def skipped(kind: str, why: str, details: Mapping[str, Any] | None = None) -> State:
     """The end of a run with nothing to do: Completed, named Skipped, so the UI shows it quietly (not Cancelled,
     not failed); its log states why in one line. Calling the flow still returns the decision as a dict."""
     print(f"{kind}: skipped: {why}")
-    return Completed(name="Skipped", message=why, data={"flow": kind, "decision": "skipped", "why": why,
+    return Completed(name=SKIPPED, message=why, data={"flow": kind, "decision": "skipped", "why": why,
                                                           **(details or {})})
 
 
 def superseded() -> str | None:
-    """The name of a run of this run's deployment that started after this run's scheduled time and did its work: a
-    late run after an outage, or one that waited for a slot behind it, then has nothing left to do. None outside a
-    deployment (`drn flows run`)."""
+    """The name of a newer run of this run's deployment that is due too (scheduled after this run, not after now,
+    and not ended Skipped, Cancelled or Failed): a run that waited for the slot behind a long run, or a late run after
+    an outage, leaves the work to the newest due slot, so the update runs once, not once per missed slot. None
+    outside a deployment (`drn flows run`)."""
     deployment_id = deployment.id  # attribute access: Prefect's PREFECT__RUNTIME__* overrides apply
     if deployment_id is None:
         return None
-    scheduled = flow_run.scheduled_start_time
     with get_client(sync_client=True) as client:
-        later = client.read_flow_runs(
+        newer = client.read_flow_runs(
             flow_run_filter=FlowRunFilter(
                 deployment_id=FlowRunFilterDeploymentId(any_=[deployment_id]),
                 id=FlowRunFilterId(not_any_=[flow_run.id]),
-                start_time=FlowRunFilterStartTime(after_=scheduled),
-                state=FlowRunFilterState(name=FlowRunFilterStateName(any_=["Running", "Completed"]))),
+                expected_start_time=FlowRunFilterExpectedStartTime(after_=flow_run.scheduled_start_time,
+                                                                   before_=datetime.now(timezone.utc)),
+                state=FlowRunFilterState(type=FlowRunFilterStateType(any_=LIVE_STATES),
+                                         name=FlowRunFilterStateName(not_any_=[SKIPPED]))),
             limit=1)
-    return later[0].name if later else None
+    return newer[0].name if newer else None
 
 
 @contextlib.contextmanager
@@ -238,9 +247,9 @@ def exclusive(settings: Settings, kind: str, lease_s: float, scheduled: bool = F
 
     Deployment concurrency limits only cover runs the Prefect server schedules; this lease also covers direct
     runs (`drn flows run`, each with its own temporary server) and runs from other workers."""
-    later = superseded() if scheduled else None
-    if later is not None:
-        yield f"run {later} started after this run's scheduled time and did its work"
+    newer = superseded() if scheduled else None
+    if newer is not None:
+        yield f"run {newer}, scheduled after this one, is due too: the update runs once, for the newest slot"
         return
     logs = log_store(settings)
     holder = f"{flow_run.get_id() or 'direct'}:{uuid.uuid4().hex}"

@@ -39,14 +39,18 @@ ONE_AT_A_TIME = ConcurrencyLimitConfig(limit=1, collision_strategy=ConcurrencyLi
 
 
 def paused_states(names: list[str]) -> dict[str, bool]:
-    """`paused` of each existing deployment `<flow>/<deployment>`; absent ones (first serve) are left out."""
+    """Whether each existing deployment `<flow>/<deployment>` is paused, or has every schedule switched off (the
+    toggle beside a schedule in the UI; re-applying would switch it on again), so re-serving keeps it from running
+    on schedule; absent ones (first serve) are left out."""
     found: dict[str, bool] = {}
     with get_client(sync_client=True) as client:
         for name in names:
             try:
-                found[name] = bool(client.read_deployment_by_name(name).paused)
+                existing = client.read_deployment_by_name(name)
             except ObjectNotFound:
-                pass
+                continue
+            switched_off = bool(existing.schedules) and not any(s.active for s in existing.schedules)
+            found[name] = bool(existing.paused) or switched_off
     return found
 
 

@@ -36,3 +36,14 @@ def prefect_server():
     from prefect.testing.utilities import prefect_test_harness
     with prefect_test_harness(server_startup_timeout=120):
         yield
+
+
+@pytest.fixture(scope="session")
+def browser():
+    """Headless Chromium for the UI journeys (tests/browser.py); skipped with the reason where it cannot run."""
+    from browser import chromium
+    driver, why = chromium()
+    if driver is None:
+        pytest.skip(why)
+    yield driver
+    driver.quit()

@@ -1,6 +1,7 @@
 """End to end, the way a user runs it: `drn demo --keep-up` as a subprocess (Prefect server, MLflow server, the
 flow deployments, serving, the simulated world's HTTP traffic on a compressed clock), then a rollback by stage
-change through the MLflow server that serving follows, then Ctrl-C, which must stop every process it started."""
+change through the MLflow server that serving follows and that holds, the browser journeys in the real UIs
+(headless Chromium), then Ctrl-C, which must stop every process it started. And `drn up --data DIR`."""
 from __future__ import annotations
 
 import json
@@ -10,6 +11,7 @@ import socket
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -56,48 +58,104 @@ def held_promotion(api: str) -> dict | None:
     return promotion if promotion.get("held") else None
 
 
-def test_demo_serves_learns_rolls_back_and_stops(tmp_path):
+@dataclass
+class Demo:
+    process: subprocess.Popen
+    log: Path
+    pid_file: Path
+    ports: dict[str, int]
+    summary: dict
+
+    @property
+    def api(self) -> str:
+        return f"http://127.0.0.1:{self.ports['--api-port']}"
+
+    @property
+    def mlflow(self) -> str:
+        return f"http://127.0.0.1:{self.ports['--mlflow-port']}"
+
+    @property
+    def prefect(self) -> str:
+        return f"http://127.0.0.1:{self.ports['--prefect-port']}"
+
+    def wait_for(self, check, timeout_s: float, what: str):
+        return wait_for(check, timeout_s, what, self.process, self.log)
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    """One `drn demo --keep-up` for the module's tests, in order: the demo's summary and a stage rollback by API,
+    the browser journeys (tests/test_ui.py's helpers), then Ctrl-C."""
+    tmp_path = tmp_path_factory.mktemp("demo")
     ports = {"--prefect-port": free_port(), "--mlflow-port": free_port(), "--api-port": free_port()}
     out, log = tmp_path / "out", tmp_path / "demo.log"
     argv = [sys.executable, "-m", "drn_cli.main", "demo", "--out", str(out), "--hours", str(HOURS), "--speed",
             str(SPEED), "--users", str(USERS), "--keep-up", *(str(x) for kv in ports.items() for x in kv)]
     env = {k: v for k, v in os.environ.items() if not k.startswith(("DRN_", "PREFECT_", "MLFLOW_"))}
     with open(log, "wb") as sink:
-        demo = subprocess.Popen(argv, stdout=sink, stderr=subprocess.STDOUT, env=env)
-    pid_file = out / "home" / "stack.pids.json"
+        process = subprocess.Popen(argv, stdout=sink, stderr=subprocess.STDOUT, env=env)
     try:
         summary_file = out / "summary.json"
         wait_for(lambda: summary_file.is_file() and "mlflow_run" in summary_file.read_text(), SUMMARY_TIMEOUT_S,
-                 "summary", demo, log)
-        summary = json.loads(summary_file.read_text())
-        traffic = summary["traffic"]
-        assert traffic["failed_requests"] == 0, traffic["errors"]
-        assert traffic["impressions"] > 50 and traffic["clicks"] > 0
-        assert [row["hour"] for row in summary["per_hour"]] == list(range(HOURS))
-        assert summary["versions_registered_by_kind"].get("offline") == 1
-        assert summary["flow_runs"]["minor-update"].get("Completed", 0) >= 1
-        assert Path(summary["plot"]).is_file()
-        pids = json.loads(pid_file.read_text())
-        assert set(pids) == {"prefect-server", "mlflow-server", "flows", "serving"}
-
-        # Roll back (or forward) by stage, as an engineer does in the MLflow UI; serving follows.
-        from mlflow import MlflowClient
-        api = f"http://127.0.0.1:{ports['--api-port']}"
-        client = MlflowClient(f"http://127.0.0.1:{ports['--mlflow-port']}")
-        served = served_version(api)
-        others = [v["version"] for v in summary["versions"] if v["version"] != served]
-        assert others, f"only v{served} was registered: nothing to change the stage to"
-        client.transition_model_version_stage("drn", others[0], "Production", archive_existing_versions=True)
-        wait_for(lambda: served_version(api) == others[0], FOLLOW_TIMEOUT_S, f"serving v{others[0]}", demo, log)
-        # the rollback holds: the next update run records it, /model says so, and the schedule does not overrule it
-        promotion = wait_for(lambda: held_promotion(api), HOLD_TIMEOUT_S, "promotion held", demo, log)
-        assert promotion["by"] == "mlflow-ui" and f"v{others[0]}" in promotion["why"]
-        time.sleep(2 * MAJOR_PERIOD_S)
-        assert served_version(api) == others[0]
+                 "summary", process, log)
+        yield Demo(process, log, out / "home" / "stack.pids.json", ports, json.loads(summary_file.read_text()))
     finally:
-        demo.send_signal(signal.SIGINT)
-        demo.wait(STOP_TIMEOUT_S)
-    assert not pid_file.exists()
+        if process.poll() is None:
+            process.send_signal(signal.SIGINT)
+            process.wait(STOP_TIMEOUT_S)
+
+
+def test_demo_serves_learns_and_a_stage_rollback_holds(demo):
+    summary = demo.summary
+    traffic = summary["traffic"]
+    assert traffic["failed_requests"] == 0, traffic["errors"]
+    assert traffic["impressions"] > 50 and traffic["clicks"] > 0
+    assert [row["hour"] for row in summary["per_hour"]] == list(range(HOURS))
+    assert summary["versions_registered_by_kind"].get("offline") == 1
+    assert summary["flow_runs"]["minor-update"].get("Completed", 0) >= 1
+    assert not any(states.get("Cancelled") for states in summary["flow_runs"].values()), summary["flow_runs"]
+    assert Path(summary["plot"]).is_file()
+    assert set(json.loads(demo.pid_file.read_text())) == {"prefect-server", "mlflow-server", "flows", "serving"}
+
+    # Roll back (or forward) by stage, as an engineer does in the MLflow UI; serving follows.
+    from mlflow import MlflowClient
+    client = MlflowClient(demo.mlflow)
+    served = served_version(demo.api)
+    others = [v["version"] for v in summary["versions"] if v["version"] != served]
+    assert others, f"only v{served} was registered: nothing to change the stage to"
+    client.transition_model_version_stage("drn", others[0], "Production", archive_existing_versions=True)
+    demo.wait_for(lambda: served_version(demo.api) == others[0], FOLLOW_TIMEOUT_S, f"serving v{others[0]}")
+    # the rollback holds: the next update run records it, /model says so, and the schedule does not overrule it
+    promotion = demo.wait_for(lambda: held_promotion(demo.api), HOLD_TIMEOUT_S, "promotion held")
+    assert promotion["by"] == "mlflow-ui" and f"v{others[0]}" in promotion["why"]
+    time.sleep(2 * MAJOR_PERIOD_S)
+    assert served_version(demo.api) == others[0]
+
+
+def test_browser_journeys_pause_a_schedule_read_a_version_roll_back_by_stage(demo, browser):
+    from browser import mlflow_rollback_by_stage, prefect_pause_and_resume, read_version_page
+    assert prefect_pause_and_resume(browser, demo.prefect, "minor-update/drn") == (False, True)  # off, on
+    versions = {v["version"]: v for v in demo.summary["versions"]}
+    child = next(v for v in versions.values() if v.get("parent"))
+    page = read_version_page(browser, demo.mlflow, child["version"])
+    assert f"parent\n{child['parent']}" in page and f"kind\n{child['kind']}" in page
+    assert "metric.auc" in page and "Inputs (1)" in page  # its metrics, and the MLmodel's signature
+    served = served_version(demo.api)
+    target = next(v for v in versions if v != served)
+    clicks, clicked_at = mlflow_rollback_by_stage(browser, demo.mlflow, target)
+    demo.wait_for(lambda: served_version(demo.api) == target, FOLLOW_TIMEOUT_S, f"serving v{target}")
+    print(f"\nUI rollback to v{target}: {clicks} clicks, served {time.monotonic() - clicked_at:.2f} s after OK")
+    demo.wait_for(lambda: (held_promotion(demo.api) or {}).get("why", "").endswith(f"v{target} by hand"),
+                  HOLD_TIMEOUT_S, "promotion held after the UI rollback")
+    time.sleep(2 * MAJOR_PERIOD_S)
+    assert served_version(demo.api) == target
+
+
+def test_ctrl_c_stops_every_process_the_demo_started(demo):
+    pids = json.loads(demo.pid_file.read_text())
+    demo.process.send_signal(signal.SIGINT)
+    demo.process.wait(STOP_TIMEOUT_S)
+    assert not demo.pid_file.exists()
     for name, pid in pids.items():
         with pytest.raises(ProcessLookupError):
             os.killpg(pid, 0)
@@ -124,10 +182,12 @@ def test_up_with_data_trains_the_first_model_on_the_users_mind_folder(tmp_path):
         run = client.get_run(client.get_model_version("drn", "1").run_id)
         assert run.data.params["data_dir"] == str(logs.resolve())
         assert "generating" not in log.read_text()  # no simulated world was generated for it
-        known = {imp.user for imp in load_dataset(logs).impressions}
-        user = sorted(known)[0]
-        reply = httpx.post(f"{api}/recommend", json={"user": user, "candidates": ["N1", "N2", "N3"]}, timeout=10)
-        assert reply.status_code == 200
+        data = load_dataset(logs)
+        user, news = data.impressions[-1].user, sorted(data.news)[:5]
+        reply = httpx.post(f"{api}/recommend", json={"user": user, "candidates": [{"news_id": n} for n in news]},
+                           timeout=10)
+        assert reply.status_code == 200, reply.text
+        assert reply.json()["model_version"] == "1"
     finally:
         up.send_signal(signal.SIGINT)
         up.wait(STOP_TIMEOUT_S)

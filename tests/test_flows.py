@@ -342,33 +342,30 @@ def test_a_major_update_without_new_evidence_registers_nothing(world, v1):
     assert len(registry.versions()) == 3
 
 
-def test_a_scheduled_run_whose_slot_a_later_run_already_served_is_skipped(world, v1):
-    from datetime import timedelta
+def test_a_scheduled_run_with_a_newer_slot_due_is_skipped_and_the_newest_runs(world, v1):
+    from datetime import datetime, timedelta, timezone
 
     from prefect.client.orchestration import get_client
     from prefect.flow_engine import run_flow
-    from prefect.states import Completed, Running, Scheduled
+    from prefect.states import Scheduled
 
     from flows.deployments import DEPLOYMENT, deployments
     from flows.minor_update import minor_update
     registry, logs = v1
     log_round(logs, world, EXPLORE)
-    for deployment in deployments(paused={f"{name}/{DEPLOYMENT}": True for name in ("minor-update", "major-update")}):
+    for deployment in deployments(paused={}):  # no runner serves them here: only the runs below ever run
         deployment.apply()
     with get_client(sync_client=True) as client:
         deployment_id = client.read_deployment_by_name(f"minor-update/{DEPLOYMENT}").id
-        done = client.create_flow_run_from_deployment(deployment_id)  # the run that did the work, just now
-        client.set_flow_run_state(done.id, Running(), force=True)
-        client.set_flow_run_state(done.id, Completed(), force=True)
-        started = client.read_flow_run(done.id).start_time
-        # a slot missed an hour before it (an outage), and the next slot after it, as the runner would start them
-        late, next_slot = (client.create_flow_run_from_deployment(deployment_id, state=Scheduled(scheduled_time=t))
-                           for t in (started - timedelta(hours=1), started + timedelta(seconds=1)))
-        late, next_slot = client.read_flow_run(late.id), client.read_flow_run(next_slot.id)
+        # after an outage: two missed slots, an hour and a minute ago, both due, as the runner finds them
+        now = datetime.now(timezone.utc)
+        late, newest = (client.read_flow_run(client.create_flow_run_from_deployment(
+            deployment_id, state=Scheduled(scheduled_time=now - ago)).id)
+            for ago in (timedelta(hours=1), timedelta(minutes=1)))
     state = run_flow(minor_update, flow_run=late, return_type="state")
-    assert (state.type.value, state.name) == ("COMPLETED", "Skipped") and done.name in state.message
+    assert (state.type.value, state.name) == ("COMPLETED", "Skipped") and "is due too" in state.message
     assert state.result()["decision"] == "skipped" and len(registry.versions()) == 1
-    assert run_flow(minor_update, flow_run=next_slot)["decision"] == "promoted"
+    assert run_flow(minor_update, flow_run=newest)["decision"] == "promoted"  # the newest due slot does the work
 
 
 def test_stale_round_is_not_scored(world, v1):
@@ -426,7 +423,13 @@ def test_deployments_keep_a_paused_schedule_paused(prefect_server):
         assert client.read_deployment_by_name(name).paused
         # the pitfall this guards against: Prefect's own re-apply resumes it
         minor_update.to_deployment(DEPLOYMENT, interval=1800).apply()
-        assert not client.read_deployment_by_name(name).paused
+        resumed = client.read_deployment_by_name(name)
+        assert not resumed.paused
+        # the schedule's own toggle in the UI, switched off, also survives a re-serve
+        client.update_deployment_schedule(resumed.id, resumed.schedules[0].id, active=False)
+        for deployment in deployments():
+            deployment.apply()
+        assert client.read_deployment_by_name(name).paused
 
 
 def test_a_version_is_not_promoted_over_a_change_made_while_it_trained(world, v1, monkeypatch):
@@ -467,7 +470,10 @@ def test_cli_promote_rollback_models(world, v1, capsys):
     log_round(logs, world, EXPLORE)
     assert minor_update()["decision"] == "promoted"
     capsys.readouterr()
+    assert main(["rollback", "--reason", "looks wrong", "--hold-hours", "0"]) == 2  # a hold must have a length
     assert main(["rollback", "--reason", "looks wrong"]) == 0 and served_version(registry) == "1"
+    rolled = json.loads(capsys.readouterr().out)
+    assert rolled["promotion"]["held"] and rolled["promotion"]["until"] is None
     assert main(["promote", "2", "--reason", "fixed"]) == 0 and served_version(registry) == "2"
     assert logs.current_round().model_version == "2"
     assert main(["promote", "9"]) == 2  # unknown version: one line, nothing changed
@@ -477,6 +483,9 @@ def test_cli_promote_rollback_models(world, v1, capsys):
     table = capsys.readouterr().out.splitlines()
     assert table[0].split()[:4] == ["version", "kind", "parent", "stage"]
     assert table[2].split()[:5] == ["2", "minor", "1", "Production", "champion"]
+    assert table[-1].startswith("promotion is held since") and "v2 promoted by hand" in table[-1]
+    assert main(["resume", "--reason", "checked"]) == 0 and json.loads(capsys.readouterr().out)["resumed"]
+    assert main(["models"]) == 0 and capsys.readouterr().out.splitlines()[-1] == "automatic promotion: on (not held)"
     assert main(["models", "--json"]) == 0
     rows = json.loads(capsys.readouterr().out)
     assert [(r["version"], r["stage"]) for r in rows] == [("1", "Archived"), ("2", "Production")]

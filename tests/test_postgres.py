@@ -53,4 +53,4 @@ def test_register_promote_and_roll_back_on_postgresql(database, tmp_path):
         assert registry.served().version == second and logs.current_round().model_version == second
         assert lifecycle.rollback(registry, logs, None, who="test", why="worse", now=time.time()) == first
         assert registry.served().version == first and logs.current_round().model_version == first
-        assert [r["action"] for r in registry.history()] == ["promote", "promote", "rollback"]
+        assert [r["action"] for r in registry.history()] == ["promote", "promote", "rollback", "hold"]

@@ -464,6 +464,10 @@ def test_admin_routes_need_the_token(registry, versions, logs, tmp_path):
         assert rolled.status_code == 200, rolled.text
         assert rolled.json()["rolled_back_to"] == versions["a"] and rolled.json()["exploring"] is True
         assert registry.served().version == versions["a"]
+        promotion = client.get("/model").json()["promotion"]  # the rollback holds automatic promotion, and says so
+        assert promotion["held"] and promotion["by"] == "serving:/admin/rollback" and "looks wrong" in promotion["why"]
+        registry.resume(who="test", why="the next tests promote")
+        assert client.get("/model").json()["promotion"] == {"held": False}
     with serve(_settings(tmp_path, admin_token=None), registry, logs) as client:
         assert client.post("/admin/reload", headers=auth).status_code == 403
 
