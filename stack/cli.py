@@ -82,8 +82,11 @@ def cmd_demo(args: argparse.Namespace) -> object:
     _sigterm_as_interrupt()
     from stack.up import WorldSpec
     given = {"users": args.users, "seed": args.seed}
+    if args.idle_hours < 0:
+        raise ValueError("--idle-hours must be >= 0")
     options = DemoOptions(hours=args.hours, speed=args.speed, clients=args.clients, keep_up=args.keep_up,
-                          world=WorldSpec(**{k: v for k, v in given.items() if v is not None}))
+                          world=WorldSpec(**{k: v for k, v in given.items() if v is not None}),
+                          idle_hours=args.idle_hours)
     try:
         return run_demo(_settings(args, default_home=Path(args.out) / "home"), options, Path(args.out), say)
     except StackError as err:
@@ -120,5 +123,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     demo.add_argument("--clients", type=int, default=4, help="concurrent HTTP requests (default 4)")
     demo.add_argument("--users", type=int, help="users of the simulated world (default 400: ~3,700 requests a day)")
     demo.add_argument("--seed", type=int, help="seed of the simulated world (default 0)")
+    demo.add_argument("--idle-hours", type=float, default=0.0,
+                      help="world hours the updates run on after the traffic stops, before the summary (default 0)")
     demo.add_argument("--keep-up", action="store_true", help="leave everything up after the summary, until Ctrl-C")
     demo.set_defaults(handler=cmd_demo)

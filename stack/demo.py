@@ -47,6 +47,7 @@ class DemoOptions:
     clients: int = 4  # requests in flight at once
     keep_up: bool = False  # leave the stack up after the summary until Ctrl-C (to try a rollback in the UI)
     world: WorldSpec = WorldSpec()
+    idle_hours: float = 0.0  # world hours the pipeline runs on after the traffic stops, before the summary
 
     def up_options(self, clock_token: str) -> UpOptions:
         return UpOptions(minor_every_min=T_D_MIN / self.speed, major_every_min=T_R_MIN / self.speed,
@@ -222,6 +223,10 @@ def run_demo(settings: StackSettings, options: DemoOptions, out: Path, say: Call
         say(f"world: {options.hours:g} h at x{options.speed:g} (minor update every "
             f"{T_D_MIN * 60 / options.speed:.1f} s, major every {T_R_MIN * 60 / options.speed:.1f} s)")
         stats = asyncio.run(traffic_with_status(settings, options, token))
+        if options.idle_hours > 0:
+            say(f"traffic stopped: the updates run on for {options.idle_hours:g} world hours "
+                f"({options.idle_hours * 3600 / options.speed:.0f} s) before the summary")
+            time.sleep(options.idle_hours * 3600 / options.speed)
         versions, history = observe.registry_story(settings.mlflow_url)
         summary = summarise(stats, versions, history, observe.flow_run_states(settings.prefect_api), options,
                             time.monotonic() - started, observe.round_story(settings.home))

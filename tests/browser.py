@@ -18,8 +18,12 @@ def chromium():
     if not (shutil.which(CHROMIUM) and shutil.which(DRIVER)):
         if not shutil.which("apt-get"):
             return None, "no chromium and no apt-get to install it"
-        install = subprocess.run(["apt-get", "install", "-y", "-qq", *PACKAGES], capture_output=True, text=True,
-                                 env={"DEBIAN_FRONTEND": "noninteractive", "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"})
+        env = {"DEBIAN_FRONTEND": "noninteractive", "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}
+        install = subprocess.run(["apt-get", "install", "-y", "-qq", *PACKAGES], capture_output=True, text=True, env=env)
+        if install.returncode != 0:  # a fresh machine's package lists may be missing or stale
+            subprocess.run(["apt-get", "update", "-qq"], capture_output=True, env=env)
+            install = subprocess.run(["apt-get", "install", "-y", "-qq", *PACKAGES], capture_output=True, text=True,
+                                     env=env)
         if install.returncode != 0:
             return None, f"apt-get install {' '.join(PACKAGES)} failed: {install.stderr.strip()[-300:]}"
     from selenium import webdriver
