@@ -568,7 +568,10 @@ class Registry:
         if last is not None and time.time() - last["at"] < self.reconcile_grace_s:
             return False
         last_version = last["version"] if last is not None else None
-        if champion is not None and served == last_version:
+        if champion is None:  # the alias was deleted by hand: nothing was rolled back, it is put back
+            self.client.set_registered_model_alias(self.model_name, CHAMPION, served)
+            return False
+        if served == last_version:
             try:
                 self._promote(champion, who=who, action="alias_change",
                               why=f"alias {CHAMPION} moved from v{served} to v{champion} outside drn")
@@ -580,11 +583,11 @@ class Registry:
             self.hold(who=who, why=f"alias {CHAMPION} moved to v{champion} by hand")
             return True
         self.client.set_registered_model_alias(self.model_name, CHAMPION, served)
-        self._history(served, action="stage_change", who=who, previous=champion or last_version,
+        self._history(served, action="stage_change", who=who, previous=champion,
                       why=f"stage {PRODUCTION} moved to v{served} outside drn")
         for k, v in {TAG_PROMOTED_AT: iso_time(time.time()), TAG_PROMOTED_BY: who, TAG_ACTION: "stage_change",
                      TAG_PROMOTION_REASON: f"stage {PRODUCTION} moved by hand",
-                     TAG_PREVIOUS: champion or last_version or NONE_TAG}.items():
+                     TAG_PREVIOUS: champion}.items():
             self.client.set_model_version_tag(self.model_name, served, k, v)
         self.hold(who=who, why=f"stage {PRODUCTION} moved to v{served} by hand")
         return True

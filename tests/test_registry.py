@@ -363,6 +363,9 @@ def test_an_alias_moved_by_hand_is_an_alias_change_and_serving_follows_it(reg):
     assert "alias champion moved from v%s to v%s" % (b, a) in change["why"]
     assert not any(r["action"] == "stage_change" for r in reg.history()[-3:])
     assert "alias champion moved" in reg.promotion_hold().why
+    n = len(reg.history())
+    ui.delete_registered_model_alias(reg.model_name, CHAMPION)  # deleted, not moved: nothing to record
+    assert reg.reconcile() is False and reg.champion_version() == a and len(reg.history()) == n
 
 
 def test_reconcile_leaves_a_promotion_in_flight_alone(reg):
