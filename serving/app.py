@@ -48,7 +48,7 @@ from drn.online import set_threads
 from drn.registry import NOT_HELD, Registry, RegistryError
 from serving.holder import ModelHolder
 from serving.schemas import (DEFAULT_K, RECOMMEND_REQUEST, Candidate, ClickEvent, FeedbackRequest, FeedbackResponse,
-                             RecommendRequest, RecommendResponse, ReturnEvent, RollbackRequest, adds_nothing_to,
+                             Problem, RecommendRequest, RecommendResponse, ReturnEvent, RollbackRequest, adds_nothing_to,
                              news_item)
 from serving.settings import ServeSettings
 from serving.signing import ImpressionSigner
@@ -443,9 +443,42 @@ def _openapi_with_recommend(app: FastAPI) -> Callable[[], dict]:
                     "schema": {"$ref": ref.format(model="RecommendResponse")}}}},
                     "422": {"description": "Validation error", "content": {"application/json": {
                         "schema": {"$ref": ref.format(model="HTTPValidationError")}}}}}}}
+            _declare_refusals(document, ref)
             app.openapi_schema = document
         return app.openapi_schema
     return openapi
+
+
+# What each route refuses besides a body that fails validation, each answered as a Problem ({"detail": "..."}); a
+# 422 is then either kind. Declared so that the OpenAPI document says what the service answers (a fuzzer checks it).
+REFUSALS = {
+    ("/recommend", "post"): {400: "the client disconnected before sending the whole body",
+                             422: "too many or duplicate candidates", 503: "the log store is unavailable"},
+    ("/feedback", "post"): {400: "a body that is not JSON", 403: "an impression id this service did not issue",
+                            404: "an unknown impression",
+                            422: "nothing to record, an item the impression did not show, a click before its impression",
+                            503: "the log store is unavailable"},
+    ("/admin/reload", "post"): {401: "no or a wrong admin token", 403: "admin routes are disabled"},
+    ("/admin/rollback", "post"): {400: "a body that is not JSON", 401: "no or a wrong admin token",
+                                  403: "admin routes are disabled",
+                                  409: "nothing to roll back to, an unknown version, or the version is served"},
+}
+
+
+def _declare_refusals(document: dict, ref: str) -> None:
+    """Add REFUSALS to `document`, and /metrics as the Prometheus text it is."""
+    document["components"]["schemas"]["Problem"] = Problem.model_json_schema(ref_template=ref)
+    problem = {"$ref": ref.format(model="Problem")}
+    for (path, method), refusals in REFUSALS.items():
+        responses = document["paths"][path][method]["responses"]
+        for status, why in refusals.items():
+            schema = problem
+            if status == 422:
+                schema = {"anyOf": [{"$ref": ref.format(model="HTTPValidationError")}, problem]}
+            responses[str(status)] = {"description": why, "content": {"application/json": {"schema": schema}}}
+    document["paths"]["/metrics"]["get"]["responses"]["200"] = {
+        "description": "Prometheus text exposition", "content": {CONTENT_TYPE.split(";")[0]: {
+            "schema": {"type": "string"}}}}
 
 
 def _parse(schema: TypeAdapter[T], raw: bytes) -> T:
@@ -454,9 +487,10 @@ def _parse(schema: TypeAdapter[T], raw: bytes) -> T:
     candidates per request costs about twice as much."""
     try:
         return schema.validate_json(raw)
-    except ValidationError as e:
-        raise RequestValidationError([{**err, "loc": ("body", *err["loc"])} for err in e.errors(include_url=False)],
-                                     body=raw) from None
+    except ValidationError as e:  # a body that is not UTF-8 JSON is an error about bytes: not echoed as `input`
+        raise RequestValidationError([{**{k: v for k, v in err.items() if not isinstance(v, bytes)},
+                                       "loc": ("body", *err["loc"])} for err in e.errors(include_url=False)],
+                                     body=None) from None
 
 
 def _settle(batch: list[PendingImpression], outcomes: list[BaseException | None]) -> None:

@@ -15,7 +15,8 @@ from serving.signing import ID_PATTERN
 Id = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:@-]{0,127}$")]
 ImpressionId = Annotated[str, Field(pattern=ID_PATTERN.pattern)]
 # Epoch seconds (UTC), as everywhere in the project; a time outside 1970..2100 is a malformed time, not a date.
-EpochSeconds = Annotated[float, Field(ge=0.0, le=4_102_444_800.0, allow_inf_nan=False)]
+# strict: JSON `false` is not a time (lax parsing would read it as 0.0, 1970); integers still are
+EpochSeconds = Annotated[float, Field(ge=0.0, le=4_102_444_800.0, allow_inf_nan=False, strict=True)]
 Label = Annotated[str, Field(min_length=1, max_length=128)]
 MAX_ENTITIES = 64  # per news item; MIND items have a handful
 MAX_FEEDBACK_EVENTS = 1000  # clicks plus returns in one /feedback call: a client's batch, not a bulk import
@@ -24,6 +25,13 @@ MAX_HISTORY = 1000  # news ids in a /recommend `history`; MIND's longest histori
 
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")  # a misspelt field is an error, not silently ignored
+
+
+class Problem(BaseModel):
+    """A request the service refuses for what it is, not its shape: a forged or unknown impression, a missing
+    token, a conflict in the registry. (A body that fails validation gets FastAPI's HTTPValidationError.)"""
+
+    detail: str
 
 
 # The /recommend body is parsed into plain dicts (TypedDicts validated by pydantic-core) rather than models: with 50
