@@ -34,7 +34,6 @@ mlflow is imported lazily (4-6 s) inside :class:`Registry`; importing this modul
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import hashlib
 import json
 import os
