@@ -535,6 +535,10 @@ class Registry:
             with contextlib.suppress(Exception):
                 self.client.delete_registered_model_tag(self.model_name, key)
             raise
+        self._tag_promotion(version, action=action, who=who, why=why, previous=previous)
+
+    def _tag_promotion(self, version: str, *, action: str, who: str, why: str, previous: str | None) -> None:
+        """The served version's own record of how it came to be served (the history keeps every one)."""
         for k, v in {TAG_PROMOTED_AT: iso_time(time.time()), TAG_PROMOTED_BY: who, TAG_PROMOTION_REASON: why,
                      TAG_PREVIOUS: previous if previous is not None else NONE_TAG, TAG_ACTION: action}.items():
             self.client.set_model_version_tag(self.model_name, version, k, v)
@@ -584,10 +588,8 @@ class Registry:
         self.client.set_registered_model_alias(self.model_name, CHAMPION, served)
         self._history(served, action="stage_change", who=who, previous=champion,
                       why=f"stage {PRODUCTION} moved to v{served} outside drn")
-        for k, v in {TAG_PROMOTED_AT: iso_time(time.time()), TAG_PROMOTED_BY: who, TAG_ACTION: "stage_change",
-                     TAG_PROMOTION_REASON: f"stage {PRODUCTION} moved by hand",
-                     TAG_PREVIOUS: champion}.items():
-            self.client.set_model_version_tag(self.model_name, served, k, v)
+        self._tag_promotion(served, action="stage_change", who=who, why=f"stage {PRODUCTION} moved by hand",
+                            previous=champion)
         self.hold(who=who, why=f"stage {PRODUCTION} moved to v{served} by hand")
         return True
 

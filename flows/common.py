@@ -193,6 +193,12 @@ def curves_figure(series: Mapping[str, Sequence[tuple[int, float]]], title: str)
     return figure
 
 
+def gate_tags(candidate: lifecycle.Candidate, verdict: lifecycle.GateResult, served: str | None) -> dict[str, str]:
+    """A trained version's gate, for its page: the verdict and the comparison in words."""
+    return {"gate": verdict.reason, "gate.comparison": lifecycle.comparison(
+        candidate.metrics, candidate.baseline, served, int(candidate.metrics["impressions"]))}
+
+
 def candidate_metrics(candidate: lifecycle.Candidate) -> dict[str, float]:
     """The run metrics of a trained version: its own, the promoted model's on the same data, the trainer's.
 

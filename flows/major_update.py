@@ -79,9 +79,8 @@ def major_update(train_config: dict[str, Any] | None = None, holdout_fraction: f
             params={"train": config.to_dict(), "holdout_fraction": holdout_fraction, "gate_tolerance": tolerance,
                     "replay_start": start},
             metrics=common.candidate_metrics(candidate), series=common.candidate_series(candidate),
-            tags={"gate": verdict.reason, lifecycle.EVIDENCE_TAG: lifecycle.evidence(logged),
-                  "gate.comparison": lifecycle.comparison(candidate.metrics, candidate.baseline, info.version,
-                                                          int(candidate.metrics["impressions"]))},
+            tags={lifecycle.EVIDENCE_TAG: lifecycle.evidence(logged),
+                  **common.gate_tags(candidate, verdict, info.version)},
             description=f"major update of v{info.version} on {len(logged)} logged impressions")
         decision, why = common.challenge_if_screened(settings, version, verdict, info.version, alpha)
         return common.report(KIND, decision, why, {"version": version, "parent": info.version,

@@ -66,10 +66,8 @@ def offline_training(data_dir: str, train_config: dict[str, Any] | None = None, 
             params={"train": config.to_dict(), "seed": seed, "data_dir": data_dir, "test_days": test_days,
                     "gate_tolerance": tolerance, "chosen": chosen},
             metrics=common.candidate_metrics(candidate), series=common.candidate_series(candidate),
-            tags={"compared_with": promoted_info.version if promoted_info else "none", "gate": verdict.reason,
-                  "gate.comparison": lifecycle.comparison(candidate.metrics, candidate.baseline,
-                                                          promoted_info.version if promoted_info else None,
-                                                          int(candidate.metrics["impressions"]))},
+            tags={"compared_with": promoted_info.version if promoted_info else "none",
+                  **common.gate_tags(candidate, verdict, promoted_info.version if promoted_info else None)},
             description=f"offline training on {data_dir}")
         previous = promoted_info.version if promoted_info else None
         decision, why = common.promote_if_passed(settings, version, verdict, previous, alpha)

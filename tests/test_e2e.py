@@ -17,6 +17,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from stack.settings import StackSettings
+
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(420)]
 
 HOURS, SPEED, USERS = 4, 240, 120  # 4 world hours in 60 s of traffic; a small world trains its first model fast
@@ -58,25 +60,30 @@ def held_promotion(api: str) -> dict | None:
     return promotion if promotion.get("held") else None
 
 
+def free_stack(home: Path) -> StackSettings:
+    """A stack on free loopback ports under `home`; its addresses are the StackSettings' own."""
+    return StackSettings(home, prefect_port=free_port(), mlflow_port=free_port(), api_port=free_port())
+
+
+def stack_flags(stack: StackSettings) -> list[str]:
+    return ["--home", str(stack.home), "--prefect-port", str(stack.prefect_port), "--mlflow-port",
+            str(stack.mlflow_port), "--api-port", str(stack.api_port)]
+
+
+def start_drn(args: list[str], log: Path) -> subprocess.Popen:
+    """`drn ARGS` as a user starts it: none of this process's DRN / Prefect / MLflow settings, output to `log`."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DRN_", "PREFECT_", "MLFLOW_"))}
+    with open(log, "wb") as sink:
+        return subprocess.Popen([sys.executable, "-m", "drn_cli.main", *args], stdout=sink, stderr=subprocess.STDOUT,
+                                env=env)
+
+
 @dataclass
 class Demo:
     process: subprocess.Popen
     log: Path
-    pid_file: Path
-    ports: dict[str, int]
+    stack: StackSettings
     summary: dict
-
-    @property
-    def api(self) -> str:
-        return f"http://127.0.0.1:{self.ports['--api-port']}"
-
-    @property
-    def mlflow(self) -> str:
-        return f"http://127.0.0.1:{self.ports['--mlflow-port']}"
-
-    @property
-    def prefect(self) -> str:
-        return f"http://127.0.0.1:{self.ports['--prefect-port']}"
 
     def wait_for(self, check, timeout_s: float, what: str):
         return wait_for(check, timeout_s, what, self.process, self.log)
@@ -85,20 +92,17 @@ class Demo:
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory):
     """One `drn demo --keep-up` for the module's tests, in order: the demo's summary and a stage rollback by API,
-    the browser journeys (tests/test_ui.py's helpers), then Ctrl-C."""
+    the browser journeys (tests/browser.py), then Ctrl-C."""
     tmp_path = tmp_path_factory.mktemp("demo")
-    ports = {"--prefect-port": free_port(), "--mlflow-port": free_port(), "--api-port": free_port()}
     out, log = tmp_path / "out", tmp_path / "demo.log"
-    argv = [sys.executable, "-m", "drn_cli.main", "demo", "--out", str(out), "--hours", str(HOURS), "--speed",
-            str(SPEED), "--users", str(USERS), "--keep-up", *(str(x) for kv in ports.items() for x in kv)]
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("DRN_", "PREFECT_", "MLFLOW_"))}
-    with open(log, "wb") as sink:
-        process = subprocess.Popen(argv, stdout=sink, stderr=subprocess.STDOUT, env=env)
+    stack = free_stack(out / "home")
+    process = start_drn(["demo", "--out", str(out), "--hours", str(HOURS), "--speed", str(SPEED), "--users",
+                         str(USERS), "--keep-up", *stack_flags(stack)], log)
     try:
         summary_file = out / "summary.json"
         wait_for(lambda: summary_file.is_file() and "mlflow_run" in summary_file.read_text(), SUMMARY_TIMEOUT_S,
                  "summary", process, log)
-        yield Demo(process, log, out / "home" / "stack.pids.json", ports, json.loads(summary_file.read_text()))
+        yield Demo(process, log, stack, json.loads(summary_file.read_text()))
     finally:
         if process.poll() is None:
             process.send_signal(signal.SIGINT)
@@ -115,47 +119,47 @@ def test_demo_serves_learns_and_a_stage_rollback_holds(demo):
     assert summary["flow_runs"]["minor-update"].get("Completed", 0) >= 1
     assert not any(states.get("Cancelled") for states in summary["flow_runs"].values()), summary["flow_runs"]
     assert Path(summary["plot"]).is_file()
-    assert set(json.loads(demo.pid_file.read_text())) == {"prefect-server", "mlflow-server", "flows", "serving"}
+    assert set(json.loads(demo.stack.pid_file.read_text())) == {"prefect-server", "mlflow-server", "flows", "serving"}
 
     # Roll back (or forward) by stage, as an engineer does in the MLflow UI; serving follows.
     from mlflow import MlflowClient
-    client = MlflowClient(demo.mlflow)
-    served = served_version(demo.api)
+    client = MlflowClient(demo.stack.mlflow_url)
+    served = served_version(demo.stack.api_url)
     others = [v["version"] for v in summary["versions"] if v["version"] != served]
     assert others, f"only v{served} was registered: nothing to change the stage to"
     client.transition_model_version_stage("drn", others[0], "Production", archive_existing_versions=True)
-    demo.wait_for(lambda: served_version(demo.api) == others[0], FOLLOW_TIMEOUT_S, f"serving v{others[0]}")
+    demo.wait_for(lambda: served_version(demo.stack.api_url) == others[0], FOLLOW_TIMEOUT_S, f"serving v{others[0]}")
     # the rollback holds: the next update run records it, /model says so, and the schedule does not overrule it
-    promotion = demo.wait_for(lambda: held_promotion(demo.api), HOLD_TIMEOUT_S, "promotion held")
+    promotion = demo.wait_for(lambda: held_promotion(demo.stack.api_url), HOLD_TIMEOUT_S, "promotion held")
     assert promotion["by"] == "mlflow-ui" and f"v{others[0]}" in promotion["why"]
     time.sleep(2 * MAJOR_PERIOD_S)
-    assert served_version(demo.api) == others[0]
+    assert served_version(demo.stack.api_url) == others[0]
 
 
 def test_browser_journeys_pause_a_schedule_read_a_version_roll_back_by_stage(demo, browser):
     from browser import mlflow_rollback_by_stage, prefect_pause_and_resume, read_version_page
-    assert prefect_pause_and_resume(browser, demo.prefect, "minor-update/drn") == (False, True)  # off, on
+    assert prefect_pause_and_resume(browser, demo.stack.prefect_ui, "minor-update/drn") == (False, True)  # off, on
     versions = {v["version"]: v for v in demo.summary["versions"]}
     child = next(v for v in versions.values() if v["kind"] == "major")  # minor versions carry round counts, no AUC
-    page = read_version_page(browser, demo.mlflow, child["version"])
+    page = read_version_page(browser, demo.stack.mlflow_url, child["version"])
     assert f"parent\n{child['parent']}" in page and f"kind\n{child['kind']}" in page
     assert "metric.auc" in page and "Inputs (1)" in page  # its metrics, and the MLmodel's signature
-    served = served_version(demo.api)
+    served = served_version(demo.stack.api_url)
     target = next(v for v in versions if v != served)
-    clicks, clicked_at = mlflow_rollback_by_stage(browser, demo.mlflow, target)
-    demo.wait_for(lambda: served_version(demo.api) == target, FOLLOW_TIMEOUT_S, f"serving v{target}")
+    clicks, clicked_at = mlflow_rollback_by_stage(browser, demo.stack.mlflow_url, target)
+    demo.wait_for(lambda: served_version(demo.stack.api_url) == target, FOLLOW_TIMEOUT_S, f"serving v{target}")
     print(f"\nUI rollback to v{target}: {clicks} clicks, served {time.monotonic() - clicked_at:.2f} s after OK")
-    demo.wait_for(lambda: (held_promotion(demo.api) or {}).get("why", "").endswith(f"v{target} by hand"),
+    demo.wait_for(lambda: (held_promotion(demo.stack.api_url) or {}).get("why", "").endswith(f"v{target} by hand"),
                   HOLD_TIMEOUT_S, "promotion held after the UI rollback")
     time.sleep(2 * MAJOR_PERIOD_S)
-    assert served_version(demo.api) == target
+    assert served_version(demo.stack.api_url) == target
 
 
 def test_ctrl_c_stops_every_process_the_demo_started(demo):
-    pids = json.loads(demo.pid_file.read_text())
+    pids = json.loads(demo.stack.pid_file.read_text())
     demo.process.send_signal(signal.SIGINT)
     demo.process.wait(STOP_TIMEOUT_S)
-    assert not demo.pid_file.exists()
+    assert not demo.stack.pid_file.exists()
     for name, pid in pids.items():
         with pytest.raises(ProcessLookupError):
             os.killpg(pid, 0)
@@ -167,18 +171,13 @@ def test_up_with_data_trains_the_first_model_on_the_users_mind_folder(tmp_path):
     logs = tmp_path / "my-mind-logs"
     subprocess.run([sys.executable, "-m", "drn_cli.main", "world", "generate", "--out", str(logs), "--days", "2",
                     "--users", "60", "--seed", "7"], check=True, capture_output=True, timeout=120)
-    ports = {"--prefect-port": free_port(), "--mlflow-port": free_port(), "--api-port": free_port()}
-    home, log = tmp_path / "home", tmp_path / "up.log"
-    argv = [sys.executable, "-m", "drn_cli.main", "up", "--home", str(home), "--data", str(logs),
-            *(str(x) for kv in ports.items() for x in kv)]
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("DRN_", "PREFECT_", "MLFLOW_"))}
-    with open(log, "wb") as sink:
-        up = subprocess.Popen(argv, stdout=sink, stderr=subprocess.STDOUT, env=env)
+    stack, log = free_stack(tmp_path / "home"), tmp_path / "up.log"
+    up = start_drn(["up", "--data", str(logs), *stack_flags(stack)], log)
     try:
-        api = f"http://127.0.0.1:{ports['--api-port']}"
+        api = stack.api_url
         wait_for(lambda: served_version(api) == "1", SUMMARY_TIMEOUT_S, "v1 served", up, log)
         from mlflow import MlflowClient
-        client = MlflowClient(f"http://127.0.0.1:{ports['--mlflow-port']}")
+        client = MlflowClient(stack.mlflow_url)
         run = client.get_run(client.get_model_version("drn", "1").run_id)
         assert run.data.params["data_dir"] == str(logs.resolve())
         assert "generating" not in log.read_text()  # no simulated world was generated for it
@@ -195,6 +194,5 @@ def test_up_with_data_trains_the_first_model_on_the_users_mind_folder(tmp_path):
 
 def test_up_refuses_a_folder_that_is_not_mind_before_starting_anything(tmp_path):
     from drn_cli.main import main
-    ports = [str(x) for flag in ("--prefect-port", "--mlflow-port", "--api-port") for x in (flag, free_port())]
-    assert main(["up", "--home", str(tmp_path / "home"), "--data", str(tmp_path), *ports]) == 2
+    assert main(["up", "--data", str(tmp_path), *stack_flags(free_stack(tmp_path / "home"))]) == 2
     assert not (tmp_path / "home").exists()
