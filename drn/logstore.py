@@ -154,7 +154,8 @@ _impressions = sa.Table(
     sa.Index("ix_log_impressions_round", "round_id", "time", "seq"),
 )
 # columns newer than the first schema, per table: added to older files
-ADDED_COLUMNS = {"log_impressions": ("history", "source", "propensities"), "log_rounds": ("recipe",)}
+ADDED_COLUMNS = {"log_impressions": ("history", "source", "propensities"), "log_rounds": ("recipe",),
+                 "log_returns": ("impression_id",)}
 _clicks = sa.Table(
     "log_clicks", _meta,
     sa.Column("seq", _ID, primary_key=True, autoincrement=True),
@@ -186,7 +187,10 @@ _returns = sa.Table(
     sa.Column("seq", _ID, primary_key=True, autoincrement=True),
     sa.Column("user_id", sa.Text, nullable=False),
     sa.Column("time", sa.Double, nullable=False),
+    # the impression the user came back after: the return's id (NULL in rows logged before returns had one)
+    sa.Column("impression_id", sa.Text, sa.ForeignKey(_impressions.c.impression_id)),
     sa.Index("ix_log_returns_time", "time", "seq"),
+    sa.Index("uq_log_returns_once", "impression_id", unique=True),  # a return counts once
 )
 
 
@@ -211,12 +215,14 @@ def _sqlite_durable(engine: sa.Engine) -> None:
 def _add_missing_columns(conn: sa.Connection) -> None:
     """Bring a log store made by an earlier release up to this schema: `create_all` makes missing tables only, so the
     columns added since are added here (nullable or with a default, so the rows already logged stay valid)."""
-    for table in (_impressions, _rounds):
+    for table in (_impressions, _rounds, _returns):
         present = {column["name"] for column in sa.inspect(conn).get_columns(table.name)}
         for name in ADDED_COLUMNS[table.name]:
             if name not in present:
                 ddl = sa.schema.CreateColumn(table.c[name]).compile(dialect=conn.dialect)
                 conn.exec_driver_sql(f"ALTER TABLE {table.name} ADD COLUMN {ddl}")
+    for index in _returns.indexes:  # an index on an added column is missing from older files too
+        index.create(conn, checkfirst=True)
 
 
 def _between(column: sa.ColumnElement, start: float | None, end: float | None) -> list[sa.ColumnElement]:
@@ -485,15 +491,25 @@ class LogStore:
                   .on_conflict_do_nothing(index_elements=["impression_id", "news_id"]).returning(_clicks.c.seq))
         return conn.execute(insert).first() is not None
 
-    def log_return(self, user: str, time: float) -> None:
-        """A user came back: the signal DRN's activeness (user return) reward is learned from."""
-        self.log_returns([(user, time)])
+    def log_return(self, impression_id: str, user: str, time: float) -> bool:
+        """The user of `impression_id` came back at `time`: the signal DRN's activeness (user return) reward is
+        learned from. True when recorded, False when this return was already logged (a retry counts once)."""
+        return self.log_returns([(impression_id, user, time)])[0]
 
-    def log_returns(self, returns: Sequence[tuple[str, float]]) -> None:
-        """(user, time) returns in one transaction."""
-        if returns:
-            with self._writer.begin() as conn:
-                conn.execute(sa.insert(_returns), [dict(user_id=user, time=time) for user, time in returns])
+    def log_returns(self, returns: Sequence[tuple[str, str, float]]) -> list[bool]:
+        """(impression id, user, time) returns in one transaction; per return, True when recorded and False when
+        the impression already has its return. UnknownImpression refuses the whole batch."""
+        if not returns:
+            return []
+        with self._writer.begin() as conn:
+            return [self._return(conn, *event) for event in returns]
+
+    def _return(self, conn: sa.Connection, impression_id: str, user: str, time: float) -> bool:
+        if conn.scalar(sa.select(_impressions.c.seq).where(_impressions.c.impression_id == impression_id)) is None:
+            raise UnknownImpression(f"no impression {impression_id}")
+        insert = (self._insert(_returns).values(impression_id=impression_id, user_id=user, time=time)
+                  .on_conflict_do_nothing(index_elements=["impression_id"]).returning(_returns.c.seq))
+        return conn.execute(insert).first() is not None
 
     def import_impressions(self, impressions: Iterable[Impression], *, batch: int = BATCH,
                            progress: Callable[[int, int | None], None] | None = None) -> int:

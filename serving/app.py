@@ -2,7 +2,8 @@
 what was served and what users did, and follow the registry without restarts.
 
     POST /recommend       user, candidates (+ metadata of new items), k, context.time, history -> served list, id
-    POST /feedback        clicks (impression id, news id) and returns (user); a repeated click counts once
+    POST /feedback        clicks (impression id, user, news id) and returns (the impression the user came back
+                          after, user); a repeated click or return counts once
     GET  /healthz         liveness and what is wrong (registry unreachable, a version that did not load)
     GET  /model           version, stage, exploration round and seed, when loaded, feature schema version, and
                           whether promotion is held after a rollback
@@ -254,43 +255,56 @@ class Service:
         return RecommendResponse(impression_id=record.impression_id, items=list(ranked.served),
                                  model_version=model.label, source=model.source, round_id=record.round_id, time=now)
 
+    def _checked(self, event: ClickEvent | ReturnEvent, trusted: bool) -> tuple[ImpressionRecord, float]:
+        """The event's impression and time, once the impression is found logged, served to the event's user, and
+        the event within the feedback window after it (so a replayed old event never reaches training)."""
+        record = self.logs.impression(event.impression_id)
+        if record is None:
+            raise HTTPException(404, f"unknown impression {event.impression_id}")
+        if record.user != event.user:
+            raise HTTPException(403, f"impression {event.impression_id} was not served to {event.user}")
+        when = event.time if trusted and event.time is not None else max(time.time(), record.time)
+        if when < record.time:
+            raise HTTPException(422, f"event at {when} precedes its impression at {record.time}")
+        if when - record.time > self.settings.feedback_window_s:
+            raise HTTPException(422, f"event {when - record.time:.0f} s after impression {event.impression_id}: "
+                                     f"past the feedback window of {self.settings.feedback_window_s:.0f} s")
+        return record, when
+
     def _log_feedback(self, clicks: list[ClickEvent], returns: list[ReturnEvent],
-                      trusted: bool) -> list[tuple[str, str, float, bool]]:
-        """On the writer thread: check every click against its logged impression, then write them all in one
-        transaction (so a bad click in a batch writes nothing). Returns (user, news id, time, new) per click."""
+                      trusted: bool) -> tuple[list[tuple[str, str, float, bool]], list[bool]]:
+        """On the writer thread: check every event against its logged impression before anything is written (so a
+        bad event in a batch writes nothing), then the clicks in one transaction and the returns in one.
+        Returns ((user, news id, time, new) per click, new per return)."""
         checked = []
         for click in clicks:
-            record = self.logs.impression(click.impression_id)
-            if record is None:
-                raise HTTPException(404, f"unknown impression {click.impression_id}")
+            record, when = self._checked(click, trusted)
             if click.news_id not in record.served:
                 raise HTTPException(422, f"impression {click.impression_id} did not show {click.news_id}")
-            when = click.time if trusted and click.time is not None else max(time.time(), record.time)
-            if when < record.time:
-                raise HTTPException(422, f"click at {when} precedes its impression at {record.time}")
-            checked.append((click, record.user, when))
+            checked.append((click, when))
+        came_back = [(event.impression_id, event.user, self._checked(event, trusted)[1]) for event in returns]
         try:
-            new = self.logs.log_clicks([(click.impression_id, click.news_id, when) for click, _, when in checked])
+            new = self.logs.log_clicks([(click.impression_id, click.news_id, when) for click, when in checked])
+            new_returns = self.logs.log_returns(came_back)
         except (UnknownImpression, ClickNotServed) as e:  # checked above; kept for a store changed meanwhile
             raise HTTPException(422, str(e)) from e
-        self.logs.log_returns([(event.user, self._time(event.time, trusted)) for event in returns])
-        return [(user, click.news_id, when, is_new) for (click, user, when), is_new in zip(checked, new)]
+        return [(click.user, click.news_id, when, is_new) for (click, when), is_new in zip(checked, new)], new_returns
 
     async def feedback(self, body: FeedbackRequest, trusted: bool) -> FeedbackResponse:
         if not body.clicks and not body.returns:
             raise HTTPException(422, "no clicks and no returns: nothing to record")
-        forged = [c.impression_id for c in body.clicks if not self.signer.valid(c.impression_id)]
+        forged = [e.impression_id for e in (*body.clicks, *body.returns) if not self.signer.valid(e.impression_id)]
         if forged:
             raise HTTPException(403, f"impression ids not issued by this service: {', '.join(forged[:10])}")
-        written = await self._store(self._log_feedback, body.clicks, body.returns, trusted)
+        written, new_returns = await self._store(self._log_feedback, body.clicks, body.returns, trusted)
         for user, news_id, when, new in written:
             if new:  # a retried click is already in the feature state
                 self.state.record_click(user, news_id, when)
-        new_clicks = sum(new for *_, new in written)
+        new_clicks, returned = sum(new for *_, new in written), sum(new_returns)
         self.telemetry.clicks.labels("new").inc(new_clicks)
         self.telemetry.clicks.labels("duplicate").inc(len(written) - new_clicks)
         return FeedbackResponse(clicks_recorded=new_clicks, clicks_duplicate=len(written) - new_clicks,
-                                returns_recorded=len(body.returns))
+                                returns_recorded=returned, returns_duplicate=len(new_returns) - returned)
 
     def health(self) -> dict:
         holder = self.holder

@@ -14,7 +14,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
 
     settings = ServeSettings.from_env(host=args.host, port=args.port, follow=args.follow, poll_s=args.poll_s,
                                       registry_poll_s=args.registry_poll_s,
-                                      max_candidates=args.max_candidates)
+                                      max_candidates=args.max_candidates, feedback_window_s=args.feedback_window_s)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
     # No access log: every request is already counted and timed in /metrics, and a log line per request costs
     # a noticeable share of a /recommend's CPU time. asyncio's own event loop, not uvloop: under steady load from 8
@@ -35,5 +35,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     serve.add_argument("--registry-poll-s", type=float, help="seconds between registry looks when no round moved "
                        "(DRN_SERVE_REGISTRY_POLL_S, default 10)")
     serve.add_argument("--max-candidates", type=int, help="per request (DRN_SERVE_MAX_CANDIDATES, default 500)")
+    serve.add_argument("--feedback-window-s", type=float, help="seconds after its impression that a click or return "
+                                                              "is accepted (DRN_SERVE_FEEDBACK_WINDOW_S, a week)")
     serve.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
     serve.set_defaults(handler=cmd_serve)

@@ -101,12 +101,16 @@ class RecommendResponse(BaseModel):
 
 class ClickEvent(Strict):
     impression_id: ImpressionId
+    user: Id = Field(description="The user the impression was served to; a click for another user's is refused.")
     news_id: Id
     time: EpochSeconds | None = None
 
 
 class ReturnEvent(Strict):
-    user: Id
+    """The user came back after an impression: that impression's id is the return's id, so a retry counts once."""
+
+    impression_id: ImpressionId
+    user: Id = Field(description="The user the impression was served to; a return for another user's is refused.")
     time: EpochSeconds | None = None
 
 
@@ -119,6 +123,7 @@ class FeedbackResponse(BaseModel):
     clicks_recorded: int
     clicks_duplicate: int  # already logged (a retry): counted once
     returns_recorded: int
+    returns_duplicate: int  # this impression's return was already logged (a retry): counted once
 
 
 class RollbackRequest(Strict):

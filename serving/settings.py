@@ -15,6 +15,9 @@ service's own settings are:
     DRN_SERVE_ADMIN_TOKEN     bearer token for /admin/*; unset = admin routes refused (403)
     DRN_SERVE_CLOCK_TOKEN     callers sending it in header X-DRN-Clock-Token may set event times (a simulated world
                               on a compressed clock); everyone else gets server time; unset = nobody may
+    DRN_SERVE_FEEDBACK_WINDOW_S  seconds after its impression that a click or a return is still accepted (default
+                              604800, a week: MIND's profile window); later ones are refused, so a replayed old
+                              event never reaches training
 """
 from __future__ import annotations
 
@@ -43,14 +46,16 @@ class ServeSettings:
     max_candidates: int = 500
     admin_token: str | None = None
     clock_token: str | None = None
+    feedback_window_s: float = 7 * 86400.0  # a click or return later than this after its impression is refused
 
     def __post_init__(self) -> None:
         """Refuse a bad setting at start, in words, instead of at the first request."""
         if self.follow not in FOLLOW_MODES:
             raise ValueError(f"DRN_SERVE_FOLLOW must be one of {FOLLOW_MODES}, got {self.follow!r}")
-        if self.poll_s <= 0 or self.registry_poll_s <= 0 or self.max_candidates < 1 or not 0 < self.port < 65536:
-            raise ValueError("DRN_SERVE_POLL_S and DRN_SERVE_REGISTRY_POLL_S must be > 0, DRN_SERVE_MAX_CANDIDATES "
-                             ">= 1, DRN_SERVE_PORT in 1..65535")
+        if (self.poll_s <= 0 or self.registry_poll_s <= 0 or self.feedback_window_s <= 0 or self.max_candidates < 1
+                or not 0 < self.port < 65536):
+            raise ValueError("DRN_SERVE_POLL_S, DRN_SERVE_REGISTRY_POLL_S and DRN_SERVE_FEEDBACK_WINDOW_S must be > 0, "
+                             "DRN_SERVE_MAX_CANDIDATES >= 1, DRN_SERVE_PORT in 1..65535")
         if len(self.secret) < 16:
             raise ValueError("DRN_SERVE_SECRET must be at least 16 bytes")
 
@@ -71,6 +76,7 @@ class ServeSettings:
             max_candidates=int(env.get("DRN_SERVE_MAX_CANDIDATES") or cls.max_candidates),
             admin_token=env.get("DRN_SERVE_ADMIN_TOKEN") or None,
             clock_token=env.get("DRN_SERVE_CLOCK_TOKEN") or None,
+            feedback_window_s=float(env.get("DRN_SERVE_FEEDBACK_WINDOW_S") or cls.feedback_window_s),
         )
         return replace(settings, **{k: v for k, v in overrides.items() if v is not None})
 

@@ -162,9 +162,10 @@ class Driver:
             hour.versions[reply["model_version"]] += 1
             self.stats.served_version = reply["model_version"]
             for news_id, when in response.clicks:
-                self.later(when, "clicks", {"impression_id": reply["impression_id"], "news_id": news_id,
-                                            "time": when})
-            self.later(response.return_time, "returns", {"user": request.user, "time": response.return_time})
+                self.later(when, "clicks", {"impression_id": reply["impression_id"], "user": request.user,
+                                            "news_id": news_id, "time": when})
+            self.later(response.return_time, "returns", {"impression_id": reply["impression_id"], "user": request.user,
+                                                         "time": response.return_time})
         finally:
             self.slots.release()
 

@@ -85,7 +85,7 @@ def test_round_trip(store, url):
                               (EXPLOIT, EXPLORE, NO_TEAM), "v1", r.round_id, 2**40, history=("h1",))
     store.log_impression(record)
     assert store.log_click("i1", "n1", 11.5) is True
-    store.log_return("u1", 12.0)
+    assert store.log_return("i1", "u1", 12.0) is True
 
     assert store.impression("i1") == record
     assert store.impression("nope") is None
@@ -159,7 +159,10 @@ def test_a_batch_of_clicks_is_all_or_nothing(store):
     assert store.log_clicks([("i1", "n1", 2.0), ("i1", "n1", 2.5), ("i1", "n2", 3.0)]) == [True, False, True]
     with pytest.raises(ClickNotServed):  # its first click is new: a partial commit would count 3
         store.log_clicks([("i1", "n3", 4.0), ("i1", "n0", 4.0)])
-    store.log_returns([("u1", 5.0), ("u2", 6.0)])
+    store.log_impression(rec("i2", 1.5, user="u2"))
+    assert store.log_returns([("i1", "u1", 5.0), ("i2", "u2", 6.0), ("i1", "u1", 7.0)]) == [True, True, False]
+    with pytest.raises(UnknownImpression):  # its first return is new: a partial commit would count it
+        store.log_returns([("i3", "u1", 8.0), ("nope", "u1", 8.0)])
     assert store.counts()["clicks"] == 2 and store.returns() == [("u1", 5.0), ("u2", 6.0)]
 
 
@@ -258,10 +261,17 @@ def test_an_older_log_store_gains_the_new_columns(tmp_path):
     with sqlite3.connect(path) as conn:  # the file as the release before these columns left it
         for table, columns in ADDED_COLUMNS.items():
             for column in columns:
-                conn.execute(f"ALTER TABLE {table} DROP COLUMN {column}")
+                if table != "log_returns":  # SQLite drops no column of a foreign key: made anew below
+                    conn.execute(f"ALTER TABLE {table} DROP COLUMN {column}")
+        conn.execute("DROP TABLE log_returns")
+        conn.execute("CREATE TABLE log_returns (seq INTEGER PRIMARY KEY AUTOINCREMENT, user_id TEXT NOT NULL, "
+                     "time FLOAT NOT NULL)")
+        conn.execute("INSERT INTO log_returns (user_id, time) VALUES ('u1', 1.5)")  # a return without an id
     with LogStore(f"sqlite:///{path}") as store:
         assert store.impression("old") == rec("old", 1.0)  # history () and source "served"
         assert store.current_round().recipe == {}  # read as the defaults (drn.learners.RoundRecipe)
+        assert [store.log_return("old", "u1", 2.0) for _ in range(2)] == [True, False]  # the index is back
+        assert store.returns() == [("u1", 1.5), ("u1", 2.0)]
         store.import_impressions(mind_log())
         assert [li.record.source for li in store.window()] == [SERVED, IMPORTED, IMPORTED, IMPORTED]
 
@@ -278,8 +288,8 @@ def test_a_rounds_recipe_is_read_back_and_carried_to_the_next_round(store):
 def test_window_order_and_bounds(store):
     for name, t in [("c", 3.0), ("a", 1.0), ("d", 4.0), ("b1", 2.0), ("b2", 2.0), ("e", 5.0)]:
         store.log_impression(rec(name, t))
-    for user, t in [("u2", 2.5), ("u1", 0.5), ("u3", 5.0)]:
-        store.log_return(user, t)
+    for impression_id, user, t in [("b1", "u2", 2.5), ("a", "u1", 0.5), ("e", "u3", 5.0)]:
+        store.log_return(impression_id, user, t)
     store.log_click("e", "n1", 9.0)
 
     assert ids(store.window()) == ["a", "b1", "b2", "c", "d", "e"]  # equal times keep log order
@@ -313,7 +323,7 @@ r = store.open_round("v1", 5, 0.1, 1.0)
 for i in range(20):
     store.log_impression(ImpressionRecord(f"i{i}", "u", float(i), ("a", "b"), ("a", "b"), (0, 1), "v1", r.round_id, 5))
 store.log_click("i3", "b", 30.0)
-store.log_return("u", 31.0)
+store.log_return("i3", "u", 31.0)
 print("acknowledged", flush=True)
 os._exit(0)  # no close, no clean shutdown: only what was acknowledged may be relied on
 """
@@ -338,7 +348,7 @@ def test_concurrent_writers_lose_nothing(url, shared):
     def work(name: str, store: LogStore) -> int:
         for i in range(n):
             store.log_impression(rec(f"{name}{i}", float(i), user=name))
-            store.log_return(name, float(i))
+            store.log_return(f"{name}{i}", name, float(i))
         barrier.wait()  # then both click every impression: each click must be counted exactly once
         return sum(store.log_click(f"{who}{i}", "n1", 100.0) for who in "ab" for i in range(n))
 

@@ -187,11 +187,12 @@ def test_recommend_then_feedback_are_both_logged(registry, versions, logs, tmp_p
         body = shown.json()
         assert (body["model_version"], body["source"], body["round_id"]) == (versions["a"], "drn", round_.round_id)
         assert len(body["items"]) == 5
-        fed = client.post("/feedback", json={"clicks": [{"impression_id": body["impression_id"],
+        fed = client.post("/feedback", json={"clicks": [{"impression_id": body["impression_id"], "user": "U1",
                                                         "news_id": body["items"][1]}],
-                                             "returns": [{"user": "U1"}]})
+                                             "returns": [{"impression_id": body["impression_id"], "user": "U1"}]})
         assert fed.status_code == 200, fed.text
-        assert fed.json() == {"clicks_recorded": 1, "clicks_duplicate": 0, "returns_recorded": 1}
+        assert fed.json() == {"clicks_recorded": 1, "clicks_duplicate": 0, "returns_recorded": 1,
+                              "returns_duplicate": 0}
     (logged,) = list(logs.window())
     rec = logged.record
     assert rec.impression_id == body["impression_id"] and list(rec.served) == body["items"]
@@ -342,8 +343,8 @@ def test_forged_duplicate_and_malformed_feedback(registry, versions, logs, tmp_p
         before = logs.counts()
 
         def click(impression_id: str, news_id: str, **extra) -> httpx.Response:
-            return client.post("/feedback", json={"clicks": [{"impression_id": impression_id, "news_id": news_id,
-                                                              **extra}]})
+            return client.post("/feedback", json={"clicks": [{"impression_id": impression_id, "user": "U1",
+                                                              "news_id": news_id, **extra}]})
         assert click(f"{nonce}.{forged_tag}", served[0]).status_code == 403
         assert click(f"{'a' * 32}.{tag}", served[0]).status_code == 403  # a real tag on another nonce
         assert click(never_served, served[0]).status_code == 404
@@ -351,13 +352,14 @@ def test_forged_duplicate_and_malformed_feedback(registry, versions, logs, tmp_p
         assert click(iid, "N39").status_code == 422  # a candidate that was not shown
         assert click(iid, served[0], time="noon").status_code == 422
         assert client.post("/feedback", json={}).status_code == 422
-        both = client.post("/feedback", json={"clicks": [{"impression_id": iid, "news_id": served[0]},
-                                                         {"impression_id": iid, "news_id": "N39"}]})
+        both = client.post("/feedback", json={"clicks": [{"impression_id": iid, "user": "U1", "news_id": served[0]},
+                                                         {"impression_id": iid, "user": "U1", "news_id": "N39"}]})
         assert both.status_code == 422  # one bad click: the good one is not written either
         assert logs.counts() == before
         first, again = click(iid, served[0]), click(iid, served[0])
         assert first.json()["clicks_recorded"] == 1
-        assert again.json() == {"clicks_recorded": 0, "clicks_duplicate": 1, "returns_recorded": 0}
+        assert again.json() == {"clicks_recorded": 0, "clicks_duplicate": 1, "returns_recorded": 0,
+                                "returns_duplicate": 0}
         metrics = client.get("/metrics").text
     assert logs.counts()["clicks"] == before["clicks"] + 1
     assert 'drn_serving_clicks_total{outcome="duplicate"} 1.0' in metrics
@@ -440,15 +442,70 @@ def test_cold_start_serves_popularity_and_a_restart_remembers_clicks(registry, v
         first = _recommend(client, n=10, k=3).json()
         assert (first["source"], first["model_version"], first["round_id"]) == ("popularity", "popularity", None)
         assert first["items"] == ["N0", "N1", "N2"]  # no clicks yet: candidate order
-        client.post("/feedback", json={"clicks": [{"impression_id": first["impression_id"], "news_id": "N2"}]})
+        client.post("/feedback", json={"clicks": [{"impression_id": first["impression_id"], "user": "U1",
+                                                   "news_id": "N2"}]})
         second = _recommend(client, user="U2", n=10, k=3).json()
         assert second["items"] == ["N2", "N0", "N1"]  # the clicked item leads
-        clicks = [{"impression_id": second["impression_id"], "news_id": n} for n in ("N2", "N1", "N1")]
+        clicks = [{"impression_id": second["impression_id"], "user": "U2", "news_id": n} for n in ("N2", "N1", "N1")]
         assert client.post("/feedback", json={"clicks": clicks}).json()["clicks_duplicate"] == 1
         # N2 has 2 clicks, N1 one: counted twice, N1 would tie with N2 and lead by candidate order
         assert _recommend(client, user="U4", n=10, k=3).json()["items"][:2] == ["N2", "N1"]
     with serve(settings, registry, logs) as client:  # a restart: the feature state is rebuilt from the log store
         assert _recommend(client, user="U3", n=10, k=3).json()["items"][0] == "N2"
+
+
+def test_returns_count_once_and_feedback_for_another_user_or_past_the_window_is_refused(registry, versions, logs,
+                                                                                         tmp_path):
+    """Every refused event leaves the log store as it was, so it is in no training sample (the replay that training
+    and evaluation run over the log store's impressions)."""
+    from drn.features import FeatureState, replay
+    lifecycle.promote(registry, logs, versions["a"], who="test", why="serve a", now=time.time())
+    window, clock = 3600.0, {"X-DRN-Clock-Token": CLOCK}
+    at = time.time() - 60.0
+    with serve(_settings(tmp_path, feedback_window_s=window), registry, logs) as client:
+        body = client.post("/recommend", headers=clock, json={"user": "U1", "candidates": _candidates(20), "k": 5,
+                                                              "context": {"time": at}}).json()
+        iid, shown = body["impression_id"], body["items"]
+        before = logs.counts()
+
+        def feedback(**events) -> httpx.Response:
+            return client.post("/feedback", headers=clock, json=events)
+        refused = {
+            "a click for another user's impression": feedback(clicks=[{"impression_id": iid, "user": "U2",
+                                                                       "news_id": shown[0]}]),
+            "a return for another user's impression": feedback(returns=[{"impression_id": iid, "user": "U2"}]),
+            "a click past the window": feedback(clicks=[{"impression_id": iid, "user": "U1", "news_id": shown[1],
+                                                         "time": at + window + 1.0}]),
+            "a return past the window": feedback(returns=[{"impression_id": iid, "user": "U1",
+                                                           "time": at + window + 1.0}]),
+            "a return before its impression": feedback(returns=[{"impression_id": iid, "user": "U1",
+                                                                 "time": at - 1.0}]),
+            "a return with a forged id": feedback(returns=[{"impression_id": f"{'a' * 32}.{iid.split('.')[1]}",
+                                                            "user": "U1"}]),
+            "a return for an impression never served": feedback(returns=[{"impression_id": ImpressionSigner(
+                SECRET).new_id(), "user": "U1"}]),
+            "a good click batched with a stale return": feedback(
+                clicks=[{"impression_id": iid, "user": "U1", "news_id": shown[2], "time": at + 10.0}],
+                returns=[{"impression_id": iid, "user": "U1", "time": at + window + 1.0}]),
+        }
+        statuses = {why: r.status_code for why, r in refused.items()}
+        assert statuses == {
+            "a click for another user's impression": 403, "a return for another user's impression": 403,
+            "a click past the window": 422, "a return past the window": 422, "a return before its impression": 422,
+            "a return with a forged id": 403, "a return for an impression never served": 404,
+            "a good click batched with a stale return": 422}, {why: r.text for why, r in refused.items()}
+        assert "past the feedback window of 3600 s" in refused["a click past the window"].json()["detail"]
+        assert logs.counts() == before
+        accepted = [feedback(clicks=[{"impression_id": iid, "user": "U1", "news_id": shown[3], "time": at + 5.0}],
+                             returns=[{"impression_id": iid, "user": "U1", "time": at + window}])
+                    for _ in range(3)]  # a client retrying
+        assert [r.json() for r in accepted] == [
+            {"clicks_recorded": 1, "clicks_duplicate": 0, "returns_recorded": 1, "returns_duplicate": 0},
+            *[{"clicks_recorded": 0, "clicks_duplicate": 1, "returns_recorded": 0, "returns_duplicate": 1}] * 2]
+    assert logs.counts() == {**before, "clicks": before["clicks"] + 1, "returns": before["returns"] + 1}
+    assert logs.returns() == [("U1", at + window)]
+    samples = list(replay([logged.to_impression() for logged in logs.window()], FeatureState(logs.news())))
+    assert [(s.impression.impression_id, s.impression.clicked) for s in samples] == [(iid, (shown[3],))]
 
 
 def test_admin_routes_need_the_token(registry, versions, logs, tmp_path):
