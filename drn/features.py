@@ -19,7 +19,7 @@ import itertools
 import math
 import zlib
 from bisect import bisect_right, insort
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Iterable, Iterator, Mapping, NamedTuple, Sequence
@@ -62,6 +62,8 @@ def _blocks() -> dict[str, list[tuple[str, int]]]:
     news += [(f"news.clicks_{w}", 1) for w, _ in WINDOWS] + [(f"news.impressions_{w}", 1) for w, _ in WINDOWS]
     news += [("news.ctr_24h", 1), ("news.ctr_1w", 1)]
     user_news = [(f"user_news.overlap_{w}", len(METADATA_FIELDS)) for w in PROFILE_WINDOWS]
+    # clicked in the user's history or last week / times shown in the week since first shown: per-user memory of
+    # items stays bounded on a long-running service (a week is longer than news stays a candidate)
     user_news += [("user_news.clicked_before", 1), ("user_news.shown_before", 1)]
     freshness = [("freshness.log_age_hours", 1), ("freshness.decay", 1)]
     return {"state": user + context, "action": news + user_news + freshness}
@@ -169,12 +171,33 @@ def metadata_vector(item: NewsItem) -> np.ndarray:
 
 @dataclass
 class _UserState:
+    """What one user did, kept for the longest window only (the all-time profile is one vector), so it stays
+    bounded however long the service runs."""
+
     clicks: list[tuple[float, str]] = field(default_factory=list)  # in time order, last week only
     all_time_profile: np.ndarray = field(default_factory=lambda: np.zeros(METADATA_DIM, dtype=np.float32))
     all_time_clicks: int = 0
-    clicked: set[str] = field(default_factory=set)
-    shown: dict[str, int] = field(default_factory=dict)
+    clicked: dict[str, int] = field(default_factory=dict)  # per item: its history entries plus clicks in `clicks`
+    shown: dict[str, int] = field(default_factory=dict)  # times shown, in the order first shown ...
+    shown_at: deque[float] = field(default_factory=deque)  # ... and when first shown, in the same order
     impression_times: list[float] = field(default_factory=list)
+
+    def forget_shown(self, before: float) -> None:
+        """Forget the items first shown at or before `before` (the dict keeps first-shown order)."""
+        while self.shown_at and self.shown_at[0] <= before:
+            self.shown_at.popleft()
+            del self.shown[next(iter(self.shown))]
+
+    def forget_clicks(self, before: float) -> None:
+        """Drop the clicks at or before `before` from the week's list and from `clicked`."""
+        old = bisect_right(self.clicks, before, key=_click_time)
+        for _, news_id in self.clicks[:old]:
+            left = self.clicked[news_id] - 1
+            if left:
+                self.clicked[news_id] = left
+            else:
+                del self.clicked[news_id]
+        del self.clicks[:old]
 
 
 class _Profiles(NamedTuple):
@@ -195,11 +218,10 @@ def _count_since(times: list[float], since: float) -> int:
     return len(times) - bisect_right(times, since)
 
 
-def _prune(times: list, before: float, key=None) -> None:
-    """Drop entries older than the longest window so state stays bounded as logs grow."""
-    if times and (times[0] if key is None else key(times[0])) < before:
-        probe = [key(t) for t in times] if key is not None else times
-        del times[: bisect_right(probe, before)]
+def _prune(times: list[float], before: float) -> None:
+    """Drop times at or before `before` (the longest window's start), so state stays bounded as logs grow."""
+    if times and times[0] <= before:
+        del times[: bisect_right(times, before)]
 
 
 _STAMPS = itertools.count(1)  # item description writes, numbered across every FeatureState of the process
@@ -328,8 +350,12 @@ class FeatureState:
         first_seen = items.first_seen[rows]
         items.first_seen[rows] = np.where(np.isnan(first_seen), time, first_seen)
         items.count(rows, 1, time)
+        user_state.forget_shown(time - WINDOWS[-1][1])
+        seen = user_state.shown
         for news_id in shown:
-            user_state.shown[news_id] = user_state.shown.get(news_id, 0) + 1
+            if news_id not in seen:
+                user_state.shown_at.append(time)
+            seen[news_id] = seen.get(news_id, 0) + 1
 
     def record_click(self, user: str, news_id: str, time: float) -> None:
         """A click at `time`; one stamped after the latest request (a simulator's answer) waits until it is due."""
@@ -351,8 +377,8 @@ class FeatureState:
         user_state = self._users.setdefault(user, _UserState())
         self._items.count([self._items.row(news_id)], 0, time)
         insort(user_state.clicks, (time, news_id))
-        _prune(user_state.clicks, time - WINDOWS[-1][1], key=_click_time)
         self._add_to_profile(user_state, news_id)
+        user_state.forget_clicks(time - WINDOWS[-1][1])
 
     # ---- features -----------------------------------------------------------------------------------------
     def features(self, user: str, candidates: Sequence[str], time: float) -> FeatureBatch:
@@ -382,7 +408,7 @@ class FeatureState:
         row = self._items.row(news_id)  # first: adding a row may replace the arrays
         state.all_time_profile += self._items.metadata[row]
         state.all_time_clicks += 1
-        state.clicked.add(news_id)
+        state.clicked[news_id] = state.clicked.get(news_id, 0) + 1
 
     def _profiles(self, user: str, state: _UserState, time: float) -> _Profiles:
         """Per-window normalised profiles (fractions of clicks per metadata value), computed again only when the

@@ -59,6 +59,7 @@ log = logging.getLogger("drn.serving")
 T = TypeVar("T")
 CLOCK_HEADER = "X-DRN-Clock-Token"
 CLOCK_HEADER_KEY = CLOCK_HEADER.lower().encode("latin-1")  # as ASGI lists header names
+DESCRIBED_KEPT = 50_000  # items whose last description is kept for the fast path; past it, the cache starts over
 GIL_SWITCH_INTERVAL_S = 0.0005  # Python's default 5 ms, one wait per SQLite call of a commit, set the p99 latency
 
 
@@ -163,6 +164,8 @@ class Service:
                 continue
             known = self.news.get(news_id)
             if known is not None and adds_nothing_to(candidate, known):
+                if len(self._described) >= DESCRIBED_KEPT:  # a news stream's old items would fill it for ever
+                    self._described.clear()
                 self._described[news_id] = candidate
                 continue
             item = news_item(candidate, known)

@@ -110,6 +110,28 @@ def test_state_stays_bounded_as_logs_grow():
     assert len(state._users["U1"].clicks) <= 7 * 24 + 1
 
 
+def test_a_users_memory_of_items_is_bounded_by_the_week():
+    """New news every hour for a month: what a user was shown and clicked stays a week's worth, history stays."""
+    state, within_the_week = FeatureState(), None
+    state.see_history("U1", ["H1"])
+    for hour in range(24 * 30):
+        t = T0 + hour * HOUR
+        if hour == 7 * 24 - 1:  # shown daily since hour 0: still inside its first week
+            within_the_week = state.features("U1", ["N-daily"], t).column("user_news.shown_before")[0]
+        shown = [f"N{hour}-{i}" for i in range(10)]
+        state.record_impression("U1", shown + ["N-daily"] * (hour % 24 == 0), t)
+        state.record_click("U1", shown[0], t + 60.0)
+    user = state._users["U1"]
+    assert len(user.shown) == len(user.shown_at) <= 10 * (7 * 24 + 1) + 1
+    assert len(user.clicked) <= 7 * 24 + 2  # the week's clicks and the history
+    now = T0 + 24 * 30 * HOUR
+    batch = state.features("U1", ["H1", "N719-0", "N1-0", "N-daily"], now)
+    assert batch.column("user_news.clicked_before").tolist() == [1.0, 1.0, 0.0, 0.0]  # an hour old / a month old
+    # N-daily is counted again from the week it was last met anew (hour 672): shown then and at hour 696
+    assert batch.column("user_news.shown_before").tolist() == pytest.approx([0.0, math.log1p(1), 0.0, math.log1p(2)])
+    assert within_the_week == pytest.approx(math.log1p(7))
+
+
 def _asked_once(events, user: str, candidates: list[str], time: float):
     """The features of a state that saw `events` (callables on it) and is asked only now: nothing kept before."""
     fresh = FeatureState()
