@@ -365,6 +365,8 @@ def test_a_corrupt_or_truncated_promoted_version_is_refused_by_the_running_servi
         assert not load.failures, load.failures
         versions = [version for version, _ in load.impressions.values()]
         assert set(versions) == {good, later} and versions.count(good) >= answered
+        print(f"\ncorrupt v{flipped} and truncated v{truncated} refused while serving v{good}: {answered} answers "
+              f"from v{good} meanwhile, then v{later} served; 0 failed")
     finally:
         serve.stop()
 
