@@ -271,7 +271,7 @@ def exclusive(settings: Settings, kind: str, lease_s: float, scheduled: bool = F
         yield f"run {newer}, scheduled after this one, is due too: the update runs once, for the newest slot"
         return
     logs = log_store(settings)
-    holder = f"{flow_run.get_id() or 'direct'}:{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex}"
+    holder = f"{flow_run.get_id() or 'direct'}:{_host()}:{os.getpid()}:{uuid.uuid4().hex}"
     held = logs.acquire(f"flow:{kind}", holder, lease_s)
     if not held:
         # A run killed without releasing (SIGKILL, a lost machine) would block its kind until the lease lapses
@@ -286,12 +286,22 @@ def exclusive(settings: Settings, kind: str, lease_s: float, scheduled: bool = F
             logs.release(f"flow:{kind}", holder)
 
 
+def _host() -> str:
+    """Where a pid means one process: the host name and, on Linux, the pid namespace (containers sharing a host
+    name, as with host networking, each number their own processes)."""
+    try:
+        namespace = os.readlink("/proc/self/ns/pid").strip("pid:[]")
+    except OSError:
+        namespace = ""
+    return f"{socket.gethostname()}/{namespace}" if namespace else socket.gethostname()
+
+
 def holder_is_dead(holder: str) -> bool:
     """Whether a lease holder (`<flow run>:<host>:<pid>:<nonce>`) is a process of this host that no longer runs.
     Another host's holder, or one written by an earlier release, is never judged dead: its lease lapses instead. A
     reused pid reads as alive, which only means waiting for the lapse."""
     parts = holder.split(":")
-    if len(parts) != 4 or parts[1] != socket.gethostname() or not parts[2].isdigit():
+    if len(parts) != 4 or parts[1] != _host() or not parts[2].isdigit():
         return False
     try:
         os.kill(int(parts[2]), 0)

@@ -443,6 +443,16 @@ def test_an_update_killed_midway_promotes_nothing_and_the_next_run_proceeds(worl
         assert len(registry.versions()) == 2
 
 
+def test_a_lease_holder_is_dead_only_when_its_process_on_this_host_is_gone():
+    from flows.common import _host, holder_is_dead
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    assert holder_is_dead(f"direct:{_host()}:{gone.pid}:nonce")
+    assert not holder_is_dead(f"direct:{_host()}:{os.getpid()}:nonce")  # alive
+    assert not holder_is_dead(f"direct:another-host:{gone.pid}:nonce")  # not ours to judge: the lease lapses
+    assert not holder_is_dead("run-id:nonce")  # written by an earlier release
+
+
 # ---------------------------------------------------------------------------------------- Prefect restarted
 def start_prefect(home: Path, port: int, log_dir: Path) -> subprocess.Popen:
     from stack.settings import StackSettings
