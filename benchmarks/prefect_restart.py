@@ -129,8 +129,8 @@ def main() -> int:
         "major_runs": sum(1 for r in runs if r["deployment_id"] == after["major-update/drn"]["id"]
                           and r["state_type"] != "SCHEDULED"),
     }
-    result["passed"] = (result["deployments_same"] and result["major_paused_after"] and not result["slots_with_two_runs"]
-                        and not twice and result["runs_before_kept"] and result["major_runs"] == 0)
+    result["passed"] = (result["deployments_same"] and result["major_paused_after"]
+                        and not result["slots_with_two_runs"] and not twice and result["runs_before_kept"] and result["major_runs"] == 0)
     text = json.dumps(result, indent=2)
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
