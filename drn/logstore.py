@@ -539,18 +539,27 @@ class LogStore:
 
     # leases: at most one holder per name
 
-    def acquire(self, name: str, holder: str, ttl_s: float, now: float | None = None) -> bool:
-        """Take the lease `name` for `ttl_s` seconds if it is free or lapsed; True when `holder` now holds it.
+    def acquire(self, name: str, holder: str, ttl_s: float, now: float | None = None,
+                replacing: str | None = None) -> bool:
+        """Take the lease `name` for `ttl_s` seconds if it is free or lapsed, or still held by `replacing` (a holder
+        the caller knows to be dead); True when `holder` now holds it.
 
         One atomic upsert, so two processes asking at once cannot both win. The lease lapses after `ttl_s`, so a
-        holder that crashed without releasing blocks others for at most that long."""
+        holder that crashed without releasing blocks others for at most that long, unless it is named `replacing`."""
         now = clock.time() if now is None else now
         insert = self._insert(_leases).values(name=name, holder=holder, expires_at=now + ttl_s)
+        free = _leases.c.expires_at <= now
         take_over = insert.on_conflict_do_update(index_elements=["name"],
                                                  set_=dict(holder=holder, expires_at=now + ttl_s),
-                                                 where=_leases.c.expires_at <= now)
+                                                 where=free if replacing is None
+                                                 else sa.or_(free, _leases.c.holder == replacing))
         with self._writer.begin() as conn:
             return conn.execute(take_over.returning(_leases.c.name)).first() is not None
+
+    def lease_holder(self, name: str) -> str | None:
+        """Who holds the lease `name` (lapsed or not); None when nobody took it or it was released."""
+        with self._engine.connect() as conn:
+            return conn.scalar(sa.select(_leases.c.holder).where(_leases.c.name == name))
 
     def release(self, name: str, holder: str) -> bool:
         """Give the lease back; False when `holder` no longer held it (it lapsed and another took it)."""

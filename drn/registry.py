@@ -76,6 +76,12 @@ RESERVED_TAGS = frozenset({TAG_KIND, TAG_PARENT, TAG_WINDOW, TAG_WINDOW_EPOCH, T
 TAG_HOLD = "promotion_hold"  # registered-model tag, JSON of a Hold, present while automatic promotion is held
 RECONCILE_GRACE_S = 10.0  # a registry mismatch younger than this may be drn's own promotion in flight
 SERVING_ACTIONS = ("promote", "rollback", "stage_change", "alias_change")  # history records that changed what is served
+# How MLflow's HTTP client retries a tracking server (an `http://` URI), unless the environment says otherwise. Its
+# defaults (7 retries, backoff factor 2) made one call to a stopped server take minutes: serving's /healthz
+# said ok for that long, and a flow's task retries came on top. The callers retry themselves (serving at its next
+# look, flows in their tasks), so a call here fails within seconds.
+MLFLOW_HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+                        "MLFLOW_HTTP_REQUEST_TIMEOUT": "30"}
 
 
 class RegistryError(RuntimeError):
@@ -327,6 +333,8 @@ class Registry:
 
     def __init__(self, tracking_uri: str, model_name: str = DEFAULT_MODEL_NAME, artifact_root: str | None = None,
                  experiment_name: str | None = None):
+        for variable, value in MLFLOW_HTTP_DEFAULTS.items():  # read by MLflow at each request
+            os.environ.setdefault(variable, value)
         from mlflow import MlflowClient
         from mlflow.exceptions import MlflowException
 

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import os
+import socket
 import time
 import uuid
 from datetime import datetime, timezone
@@ -92,6 +94,7 @@ def annotate(settings: Settings, version: str, tags: Mapping[str, str]) -> None:
     registry(settings).annotate(version, tags)
 
 
+GATE_VERDICT = "gate.verdict"  # version tag: how a candidate's gate ended (refused, held, its gate round's outcome)
 HELD = "held after rollback"  # the decision of an update that would have promoted while a rollback holds
 
 
@@ -145,11 +148,11 @@ def challenge_if_screened(settings: Settings, version: str, verdict: lifecycle.G
                           alpha: float) -> tuple[str, str]:
     """The last step of a major update: a gate round for a registered candidate that passed the screen."""
     if not verdict.passed:
-        annotate(settings, version, {"gate.verdict": f"refused before its gate round: {verdict.reason}"})
+        annotate(settings, version, {GATE_VERDICT: f"refused before its gate round: {verdict.reason}"})
         return "registered", verdict.reason
     hold = promotion_hold(settings)
     if hold is not None:
-        annotate(settings, version, {"gate.verdict": f"screened, no gate round: {HELD}"})
+        annotate(settings, version, {GATE_VERDICT: f"screened, no gate round: {HELD}"})
         return HELD, f"screened ({verdict.reason}), not challenged: {hold.message()}"
     if not challenge(settings, version, expected_served=served, alpha=alpha):
         return "registered", f"passed the screen, but the served version changed from v{served} meanwhile"
@@ -197,6 +200,16 @@ def gate_tags(candidate: lifecycle.Candidate, verdict: lifecycle.GateResult, ser
     """A trained version's gate, for its page: the verdict and the comparison in words."""
     return {"gate": verdict.reason, "gate.comparison": lifecycle.comparison(
         candidate.metrics, candidate.baseline, served, int(candidate.metrics["impressions"]))}
+
+
+def stored_candidate(info: VersionInfo) -> tuple[dict[str, float], dict[str, float] | None]:
+    """A registered version's own metrics and the promoted model's on the same data, read back from its run (what
+    `candidate_metrics` stored): what its gate is decided on."""
+    def name(key: str) -> str:
+        return key.replace("_at_", "@")
+    own = {name(k): v for k, v in info.metrics.items() if "." not in k}
+    baseline = {name(k.removeprefix("promoted.")): v for k, v in info.metrics.items() if k.startswith("promoted.")}
+    return own, baseline or None
 
 
 def candidate_metrics(candidate: lifecycle.Candidate) -> dict[str, float]:
@@ -249,7 +262,7 @@ def exclusive(settings: Settings, kind: str, lease_s: float, scheduled: bool = F
     requests with their own parameters) a later run of the deployment already did this slot's work.
 
     `lease_s` must exceed the longest run of the kind: it only matters when a process died without releasing,
-    and then it is how long the kind stays blocked.
+    and then it is how long the kind stays blocked, unless that process is known gone (`holder_is_dead`).
 
     Deployment concurrency limits only cover runs the Prefect server schedules; this lease also covers direct
     runs (`drn flows run`, each with its own temporary server) and runs from other workers."""
@@ -258,13 +271,45 @@ def exclusive(settings: Settings, kind: str, lease_s: float, scheduled: bool = F
         yield f"run {newer}, scheduled after this one, is due too: the update runs once, for the newest slot"
         return
     logs = log_store(settings)
-    holder = f"{flow_run.get_id() or 'direct'}:{uuid.uuid4().hex}"
+    holder = f"{flow_run.get_id() or 'direct'}:{_host()}:{os.getpid()}:{uuid.uuid4().hex}"
     held = logs.acquire(f"flow:{kind}", holder, lease_s)
+    if not held:
+        # A run killed without releasing (SIGKILL, a lost machine) would block its kind until the lease lapses
+        # (hours for a major update); one whose process is known gone on this host is taken over at once.
+        other = logs.lease_holder(f"flow:{kind}")
+        if other is not None and holder_is_dead(other):
+            held = logs.acquire(f"flow:{kind}", holder, lease_s, replacing=other)
     try:
         yield None if held else f"another {kind} run is running"
     finally:
         if held:
             logs.release(f"flow:{kind}", holder)
+
+
+def _host() -> str:
+    """Where a pid means one process: the host name and, on Linux, the pid namespace (containers sharing a host
+    name, as with host networking, each number their own processes)."""
+    try:
+        namespace = os.readlink("/proc/self/ns/pid").strip("pid:[]")
+    except OSError:
+        namespace = ""
+    return f"{socket.gethostname()}/{namespace}" if namespace else socket.gethostname()
+
+
+def holder_is_dead(holder: str) -> bool:
+    """Whether a lease holder (`<flow run>:<host>:<pid>:<nonce>`) is a process of this host that no longer runs.
+    Another host's holder, or one written by an earlier release, is never judged dead: its lease lapses instead. A
+    reused pid reads as alive, which only means waiting for the lapse."""
+    parts = holder.split(":")
+    if len(parts) != 4 or parts[1] != _host() or not parts[2].isdigit():
+        return False
+    try:
+        os.kill(int(parts[2]), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # someone else's process: alive
+        return False
+    return False
 
 
 # ----------------------------------------------------------------------------------------------------- reports

@@ -67,6 +67,15 @@ def major_update(train_config: dict[str, Any] | None = None, holdout_fraction: f
         if len(logged) < min_impressions:
             return common.report(KIND, "too few logs", f"{len(logged)} impressions since {start}, "
                                  f"fewer than {min_impressions}", {"version": info.version})
+        if earlier is not None and common.GATE_VERDICT not in earlier.tags:
+            # registered by a run that ended (killed) before its gate step: that step is done now, once
+            own, baseline = common.stored_candidate(earlier)
+            decision, why = common.challenge_if_screened(settings, earlier.version,
+                                                         lifecycle.gate(own, baseline, tolerance), info.version, alpha)
+            return common.report(KIND, decision, f"v{earlier.version}, registered from v{info.version} on these logs "
+                                 f"by a run that ended before its gate step: {why}",
+                                 {"version": earlier.version, "parent": info.version, **own,
+                                  "replayed_impressions": len(logged)})
         if earlier is not None:
             return common.report(KIND, "no new evidence", f"v{earlier.version} was trained from v{info.version} on "
                                  f"the same logs ({earlier.tags[lifecycle.EVIDENCE_TAG]}): nothing registered",

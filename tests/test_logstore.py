@@ -412,6 +412,15 @@ def test_lease_is_exclusive_until_released_or_lapsed(store):
     assert not store.release("minor", "b")
 
 
+def test_a_lease_is_taken_over_only_from_the_holder_named_dead(store):
+    assert store.acquire("minor", "dead", ttl_s=600, now=100.0) and store.lease_holder("minor") == "dead"
+    assert not store.acquire("minor", "b", ttl_s=60, now=120.0, replacing="someone-else")  # held by another
+    assert store.acquire("minor", "b", ttl_s=60, now=120.0, replacing="dead")
+    assert store.lease_holder("minor") == "b" and not store.acquire("minor", "c", ttl_s=60, now=121.0,
+                                                                     replacing="dead")  # b is not the dead one
+    assert store.release("minor", "b") and store.lease_holder("minor") is None
+
+
 def test_lease_has_one_winner_among_concurrent_stores(url):
     def grab(i: int) -> bool:
         with LogStore(url) as s:
