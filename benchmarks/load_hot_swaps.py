@@ -129,7 +129,7 @@ async def client(url: str, seed: int, tally: Tally, stop_at: float, max_requests
             click = (answer["impression_id"], rng.choice(answer["items"]))
             sent = time.monotonic()
             try:
-                reply = await http.post("/feedback", json={"clicks": [{"impression_id": click[0],
+                reply = await http.post("/feedback", json={"clicks": [{"impression_id": click[0], "user": body["user"],
                                                                         "news_id": click[1]}]})
             except httpx.HTTPError as e:
                 tally.failures[f"/feedback {type(e).__name__}"] += 1

@@ -120,7 +120,7 @@ class Load:
     def __init__(self, url: str, clients: int = CLIENTS):
         self.url, self.stop_event = url, threading.Event()
         self.lock = threading.Lock()
-        self.impressions: dict[str, tuple[str, list[str]]] = {}  # id -> (model_version, items)
+        self.impressions: dict[str, tuple[str, list[str], str]] = {}  # id -> (model_version, items, user)
         self.clicks: set[tuple[str, str]] = set()
         self.failures: Counter = Counter()
         self.versions: list[tuple[float, str]] = []  # (time answered, model_version)
@@ -146,8 +146,8 @@ class Load:
                 n += 1
                 candidates = [{"news_id": f"N{(seed * 7 + n + i) % 60}", "category": f"c{i % 4}"} for i in range(20)]
                 try:
-                    reply = http.post("/recommend", json={"user": f"U{seed}-{n % 13}", "candidates": candidates,
-                                                          "k": 5})
+                    user = f"U{seed}-{n % 13}"
+                    reply = http.post("/recommend", json={"user": user, "candidates": candidates, "k": 5})
                 except httpx.HTTPError as e:
                     self._fail(f"/recommend {type(e).__name__}")
                     continue
@@ -156,13 +156,13 @@ class Load:
                     continue
                 answer = reply.json()
                 with self.lock:
-                    self.impressions[answer["impression_id"]] = (answer["model_version"], answer["items"])
+                    self.impressions[answer["impression_id"]] = (answer["model_version"], answer["items"], user)
                     self.versions.append((time.monotonic(), answer["model_version"]))
                 if n % 2:
                     continue
                 click = (answer["impression_id"], answer["items"][n % len(answer["items"])])
                 try:
-                    reply = http.post("/feedback", json={"clicks": [{"impression_id": click[0],
+                    reply = http.post("/feedback", json={"clicks": [{"impression_id": click[0], "user": user,
                                                                      "news_id": click[1]}]})
                 except httpx.HTTPError as e:
                     self._fail(f"/feedback {type(e).__name__}")
@@ -208,7 +208,7 @@ def test_serving_killed_with_sigkill_under_write_load_keeps_every_acknowledged_e
     (version,) = register_tiny(registry, [1])
     promote(registry, home, version)
     env = store_env(home)
-    acked_impressions: dict[str, tuple[str, list[str]]] = {}
+    acked_impressions: dict[str, tuple[str, list[str], str]] = {}
     acked_clicks: set[tuple[str, str]] = set()
     for kill in range(KILLS):
         serve = Serve(env, tmp_path / f"serve-{kill}.log")
@@ -230,10 +230,10 @@ def test_serving_killed_with_sigkill_under_write_load_keeps_every_acknowledged_e
     serve = Serve(env, tmp_path / "serve-last.log")
     try:
         serve.ready(version)
-        unclicked = [(i, items) for i, (_, items) in acked_impressions.items()
+        unclicked = [(i, items, user) for i, (_, items, user) in acked_impressions.items()
                      if not any(c[0] == i for c in acked_clicks)][:20]
-        for impression_id, items in unclicked:
-            reply = httpx.post(f"{serve.url}/feedback", json={"clicks": [{"impression_id": impression_id,
+        for impression_id, items, user in unclicked:
+            reply = httpx.post(f"{serve.url}/feedback", json={"clicks": [{"impression_id": impression_id, "user": user,
                                                                            "news_id": items[0]}]}, timeout=10)
             assert reply.status_code == 200 and reply.json()["clicks_recorded"] == 1, reply.text
     finally:
@@ -254,18 +254,23 @@ def mlflow_part(home: Path, port: int) -> Part:
         "--workers", str(MLFLOW_WORKERS)), MLFLOW_ENV)
 
 
-def start_mlflow(home: Path, port: int, log_dir: Path) -> subprocess.Popen:
-    process = processes.start(mlflow_part(home, port), log_dir)
-    deadline = time.monotonic() + START_TIMEOUT_S
+def start_until_healthy(part: Part, log_dir: Path, health_url: str, timeout_s: float) -> subprocess.Popen:
+    """Start a part of the stack and wait until its health route answers 200 (its log in the failure if not)."""
+    process = processes.start(part, log_dir)
+    deadline = time.monotonic() + timeout_s
     while True:
-        assert process.poll() is None, (log_dir / "mlflow-server.log").read_text()[-3000:]
+        assert process.poll() is None, (log_dir / f"{part.name}.log").read_text()[-3000:]
         try:
-            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200:
+            if httpx.get(health_url, timeout=2).status_code == 200:
                 return process
         except httpx.HTTPError:
             pass
-        assert time.monotonic() < deadline, "the MLflow server did not start"
+        assert time.monotonic() < deadline, f"{part.name} did not start"
         time.sleep(0.5)
+
+
+def start_mlflow(home: Path, port: int, log_dir: Path) -> subprocess.Popen:
+    return start_until_healthy(mlflow_part(home, port), log_dir, f"http://127.0.0.1:{port}/health", START_TIMEOUT_S)
 
 
 def test_mlflow_server_stopped_under_load(tmp_path, monkeypatch, prefect_server):
@@ -363,7 +368,7 @@ def test_a_corrupt_or_truncated_promoted_version_is_refused_by_the_running_servi
             promote(registry, home, later)
             serve.wait(lambda s: s["version"] == later and s["status"] == "ok", f"v{later} served")
         assert not load.failures, load.failures
-        versions = [version for version, _ in load.impressions.values()]
+        versions = [version for version, *_ in load.impressions.values()]
         assert set(versions) == {good, later} and versions.count(good) >= answered
         print(f"\ncorrupt v{flipped} and truncated v{truncated} refused while serving v{good}: {answered} answers "
               f"from v{good} meanwhile, then v{later} served; 0 failed")
@@ -460,17 +465,7 @@ def start_prefect(home: Path, port: int, log_dir: Path) -> subprocess.Popen:
     part = prefect_server(StackSettings(home, prefect_port=port, mlflow_port=free_port(), api_port=free_port()))
     # the scheduler looks every few seconds (default 60), so a duplicate would show within the test
     part = Part(part.name, part.argv, {**part.env, "PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS": "2"})
-    process = processes.start(part, log_dir)
-    deadline = time.monotonic() + 180
-    while True:
-        assert process.poll() is None, (log_dir / "prefect-server.log").read_text()[-3000:]
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/api/health", timeout=2).status_code == 200:
-                return process
-        except httpx.HTTPError:
-            pass
-        assert time.monotonic() < deadline, "the Prefect server did not start"
-        time.sleep(0.5)
+    return start_until_healthy(part, log_dir, f"http://127.0.0.1:{port}/api/health", 180.0)
 
 
 def deployment_state(api: str) -> dict[str, dict]:
