@@ -133,6 +133,15 @@ class StoreUrls:
             return {}
         return {"DRN_MLFLOW_URI": self.mlflow(request, folder), "DRN_LOGSTORE_URL": self.logstore(request, folder)}
 
+    def stack_flags(self, request) -> list[str]:
+        """`drn up` / `drn demo` flags naming the three stores (on SQLite: none, the defaults under --home). The
+        MLflow database is left empty: `drn up` creates its schema before its parts share it."""
+        if self.kind == SQLITE:
+            return []
+        mlflow, logs = (self._database(request, lambda pg: pg.create(prefix)) for prefix in ("mlflow", "logs"))
+        prefect = self._database(request, lambda pg: pg.create("prefect"))
+        return ["--mlflow-uri", mlflow, "--logstore-url", logs, "--prefect-database-url", prefect]
+
 
 def free_port() -> int:
     with socket.socket() as sock:
