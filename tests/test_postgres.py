@@ -131,3 +131,13 @@ def test_an_unreachable_server_is_named_in_the_skip_reason():
     """The skip reason names the server when PostgreSQL does not answer (the path every skip above takes)."""
     with pytest.raises(store_backends.Unreachable, match="127.0.0.1:1"):
         store_backends.Postgres(f"postgresql+psycopg://postgres@127.0.0.1:1/{uuid.uuid4().hex[:8]}")
+
+
+def test_a_stage_change_by_name_that_archives_the_others_works_on_postgresql(database, tmp_path):
+    """What the MLflow UI sends (the version as a string, archive the others): MLflow 3.17 alone fails it on
+    PostgreSQL (mlflow#24592); drn.registry installs the comparison it needs in the store's database."""
+    registry = Registry(database, "drn", artifact_root=str(tmp_path / "artifacts"))
+    with LogStore(database) as logs:
+        first, second = _two_promoted(registry, logs)
+    registry.client.transition_model_version_stage("drn", str(first), "Production", archive_existing_versions=True)
+    assert {v.version: v.stage for v in registry.versions()} == {first: "Production", second: "Archived"}

@@ -383,6 +383,7 @@ def test_bad_recommend_requests_are_refused_and_change_nothing(registry, version
             "history not of ids": {**good, "history": [1, 2]},
             "malformed history id": {**good, "history": ["N1", "../etc"]},
             "history too long": {**good, "history": ["N1"] * (MAX_HISTORY + 1)},
+            "NUL in a label": {**good, "candidates": [{"news_id": "N1", "category": "sp\x00rts"}]},
         }
         answers = {name: client.post("/recommend", json=payload) for name, payload in bad.items()}
         assert {name: r.status_code for name, r in answers.items()} == {name: 422 for name in bad}
