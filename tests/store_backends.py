@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -168,7 +169,8 @@ def prefect_server(database_url: str, timeout_s: float = PREFECT_START_TIMEOUT_S
         try:
             _wait_healthy(api, server, timeout_s, Path(home) / "server.log")
             with contextlib.ExitStack() as stack:
-                stack.enter_context(prefect.settings.temporary_settings(updates={prefect.settings.PREFECT_API_URL: api}))
+                stack.enter_context(prefect.settings.temporary_settings(
+                    updates={prefect.settings.PREFECT_API_URL: api}))
                 # code in a context copied before this block (as prefect_test_harness does) sees the server too
                 stack.enter_context(_temporary_global_settings_context(get_settings_context()))
                 saved = os.environ.get("PREFECT_API_URL")
@@ -182,12 +184,19 @@ def prefect_server(database_url: str, timeout_s: float = PREFECT_START_TIMEOUT_S
                     else:
                         os.environ["PREFECT_API_URL"] = saved
         finally:
-            server.terminate()
-            try:
-                server.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                server.kill()
-                server.wait()
+            _stop_group(server)
+
+
+def _stop_group(process: subprocess.Popen, grace_s: float = 20.0) -> None:
+    """SIGTERM to the server's own process group (it may start children), SIGKILL after `grace_s`."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGTERM)
+    try:
+        process.wait(timeout=grace_s)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
 
 
 def _wait_healthy(api: str, server: subprocess.Popen, timeout_s: float, log: Path) -> None:
