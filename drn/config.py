@@ -4,7 +4,8 @@ Every outside system has an embedded default under one data directory, so `drn f
 with nothing started, and each can be pointed elsewhere (a server, PostgreSQL) by one environment variable:
 
     DRN_HOME          data directory (default ./.drn in the working directory): SQLite files and artifacts
-    DRN_MLFLOW_URI    MLflow tracking + registry URI   (default sqlite:///$DRN_HOME/mlflow.db)
+    DRN_MLFLOW_URI    MLflow tracking + registry URI   (default sqlite:///$DRN_HOME/mlflow.db; a PostgreSQL URL
+                      such as postgresql+psycopg://user@db:5432/mlflow keeps artifacts in $DRN_HOME/mlartifacts)
     PREFECT_API_URL   Prefect API                      (unset: each run starts Prefect's temporary local server)
     DRN_LOGSTORE_URL  log store SQLAlchemy URL         (default sqlite:///$DRN_HOME/logs.db)
     DRN_MODEL_NAME    registered model name            (default drn)
@@ -26,6 +27,10 @@ if TYPE_CHECKING:
     from drn.registry import Registry
 
 MLFLOW_FILE = "mlflow.db"  # the embedded MLflow store under DRN_HOME (artifacts beside it in mlartifacts/)
+MLFLOW_ARTIFACTS = "mlartifacts"
+# MLflow URIs that name a database server: MLflow would otherwise put their artifacts in ./mlruns of whichever
+# working directory first opens the store, so they go under DRN_HOME as SQLite's do.
+SERVER_DATABASES = ("postgresql", "mysql", "mssql")
 DEFAULT_MODEL_NAME = "drn"
 
 
@@ -61,7 +66,13 @@ class Settings:
         """The model registry (imports MLflow and torch on first call: seconds)."""
         from drn.registry import Registry
         self.ensure_home()
-        return Registry(self.mlflow_uri, self.model_name)
+        return Registry(self.mlflow_uri, self.model_name, artifact_root=self.mlflow_artifact_root())
+
+    def mlflow_artifact_root(self) -> str | None:
+        """Where new versions' artifacts go when drn opens the store itself: DRN_HOME/mlartifacts for a database
+        server; None for SQLite (beside its file) and for a tracking server (the server decides)."""
+        scheme = self.mlflow_uri.split(":", 1)[0].split("+", 1)[0].lower()
+        return str(self.home / MLFLOW_ARTIFACTS) if scheme in SERVER_DATABASES else None
 
     def open_log_store(self) -> LogStore:
         from drn.logstore import LogStore

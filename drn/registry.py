@@ -289,6 +289,38 @@ def _flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
     return out
 
 
+# MLflow 3.17's SQL registry compares the integer version column with the request's string version when a stage
+# change archives the other versions (mlflow/mlflow#24592): PostgreSQL refuses `integer <> varchar` where SQLite
+# compares anyway, so the MLflow UI's stage change with "archive existing versions" fails there. This operator in the
+# store's own database gives that comparison the meaning MLflow intends, for every process on the store (its server).
+_PG_INTEGER_NE_VARCHAR = """
+DO $$ BEGIN
+  IF NOT EXISTS (SELECT 1 FROM pg_operator WHERE oprname = '<>' AND oprleft = 'integer'::regtype
+                 AND oprright = 'character varying'::regtype) THEN
+    CREATE FUNCTION drn_integer_ne_varchar(integer, character varying) RETURNS boolean
+      LANGUAGE sql IMMUTABLE AS 'SELECT $1 <> $2::integer';
+    CREATE OPERATOR <> (LEFTARG = integer, RIGHTARG = character varying, FUNCTION = drn_integer_ne_varchar);
+  END IF;
+EXCEPTION WHEN duplicate_function OR duplicate_object OR unique_violation THEN NULL;  -- made meanwhile elsewhere
+END $$
+"""
+
+
+def _fix_postgres_stage_archive(client: Any) -> None:
+    """Install _PG_INTEGER_NE_VARCHAR when the registry store is a PostgreSQL database (a warning when the user may
+    not create it: drn's own promotions pass integer versions and work regardless)."""
+    engine = getattr(client._get_registry_client().store, "engine", None)
+    if engine is None or engine.dialect.name != "postgresql":
+        return
+    try:
+        with engine.begin() as conn:
+            conn.exec_driver_sql(_PG_INTEGER_NE_VARCHAR)
+    except Exception as err:  # noqa: BLE001 - any refusal leaves MLflow exactly as it was
+        warnings.warn(f"MLflow store {engine.url.render_as_string(hide_password=True)}: stage changes that archive "
+                      f"other versions by name fail on PostgreSQL (mlflow#24592) and the fix could not be installed: "
+                      f"{str(err).splitlines()[0]}", stacklevel=3)
+
+
 def _sqlite_path(uri: str) -> Path | None:
     if not uri.startswith("sqlite:///"):
         return None
@@ -349,6 +381,7 @@ class Registry:
         lock = _file_lock(Path(str(db) + ".lock")) if db is not None else contextlib.nullcontext()
         with lock:
             self.client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+            _fix_postgres_stage_archive(self.client)
             exp = self.client.get_experiment_by_name(self.experiment_name)
             if exp is None:
                 location = None

@@ -17,7 +17,10 @@ ImpressionId = Annotated[str, Field(pattern=ID_PATTERN.pattern)]
 # Epoch seconds (UTC), as everywhere in the project; a time outside 1970..2100 is a malformed time, not a date.
 # strict: JSON `false` is not a time (lax parsing would read it as 0.0, 1970); integers still are
 EpochSeconds = Annotated[float, Field(ge=0.0, le=4_102_444_800.0, allow_inf_nan=False, strict=True)]
-Label = Annotated[str, Field(min_length=1, max_length=128)]
+# No NUL character in free text: PostgreSQL's text columns cannot hold one (SQLite's can), so the same request would
+# be logged on one store and fail with a 503 on the other.
+NO_NUL = r"^[^\x00]*$"
+Label = Annotated[str, Field(min_length=1, max_length=128, pattern=NO_NUL)]
 MAX_ENTITIES = 64  # per news item; MIND items have a handful
 MAX_FEEDBACK_EVENTS = 1000  # clicks plus returns in one /feedback call: a client's batch, not a bulk import
 MAX_HISTORY = 1000  # news ids in a /recommend `history`; MIND's longest histories hold a few hundred
@@ -128,4 +131,4 @@ class FeedbackResponse(BaseModel):
 
 class RollbackRequest(Strict):
     to: Annotated[str, Field(pattern=r"^[0-9]{1,9}$")] | None = None  # default: the version served before
-    why: Annotated[str, Field(min_length=1, max_length=500)]
+    why: Annotated[str, Field(min_length=1, max_length=500, pattern=NO_NUL)]

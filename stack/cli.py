@@ -30,8 +30,9 @@ def _settings(args: argparse.Namespace, default_home: Path | None = None):
 
     from stack.settings import StackSettings
     home = args.home or os.environ.get("DRN_HOME") or (str(default_home) if default_home else None)
+    stores = {name: getattr(args, name, None) for name in ("mlflow_uri", "logstore_url", "prefect_database_url")}
     return StackSettings.from_env(home=home, prefect_port=args.prefect_port, mlflow_port=args.mlflow_port,
-                                  api_port=args.api_port)
+                                  api_port=args.api_port, **stores)
 
 
 def _fail(err: Exception) -> None:
@@ -103,10 +104,21 @@ def _stack_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--api-port", type=int, help="recommendation API (DRN_SERVE_PORT, default 8000)")
 
 
+def _store_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--mlflow-uri", metavar="URL", help="MLflow store (DRN_MLFLOW_URI, default SQLite under the "
+                                                          "data directory; e.g. postgresql+psycopg://user@db/mlflow)")
+    parser.add_argument("--logstore-url", metavar="URL", help="log store (DRN_LOGSTORE_URL, default SQLite; e.g. "
+                                                            "postgresql+psycopg://user@db/drn)")
+    parser.add_argument("--prefect-database-url", metavar="URL",
+                        help="Prefect server's database (DRN_PREFECT_DATABASE_URL, default SQLite; e.g. "
+                             "postgresql://user@db/prefect, run with asyncpg)")
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     """Add `up`, `down` and `demo` to the `drn` parser."""
     up = sub.add_parser("up", help="start Prefect, MLflow, the flows and serving; train a first model if needed")
     _stack_flags(up)
+    _store_flags(up)
     up.add_argument("--minor-every", type=float, default=30.0, help="T_D in minutes (default 30)")
     up.add_argument("--major-every", type=float, default=60.0, help="T_R in minutes (default 60)")
     up.add_argument("--data", metavar="DIR", help="a MIND folder (behaviors.tsv, news.tsv) the first model trains on "
@@ -117,6 +129,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     down.set_defaults(handler=cmd_down)
     demo = sub.add_parser("demo", help="`drn up` plus a simulated world sending HTTP traffic on a compressed clock")
     _stack_flags(demo)
+    _store_flags(demo)
     demo.add_argument("--out", default="out/demo", help="summary.json, ctr.png (and, unless --home, the data dir)")
     demo.add_argument("--hours", type=float, default=24.0, help="simulated world hours (default 24)")
     demo.add_argument("--speed", type=float, default=150.0, help="world seconds per wall second (default 150)")

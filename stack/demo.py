@@ -229,7 +229,7 @@ def run_demo(settings: StackSettings, options: DemoOptions, out: Path, say: Call
             time.sleep(options.idle_hours * 3600 / options.speed)
         versions, history = observe.registry_story(settings.mlflow_url)
         summary = summarise(stats, versions, history, observe.flow_run_states(settings.prefect_api), options,
-                            time.monotonic() - started, observe.round_story(settings.home))
+                            time.monotonic() - started, observe.round_story(settings.store_environment()))
         summary_file, png = out / "summary.json", out / "ctr.png"
         plot(summary, png)
         summary["plot"] = str(png.resolve())

@@ -8,8 +8,7 @@ from __future__ import annotations
 import os
 import time
 from collections import defaultdict
-from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import httpx
 
@@ -73,11 +72,12 @@ def registry_story(mlflow_url: str) -> tuple[list[dict], list[dict]]:
     return versions, history
 
 
-def round_story(home: Path) -> dict[str, dict[str, int]]:
+def round_story(stores: Mapping[str, str]) -> dict[str, dict[str, int]]:
     """Rounds by kind (exploration / gate) and outcome (a duel's winner, a learner's verdict, "superseded" when a
-    promotion or rollback closed it unscored, "open"), from the log store of the stack at `home`."""
+    promotion or rollback closed it unscored, "open"), from the log store of the stack whose DRN_HOME and store
+    URLs `stores` holds (StackSettings.store_environment)."""
     from drn.config import Settings
-    logs = Settings.from_env({**os.environ, "DRN_HOME": str(home)}).open_log_store()
+    logs = Settings.from_env({**os.environ, **stores}).open_log_store()
     try:
         counts: dict[str, dict[str, int]] = {}
         for round_ in logs.rounds():

@@ -15,6 +15,10 @@ Order, and why:
    same way as after `drn flows run offline-training --param data_dir=...` by hand.
 Every part is a subprocess in its own process group, recorded in the pid file at once, so a failure half-way, a
 Ctrl-C or `drn down` stops exactly what was started. SQLite files and artifacts stay.
+
+The three stores are SQLite files under DRN_HOME unless DRN_MLFLOW_URI / --mlflow-uri, DRN_LOGSTORE_URL /
+--logstore-url and DRN_PREFECT_DATABASE_URL / --prefect-database-url name others, e.g. PostgreSQL databases
+(stack/settings.py); every part gets them in its environment.
 """
 from __future__ import annotations
 
@@ -150,8 +154,8 @@ def _serves(stack: Stack, name: str, port: int, health_url: str) -> Callable[[],
 
 
 def part_env(settings: StackSettings) -> dict[str, str]:
-    """What every part shares: the data directory, the Prefect server, no telemetry to the outside."""
-    return {"DRN_HOME": str(settings.home), "PREFECT_API_URL": settings.prefect_api,
+    """What every part shares: the data directory and stores, the Prefect server, no telemetry to the outside."""
+    return {**settings.store_environment(), "PREFECT_API_URL": settings.prefect_api,
             "PREFECT_HOME": str(settings.home / "prefect"), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
             "PYTHONUNBUFFERED": "1"}
 
@@ -161,7 +165,8 @@ def drn_argv(*args: str) -> list[str]:
 
 
 def prefect_server(settings: StackSettings) -> Part:
-    """infra/start-prefect-server.sh: the same start a person uses by hand (SQLite under DRN_HOME/prefect)."""
+    """infra/start-prefect-server.sh: the same start a person uses by hand (its database DRN_PREFECT_DATABASE_URL,
+    in part_env when set, else SQLite under DRN_HOME/prefect)."""
     return Part("prefect-server", ["bash", str(INFRA / "start-prefect-server.sh")],
                 {**part_env(settings), "PREFECT_PORT": str(settings.prefect_port),
                  "PATH": f"{Path(processes.python_argv()[0]).parent}:{os.environ.get('PATH', '')}"})
@@ -238,7 +243,7 @@ def up(settings: StackSettings, options: UpOptions, say: Say) -> Stack:
     processes.check_ports_free(settings.ports())
     data_dir = check_data_dir(options.data_dir) if options.data_dir is not None else None
     settings.home.mkdir(parents=True, exist_ok=True)
-    stores = Settings.from_env({**os.environ, "DRN_HOME": str(settings.home)})
+    stores = Settings.from_env({**os.environ, **settings.store_environment()})
     stack = Stack(settings, say)
     try:
         say(f"data directory {settings.home} (logs of each part in {settings.log_dir})")

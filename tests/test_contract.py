@@ -31,15 +31,15 @@ EXAMPLES = 60  # generated requests per route and mode (schema-valid and invalid
 
 
 @pytest.fixture(scope="module")
-def service(tmp_path_factory):
+def service(tmp_path_factory, store_urls, request):
     """The app on loopback serving a promoted version; (base url, log store)."""
     from drn.model import build_network
     from test_serving import TINY
     home = tmp_path_factory.mktemp("contract")
-    registry = Registry(f"sqlite:///{home}/mlflow.db")
+    registry = Registry(store_urls.mlflow(request, home), artifact_root=str(home / "mlartifacts"))
     version = registry.register(lifecycle.bundle_of(build_network(TINY, seed=1)), kind="offline", parent=None,
                                 data_window=None, params={}, metrics={})
-    with LogStore.at(home) as logs:
+    with LogStore(store_urls.logstore(request, home)) as logs:
         lifecycle.promote(registry, logs, version, who="test", why="contract", now=time.time())
         with serve(_settings(home), registry, logs) as client:
             yield str(client.base_url), logs

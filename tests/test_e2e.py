@@ -1,7 +1,9 @@
 """End to end, the way a user runs it: `drn demo --keep-up` as a subprocess (Prefect server, MLflow server, the
 flow deployments, serving, the simulated world's HTTP traffic on a compressed clock), then a rollback by stage
 change through the MLflow server that serving follows and that holds, the browser journeys in the real UIs
-(headless Chromium), then Ctrl-C, which must stop every process it started. And `drn up --data DIR`."""
+(headless Chromium), then Ctrl-C, which must stop every process it started. And `drn up --data DIR`. Under
+`pytest --stores=postgres` the stack keeps its three stores in fresh PostgreSQL databases (its --mlflow-uri,
+--logstore-url and --prefect-database-url flags)."""
 from __future__ import annotations
 
 import json
@@ -90,14 +92,14 @@ class Demo:
 
 
 @pytest.fixture(scope="module")
-def demo(tmp_path_factory):
+def demo(tmp_path_factory, store_urls, request):
     """One `drn demo --keep-up` for the module's tests, in order: the demo's summary and a stage rollback by API,
     the browser journeys (tests/browser.py), then Ctrl-C."""
     tmp_path = tmp_path_factory.mktemp("demo")
     out, log = tmp_path / "out", tmp_path / "demo.log"
     stack = free_stack(out / "home")
     process = start_drn(["demo", "--out", str(out), "--hours", str(HOURS), "--speed", str(SPEED), "--users",
-                         str(USERS), "--keep-up", *stack_flags(stack)], log)
+                         str(USERS), "--keep-up", *stack_flags(stack), *store_urls.stack_flags(request)], log)
     try:
         summary_file = out / "summary.json"
         wait_for(lambda: summary_file.is_file() and "mlflow_run" in summary_file.read_text(), SUMMARY_TIMEOUT_S,
@@ -165,14 +167,14 @@ def test_ctrl_c_stops_every_process_the_demo_started(demo):
             os.killpg(pid, 0)
 
 
-def test_up_with_data_trains_the_first_model_on_the_users_mind_folder(tmp_path):
+def test_up_with_data_trains_the_first_model_on_the_users_mind_folder(tmp_path, store_urls, request):
     """`drn up --data DIR`: the first version is trained on the user's MIND folder, not on the simulated world."""
     from drn.mind import load_dataset
     logs = tmp_path / "my-mind-logs"
     subprocess.run([sys.executable, "-m", "drn_cli.main", "world", "generate", "--out", str(logs), "--days", "2",
                     "--users", "60", "--seed", "7"], check=True, capture_output=True, timeout=120)
     stack, log = free_stack(tmp_path / "home"), tmp_path / "up.log"
-    up = start_drn(["up", "--data", str(logs), *stack_flags(stack)], log)
+    up = start_drn(["up", "--data", str(logs), *stack_flags(stack), *store_urls.stack_flags(request)], log)
     try:
         api = stack.api_url
         wait_for(lambda: served_version(api) == "1", SUMMARY_TIMEOUT_S, "v1 served", up, log)

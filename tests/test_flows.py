@@ -1,4 +1,5 @@
-"""The four flows against a real Prefect test server and a real MLflow store on SQLite, on a small simulated world.
+"""The four flows against a real Prefect test server and a real MLflow store and log store (SQLite, or PostgreSQL
+under `pytest --stores=postgres`), on a small simulated world.
 
 Rounds are made the way serving makes them: impressions logged with the interleaved teams of each served position,
 then clicks on items of the explore team (a round the explore network wins) or of the exploit team (one it loses).
@@ -35,11 +36,13 @@ def world(tmp_path_factory):
 
 
 @pytest.fixture
-def home(tmp_path, monkeypatch, prefect_server):
+def home(tmp_path, monkeypatch, prefect_server, store_urls, request):
     """A fresh DRN_HOME (MLflow store + log store) per test; the Prefect server is shared."""
     monkeypatch.setenv("DRN_HOME", str(tmp_path / "drn"))
     for var in ("DRN_MLFLOW_URI", "DRN_LOGSTORE_URL", "DRN_MODEL_NAME"):
         monkeypatch.delenv(var, raising=False)
+    for var, url in store_urls.environment(request, tmp_path / "drn").items():
+        monkeypatch.setenv(var, url)
     settings = Settings.from_env()
     settings.ensure_home()
     return settings
@@ -47,7 +50,7 @@ def home(tmp_path, monkeypatch, prefect_server):
 
 @pytest.fixture
 def stores(home):
-    registry, logs = Registry(home.mlflow_uri, home.model_name), LogStore(home.logstore_url)
+    registry, logs = home.open_registry(), home.open_log_store()
     yield registry, logs
     logs.close()
 

@@ -50,9 +50,9 @@ def _folder(reg: Registry, version: str) -> Path:
 
 
 @pytest.fixture(scope="module")
-def reg(tmp_path_factory) -> Registry:
+def reg(tmp_path_factory, store_urls, request) -> Registry:
     d = tmp_path_factory.mktemp("mlflow")
-    r = _timed("init (import + new db)", Registry, f"sqlite:///{d}/mlflow.db")
+    r = _timed("init (import + new db)", Registry, store_urls.mlflow(request, d), artifact_root=str(d / "mlartifacts"))
     r.reconcile_grace_s = 0.0  # changes by hand follow drn's own at once here
     yield r
     print("\nregistry timings (s):", {k: f"max {max(v):.3f} mean {sum(v) / len(v):.3f} n={len(v)}"

@@ -46,8 +46,9 @@ def _candidates(n: int, start: int = 0) -> list[dict]:
 
 
 @pytest.fixture(scope="module")
-def registry(tmp_path_factory) -> Registry:
-    return Registry(f"sqlite:///{tmp_path_factory.mktemp('mlflow')}/mlflow.db")
+def registry(tmp_path_factory, store_urls, request) -> Registry:
+    folder = tmp_path_factory.mktemp("mlflow")
+    return Registry(store_urls.mlflow(request, folder), artifact_root=str(folder / "mlartifacts"))
 
 
 @pytest.fixture(scope="module")
@@ -73,8 +74,8 @@ def _set_stage(registry: Registry, version: str | None) -> None:
 
 
 @pytest.fixture
-def logs(tmp_path) -> Iterator[LogStore]:
-    with LogStore.at(tmp_path) as store:
+def logs(tmp_path, store_urls, request) -> Iterator[LogStore]:
+    with LogStore(store_urls.logstore(request, tmp_path)) as store:
         yield store
 
 
@@ -384,6 +385,7 @@ def test_bad_recommend_requests_are_refused_and_change_nothing(registry, version
             "history not of ids": {**good, "history": [1, 2]},
             "malformed history id": {**good, "history": ["N1", "../etc"]},
             "history too long": {**good, "history": ["N1"] * (MAX_HISTORY + 1)},
+            "NUL in a label": {**good, "candidates": [{"news_id": "N1", "category": "sp\x00rts"}]},
         }
         answers = {name: client.post("/recommend", json=payload) for name, payload in bad.items()}
         assert {name: r.status_code for name, r in answers.items()} == {name: 422 for name in bad}
@@ -581,7 +583,7 @@ def test_history_seeds_an_unknown_user_and_a_restart_rebuilds_it(registry, versi
 
 
 def test_a_model_trained_offline_ranks_its_first_request_with_the_training_logs_state(
-        prefect_server, tmp_path, monkeypatch):
+        prefect_server, tmp_path, monkeypatch, store_urls, request):
     """The path of `drn flows run offline-training --param data_dir=...` then `drn up`: the served version's first
     request sees the users' clicks and histories and the items' click counts of the logs it was trained on."""
     from drn.world import generate_logs
@@ -591,12 +593,14 @@ def test_a_model_trained_offline_ranks_its_first_request_with_the_training_logs_
     monkeypatch.setenv("DRN_HOME", str(home))
     for var in ("DRN_MLFLOW_URI", "DRN_LOGSTORE_URL", "DRN_MODEL_NAME"):
         monkeypatch.delenv(var, raising=False)
+    for var, url in store_urls.environment(request, home).items():
+        monkeypatch.setenv(var, url)
     result = offline_training(str(folder), train_config={"epochs": 1, "buffer_impressions": 128,
                                                          "batch_impressions": 16, "train_every": 8})
     assert result["decision"] == "promoted"
     data = load_dataset(folder)
     stores = Settings.from_env()
-    registry, logs = Registry(stores.mlflow_uri, stores.model_name), LogStore(stores.logstore_url)
+    registry, logs = stores.open_registry(), stores.open_log_store()
     try:
         assert logs.counts()["impressions"] == result["imported_impressions"] == len(data.impressions)
         versions = {v.version: v for v in registry.versions()}

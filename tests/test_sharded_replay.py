@@ -15,12 +15,12 @@ SERVED = 10  # items per logged list
 
 
 @pytest.fixture(scope="module")
-def logged(tmp_path_factory):
+def logged(tmp_path_factory, store_urls, request):
     """A log store holding two days of a small simulated world as served impressions with their clicks."""
     folder = tmp_path_factory.mktemp("sharded")
     generate_logs(folder / "world", days=2, users=30, seed=5)
     data = load_dataset(folder / "world")
-    url = f"sqlite:///{folder / 'logs.db'}"
+    url = store_urls.logstore(request, folder)
     with LogStore(url) as logs:
         logs.log_news(data.news.values())
         for imp in data.impressions:

@@ -98,3 +98,69 @@ def test_prefect_calls_are_retried_while_its_database_is_locked(monkeypatch):
     failing = httpx.Client(base_url="http://prefect/api", transport=httpx.MockTransport(lambda r: httpx.Response(503)))
     with pytest.raises(httpx.HTTPStatusError):
         observe.prefect_call(failing, "PATCH", "/deployments/d1", {"parameters": {}})
+
+
+PG = "postgresql+psycopg://postgres@127.0.0.1:5432"
+
+
+def test_store_urls_from_flags_and_environment_reach_every_part(tmp_path, monkeypatch):
+    from drn.config import Settings
+    from drn_cli.main import parser
+    from stack import cli, up
+    monkeypatch.setenv("DRN_MLFLOW_URI", f"{PG}/mlflow")
+    monkeypatch.delenv("DRN_LOGSTORE_URL", raising=False)
+    monkeypatch.delenv("DRN_PREFECT_DATABASE_URL", raising=False)
+    args = parser().parse_args(["up", "--home", str(tmp_path), "--logstore-url", f"{PG}/logs",
+                                "--prefect-database-url", "postgresql://postgres@127.0.0.1:5432/prefect"])
+    settings = cli._settings(args)
+    assert settings.prefect_database_url == "postgresql+asyncpg://postgres@127.0.0.1:5432/prefect"
+    stores = Settings.from_env({**os.environ, **settings.store_environment()})
+    assert (stores.mlflow_uri, stores.logstore_url) == (f"{PG}/mlflow", f"{PG}/logs")
+    parts = [up.prefect_server(settings), up.mlflow_server(settings, stores), up.flow_server(settings, up.UpOptions()),
+             up.serving(settings, up.UpOptions())]
+    for part in parts:
+        assert {k: part.env[k] for k in ("DRN_MLFLOW_URI", "DRN_LOGSTORE_URL", "DRN_PREFECT_DATABASE_URL")} == {
+            "DRN_MLFLOW_URI": f"{PG}/mlflow", "DRN_LOGSTORE_URL": f"{PG}/logs",
+            "DRN_PREFECT_DATABASE_URL": "postgresql+asyncpg://postgres@127.0.0.1:5432/prefect"}, part.name
+    mlflow_argv = parts[1].argv
+    assert mlflow_argv[mlflow_argv.index("--backend-store-uri") + 1] == f"{PG}/mlflow"
+    # without any: SQLite under the data directory, and no store variable handed to the parts
+    plain = StackSettings.from_env({}, home=str(tmp_path))
+    assert plain.store_environment() == {"DRN_HOME": str(tmp_path.resolve())}
+    assert up.mlflow_server(plain, Settings.from_env(plain.store_environment())).argv[
+        mlflow_argv.index("--backend-store-uri") + 1] == f"sqlite:///{tmp_path.resolve()}/mlflow.db"
+
+
+def test_prefect_needs_the_async_driver_in_its_database_url():
+    from stack.settings import prefect_async_url
+    assert prefect_async_url("postgresql://u@db:5432/p") == "postgresql+asyncpg://u@db:5432/p"
+    assert prefect_async_url("postgresql+psycopg://u:pw@db/p") == "postgresql+asyncpg://u:pw@db/p"
+    assert prefect_async_url("postgresql+asyncpg://u@db/p") == "postgresql+asyncpg://u@db/p"
+    assert prefect_async_url("sqlite:////abs/prefect.db") == "sqlite+aiosqlite:////abs/prefect.db"
+    assert prefect_async_url("mysql://db/p") == "mysql://db/p"  # not ours to fix: Prefect refuses it itself
+
+
+@pytest.mark.parametrize("script, tool", [("start-prefect-server.sh", "prefect"), ("start-mlflow-server.sh", "mlflow")])
+def test_the_start_scripts_use_a_store_url_when_given(tmp_path, script, tool):
+    """The infra scripts by hand: the store URL when one is set, else SQLite under DRN_HOME (the tool itself
+    replaced by one that prints what it was given)."""
+    from stack.up import INFRA
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / tool).write_text('#!/bin/sh\necho "db=$PREFECT_API_DATABASE_CONNECTION_URL args=$*"\n')
+    (bin_dir / tool).chmod(0o755)
+    home = tmp_path / "home"
+    variable = "DRN_PREFECT_DATABASE_URL" if tool == "prefect" else "DRN_MLFLOW_URI"
+    url = f"postgresql+asyncpg://postgres@127.0.0.1:5432/{tool}"
+
+    def run(extra):
+        env = {"PATH": f"{bin_dir}:/usr/bin:/bin", "DRN_HOME": str(home), **extra}
+        return subprocess.run(["bash", str(INFRA / script)], env=env, capture_output=True, text=True,
+                              check=True).stdout
+    given, default = run({variable: url}), run({})
+    if tool == "prefect":
+        assert f"db={url} " in given and f"db=sqlite+aiosqlite:///{home}/prefect/prefect.db " in default
+    else:
+        assert f"--backend-store-uri {url} " in given
+        assert f"--backend-store-uri sqlite:///{home}/mlflow.db " in default
+        assert f"--backend-store-uri sqlite:///{home}/mlflow.db " in run({variable: "http://127.0.0.1:5000"})
