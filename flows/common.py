@@ -12,15 +12,14 @@ import os
 import socket
 import time
 import uuid
-from datetime import datetime, timezone
 from typing import Any, Iterator, Mapping, Sequence
 
 from prefect import task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.client.orchestration import get_client
-from prefect.client.schemas.filters import (FlowRunFilter, FlowRunFilterDeploymentId, FlowRunFilterExpectedStartTime,
-                                            FlowRunFilterId, FlowRunFilterState, FlowRunFilterStateName,
+from prefect.client.schemas.filters import (FlowRunFilter, FlowRunFilterDeploymentId, FlowRunFilterId,
+                                            FlowRunFilterStartTime, FlowRunFilterState, FlowRunFilterStateName,
                                             FlowRunFilterStateType)
 from prefect.client.schemas.objects import StateType
 from prefect.runtime import deployment, flow_run
@@ -223,7 +222,7 @@ def candidate_metrics(candidate: lifecycle.Candidate) -> dict[str, float]:
 
 # --------------------------------------------------------------------------------------------- one run per kind
 SKIPPED = "Skipped"  # the name of the Completed state of a run with nothing to do
-LIVE_STATES = [StateType.SCHEDULED, StateType.PENDING, StateType.RUNNING, StateType.COMPLETED]  # will do or did work
+WORKING_STATES = [StateType.RUNNING, StateType.COMPLETED]  # a run that does or did its work (unless Skipped)
 
 
 def skipped(kind: str, why: str, details: Mapping[str, Any] | None = None) -> State:
@@ -235,24 +234,24 @@ def skipped(kind: str, why: str, details: Mapping[str, Any] | None = None) -> St
 
 
 def superseded() -> str | None:
-    """The name of a newer run of this run's deployment that is due too (scheduled after this run, not after now,
-    and not ended Skipped, Cancelled or Failed): a run that waited for the slot behind a long run, or a late run after
-    an outage, leaves the work to the newest due slot, so the update runs once, not once per missed slot. None
-    outside a deployment (`drn flows run`)."""
+    """The name of another run of this run's deployment that started after this run's slot and did (or does) the
+    work: it saw everything this run would. So after an outage, or behind a long run, the first late run to start
+    does the work and the other late ones end at once: the update runs once, not once per missed slot. And a
+    schedule whose runs start later than its period still runs (one run per lateness, not none: a rule "skip for a
+    newer due slot" skipped every run then, since a newer slot was always due). None outside a deployment."""
     deployment_id = deployment.id  # attribute access: Prefect's PREFECT__RUNTIME__* overrides apply
     if deployment_id is None:
         return None
     with get_client(sync_client=True) as client:
-        newer = client.read_flow_runs(
+        later = client.read_flow_runs(
             flow_run_filter=FlowRunFilter(
                 deployment_id=FlowRunFilterDeploymentId(any_=[deployment_id]),
                 id=FlowRunFilterId(not_any_=[flow_run.id]),
-                expected_start_time=FlowRunFilterExpectedStartTime(after_=flow_run.scheduled_start_time,
-                                                                   before_=datetime.now(timezone.utc)),
-                state=FlowRunFilterState(type=FlowRunFilterStateType(any_=LIVE_STATES),
+                start_time=FlowRunFilterStartTime(after_=flow_run.scheduled_start_time),
+                state=FlowRunFilterState(type=FlowRunFilterStateType(any_=WORKING_STATES),
                                          name=FlowRunFilterStateName(not_any_=[SKIPPED]))),
             limit=1)
-    return newer[0].name if newer else None
+    return later[0].name if later else None
 
 
 @contextlib.contextmanager
@@ -266,9 +265,9 @@ def exclusive(settings: Settings, kind: str, lease_s: float, scheduled: bool = F
 
     Deployment concurrency limits only cover runs the Prefect server schedules; this lease also covers direct
     runs (`drn flows run`, each with its own temporary server) and runs from other workers."""
-    newer = superseded() if scheduled else None
-    if newer is not None:
-        yield f"run {newer}, scheduled after this one, is due too: the update runs once, for the newest slot"
+    later = superseded() if scheduled else None
+    if later is not None:
+        yield f"run {later} started after this run's slot and did its work: the update runs once per late start"
         return
     logs = log_store(settings)
     holder = f"{flow_run.get_id() or 'direct'}:{_host()}:{os.getpid()}:{uuid.uuid4().hex}"

@@ -2,7 +2,7 @@
 the integration tests and the Prefect server.
 
 `pytest --stores=postgres` runs the tests that ask `store_urls` for their MLflow and log stores, and every flow on
-the session's Prefect server, against fresh PostgreSQL databases (tests/stores.py); they skip with the reason when
+the session's Prefect server, against fresh PostgreSQL databases (tests/store_backends.py); they skip with the reason when
 no PostgreSQL answers. The default, `--stores=sqlite`, keeps SQLite files in each test's folder.
 """
 from __future__ import annotations
@@ -53,7 +53,7 @@ def store_urls(request) -> stores.StoreUrls:
 
 @pytest.fixture(scope="session")
 def postgres(store_urls) -> stores.Postgres:
-    """The PostgreSQL test server (tests/stores.py) whatever --stores says, or a skip that says why not."""
+    """The PostgreSQL test server (tests/store_backends.py) whatever --stores says, or a skip that says why not."""
     return store_urls.postgres()
 
 
