@@ -410,21 +410,29 @@ def test_two_minor_updates_never_run_at_once(world, v1, monkeypatch):
     assert [v.version for v in registry.versions()] == ["1", "2"]
 
 
+def pause_and_serve_again(client, name: str):
+    """Apply the deployments, pause `name` as an engineer does in the UI, apply them again (a re-serve); returns the
+    deployment as first applied, after checking its schedule and concurrency limit."""
+    from flows.deployments import deployments
+    for deployment in deployments():
+        deployment.apply()
+    applied = client.read_deployment_by_name(name)
+    assert not applied.paused and applied.global_concurrency_limit.limit == 1
+    assert applied.schedules[0].schedule.interval.total_seconds() == 1800
+    client.pause_deployment(applied.id)
+    for deployment in deployments():
+        deployment.apply()
+    return applied
+
+
 def test_deployments_keep_a_paused_schedule_paused(prefect_server):
     from prefect.client.orchestration import get_client
 
     from flows.deployments import DEPLOYMENT, deployments
     from flows.minor_update import minor_update
     name = f"minor-update/{DEPLOYMENT}"
-    for deployment in deployments():
-        deployment.apply()
     with get_client(sync_client=True) as client:
-        applied = client.read_deployment_by_name(name)
-        assert not applied.paused and applied.global_concurrency_limit.limit == 1
-        assert applied.schedules[0].schedule.interval.total_seconds() == 1800
-        client.pause_deployment(applied.id)  # an engineer pauses it in the UI
-        for deployment in deployments():  # re-serve
-            deployment.apply()
+        pause_and_serve_again(client, name)
         assert client.read_deployment_by_name(name).paused
         # the pitfall this guards against: Prefect's own re-apply resumes it
         minor_update.to_deployment(DEPLOYMENT, interval=1800).apply()

@@ -108,16 +108,11 @@ def test_a_flow_runs_with_every_store_on_postgresql(postgres, prefect_database, 
 def test_a_paused_schedule_is_read_back_paused_from_a_postgresql_prefect_server(prefect_database):
     from prefect.client.orchestration import get_client
 
-    from flows.deployments import DEPLOYMENT, deployments
+    from flows.deployments import DEPLOYMENT
+    from test_flows import pause_and_serve_again
     name = f"minor-update/{DEPLOYMENT}"
-    for deployment in deployments():
-        deployment.apply()
     with get_client(sync_client=True) as client:
-        applied = client.read_deployment_by_name(name)
-        assert applied.schedules[0].schedule.interval.total_seconds() == 1800
-        client.pause_deployment(applied.id)  # an engineer pauses it in the UI
-        for deployment in deployments():  # re-serve
-            deployment.apply()
+        applied = pause_and_serve_again(client, name)
         try:
             assert client.read_deployment_by_name(name).paused
             assert _query(prefect_database, "SELECT paused FROM deployment WHERE id = :id",
