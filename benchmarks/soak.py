@@ -184,7 +184,7 @@ def main() -> None:
     ap.add_argument("--return-within-s", type=float, default=6 * 86400.0,
                     help="a return is sent when the user's previous impression is at most this old (inside the "
                          "service's feedback window, a week by default)")
-    ap.add_argument("--max-minutes", type=float, default=40.0)
+    ap.add_argument("--max-minutes", type=float, default=90.0, help="stop here even if requests remain")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--port", type=int, default=8766)
     args = ap.parse_args()
