@@ -27,7 +27,6 @@ import json
 import os
 import random
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -46,6 +45,7 @@ from drn import lifecycle  # noqa: E402
 from drn.logstore import LogStore  # noqa: E402
 from drn.model import NetworkConfig, build_network  # noqa: E402
 from drn.registry import Registry  # noqa: E402
+from stack.processes import free_port  # noqa: E402
 
 CANDIDATES, K = 50, 10
 USERS, NEWS_POOL = 500, 300
@@ -54,12 +54,6 @@ CLICK_SHARE = 0.5  # share of answers that get one click back
 ADMIN_TOKEN = "load-hot-swaps-admin-token"
 READY_TIMEOUT_S = 180.0
 HTTP_TIMEOUT_S = 30.0  # per request: a swap must not make one wait this long, and a hang is then a failure
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _news(i: int) -> dict:

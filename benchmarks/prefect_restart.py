@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import sys
 import tempfile
 import time
@@ -30,17 +29,11 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from stack import processes  # noqa: E402
-from stack.processes import Part  # noqa: E402
+from stack.processes import Part, free_port  # noqa: E402
 from stack.settings import StackSettings  # noqa: E402
 from stack.up import drn_argv, part_env, prefect_server  # noqa: E402
 
 START_TIMEOUT_S = 180.0
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def wait(check, what: str, timeout: float = START_TIMEOUT_S) -> None:

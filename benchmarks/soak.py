@@ -6,7 +6,7 @@ by a /feedback call with its clicks and the user's return after their previous i
 (--items-per-hour), and each request ranks 50 candidates drawn from the items of the last 6 hours, with their
 metadata. Every user is met in the first --users requests (in a random order); after that users are drawn at
 random, so from then on a service whose state is bounded per user and per live item should stop growing. The
-service's resident memory (VmRSS) is sampled every --sample-every requests.
+service's resident memory (RSS) is sampled every --sample-every requests.
 
     .venv/bin/python benchmarks/soak.py --out out/soak
 
@@ -27,6 +27,7 @@ from pathlib import Path
 
 import httpx
 import numpy as np
+import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -50,10 +51,7 @@ def news(j: int) -> dict:
 
 
 def rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    raise RuntimeError(f"no VmRSS for pid {pid}")
+    return psutil.Process(pid).memory_info().rss / 2**20
 
 
 class Soak:

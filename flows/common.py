@@ -19,9 +19,7 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import (FlowRunFilter, FlowRunFilterDeploymentId, FlowRunFilterId,
-                                            FlowRunFilterStartTime, FlowRunFilterState, FlowRunFilterStateName,
-                                            FlowRunFilterStateType)
-from prefect.client.schemas.objects import StateType
+                                            FlowRunFilterStartTime, FlowRunFilterState, FlowRunFilterStateName)
 from prefect.runtime import deployment, flow_run
 from prefect.states import Completed, State
 
@@ -201,11 +199,14 @@ def gate_tags(candidate: lifecycle.Candidate, verdict: lifecycle.GateResult, ser
         candidate.metrics, candidate.baseline, served, int(candidate.metrics["impressions"]))}
 
 
+MLFLOW_AT = "_at_"  # stands for '@' in metric names, which MLflow refuses (ndcg@10 is stored as ndcg_at_10)
+
+
 def stored_candidate(info: VersionInfo) -> tuple[dict[str, float], dict[str, float] | None]:
     """A registered version's own metrics and the promoted model's on the same data, read back from its run (what
     `candidate_metrics` stored): what its gate is decided on."""
     def name(key: str) -> str:
-        return key.replace("_at_", "@")
+        return key.replace(MLFLOW_AT, "@")
     own = {name(k): v for k, v in info.metrics.items() if "." not in k}
     baseline = {name(k.removeprefix("promoted.")): v for k, v in info.metrics.items() if k.startswith("promoted.")}
     return own, baseline or None
@@ -217,12 +218,12 @@ def candidate_metrics(candidate: lifecycle.Candidate) -> dict[str, float]:
     MLflow refuses '@' in metric names: ndcg@10 is stored as ndcg_at_10."""
     baseline = {f"promoted.{k}": v for k, v in (candidate.baseline or {}).items()}
     training = {f"train.{k}": float(v) for k, v in candidate.training.items() if isinstance(v, (int, float))}
-    return {k.replace("@", "_at_"): v for k, v in {**candidate.metrics, **baseline, **training}.items()}
+    return {k.replace("@", MLFLOW_AT): v for k, v in {**candidate.metrics, **baseline, **training}.items()}
 
 
 # --------------------------------------------------------------------------------------------- one run per kind
 SKIPPED = "Skipped"  # the name of the Completed state of a run with nothing to do
-WORKING_STATES = [StateType.RUNNING, StateType.COMPLETED]  # a run that does or did its work (unless Skipped)
+WORKING_STATES = ["Running", "Completed"]  # state names of a run that does or did its work (not SKIPPED)
 
 
 def skipped(kind: str, why: str, details: Mapping[str, Any] | None = None) -> State:
@@ -248,8 +249,7 @@ def superseded() -> str | None:
                 deployment_id=FlowRunFilterDeploymentId(any_=[deployment_id]),
                 id=FlowRunFilterId(not_any_=[flow_run.id]),
                 start_time=FlowRunFilterStartTime(after_=flow_run.scheduled_start_time),
-                state=FlowRunFilterState(type=FlowRunFilterStateType(any_=WORKING_STATES),
-                                         name=FlowRunFilterStateName(not_any_=[SKIPPED]))),
+                state=FlowRunFilterState(name=FlowRunFilterStateName(any_=WORKING_STATES))),
             limit=1)
     return later[0].name if later else None
 
@@ -307,7 +307,7 @@ def holder_is_dead(holder: str) -> bool:
     except ProcessLookupError:
         return True
     except PermissionError:  # someone else's process: alive
-        return False
+        pass
     return False
 
 

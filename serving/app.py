@@ -258,10 +258,14 @@ class Service:
         return RecommendResponse(impression_id=record.impression_id, items=list(ranked.served),
                                  model_version=model.label, source=model.source, round_id=record.round_id, time=now)
 
-    def _checked(self, event: ClickEvent | ReturnEvent, trusted: bool) -> tuple[ImpressionRecord, float]:
+    def _checked(self, event: ClickEvent | ReturnEvent, trusted: bool,
+                 records: dict[str, ImpressionRecord | None]) -> tuple[ImpressionRecord, float]:
         """The event's impression and time, once the impression is found logged, served to the event's user, and
-        the event within the feedback window after it (so a replayed old event never reaches training)."""
-        record = self.logs.impression(event.impression_id)
+        the event within the feedback window after it (so a replayed old event never reaches training). `records`:
+        the impressions this call has read (a batch often holds several events of one impression)."""
+        if event.impression_id not in records:
+            records[event.impression_id] = self.logs.impression(event.impression_id)
+        record = records[event.impression_id]
         if record is None:
             raise HTTPException(404, f"unknown impression {event.impression_id}")
         if record.user != event.user:
@@ -279,13 +283,13 @@ class Service:
         """On the writer thread: check every event against its logged impression before anything is written (so a
         bad event in a batch writes nothing), then the clicks in one transaction and the returns in one.
         Returns ((user, news id, time, new) per click, new per return)."""
-        checked = []
+        checked, records = [], {}
         for click in clicks:
-            record, when = self._checked(click, trusted)
+            record, when = self._checked(click, trusted, records)
             if click.news_id not in record.served:
                 raise HTTPException(422, f"impression {click.impression_id} did not show {click.news_id}")
             checked.append((click, when))
-        came_back = [(event.impression_id, event.user, self._checked(event, trusted)[1]) for event in returns]
+        came_back = [(event.impression_id, event.user, self._checked(event, trusted, records)[1]) for event in returns]
         try:
             new = self.logs.log_clicks([(click.impression_id, click.news_id, when) for click, when in checked])
             new_returns = self.logs.log_returns(came_back)
@@ -471,9 +475,11 @@ def _openapi_with_recommend(app: FastAPI) -> Callable[[], dict]:
 REFUSALS = {
     ("/recommend", "post"): {400: "the client disconnected before sending the whole body",
                              422: "too many or duplicate candidates", 503: "the log store is unavailable"},
-    ("/feedback", "post"): {400: "a body that is not JSON", 403: "an impression id this service did not issue",
+    ("/feedback", "post"): {400: "a body that is not JSON",
+                            403: "an impression id this service did not issue, or another user's impression",
                             404: "an unknown impression",
-                            422: "nothing to record, an item the impression did not show, a click before its impression",
+                            422: "nothing to record, an item the impression did not show, an event before its "
+                                 "impression or past the feedback window",
                             503: "the log store is unavailable"},
     ("/admin/reload", "post"): {401: "no or a wrong admin token", 403: "admin routes are disabled"},
     ("/admin/rollback", "post"): {400: "a body that is not JSON", 401: "no or a wrong admin token",

@@ -36,6 +36,13 @@ class Part:
     env: Mapping[str, str]
 
 
+def free_port(host: str = HOST) -> int:
+    """A port nothing listens on now (the OS picks it): for tests and benchmarks that start parts beside others."""
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]
+
+
 def port_in_use(port: int, host: str = HOST) -> bool:
     """True when something already listens on `port` (checked by connecting, which needs no privileges)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -23,6 +22,8 @@ from typing import Callable, Iterator
 
 import httpx
 import sqlalchemy as sa
+
+from stack.processes import free_port
 
 PG_URL = os.environ.get("DRN_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 PREFECT_START_TIMEOUT_S = 90.0  # `prefect server start` migrates a fresh database first; slow on busy cores
@@ -142,12 +143,6 @@ class StoreUrls:
         mlflow, logs = (self._database(request, lambda pg: pg.create(prefix)) for prefix in ("mlflow", "logs"))
         prefect = self._database(request, lambda pg: pg.create("prefect"))
         return ["--mlflow-uri", mlflow, "--logstore-url", logs, "--prefect-database-url", prefect]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @contextlib.contextmanager

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -19,6 +18,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from stack.processes import free_port
 from stack.settings import StackSettings
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(420)]
@@ -29,12 +29,6 @@ FOLLOW_TIMEOUT_S = 15  # serving polls the registry every second
 MAJOR_PERIOD_S = 60 * 60 / SPEED  # T_R (60 world minutes) on the demo's clock
 HOLD_TIMEOUT_S = 60  # the next update run records the stage change and holds promotion
 STOP_TIMEOUT_S = 60
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def wait_for(check, timeout_s: float, what: str, process: subprocess.Popen, log: Path):

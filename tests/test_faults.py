@@ -18,7 +18,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import textwrap
@@ -37,7 +36,7 @@ from drn.logstore import LogStore
 from drn.model import NetworkConfig, build_network
 from drn.registry import PRODUCTION, Registry
 from stack import processes
-from stack.processes import Part
+from stack.processes import Part, free_port
 from test_flows import EXPLORE, home, log_round, stores, trained, v1, world  # noqa: F401 (fixtures)
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
@@ -49,12 +48,6 @@ ADMIN = "faults-admin-token"
 POLL_S = 0.2  # serving's looks at the round and the registry: a change shows within a second
 START_TIMEOUT_S = 120.0  # drn serve and the MLflow server import torch / MLflow / FastAPI before they listen
 CLIENTS = 4
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def store_env(home: Path, mlflow_uri: str | None = None) -> dict[str, str]:
