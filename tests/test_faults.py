@@ -476,6 +476,10 @@ def flow_runs(api: str) -> list[dict]:
              "state": r["state_type"]} for r in runs]
 
 
+def scheduled(runs: list[dict], deployment: str) -> set[str]:
+    return {r["id"] for r in runs if r["deployment"] == deployment and r["state"] == "SCHEDULED"}
+
+
 def test_prefect_server_restarted_keeps_schedules_and_paused_state_and_duplicates_no_run(tmp_path):
     home, port = tmp_path / "home", free_port()
     api = f"http://127.0.0.1:{port}/api"
@@ -493,7 +497,8 @@ def test_prefect_server_restarted_keeps_schedules_and_paused_state_and_duplicate
                        timeout=120)
         before = deployment_state(api)
         paused = before["major-update/drn"]["id"]
-        assert httpx.patch(f"{api}/deployments/{paused}", json={"paused": True}, timeout=10).status_code == 204
+        # the UI's pause: it commits the pause, then deletes the scheduled runs
+        assert httpx.post(f"{api}/deployments/{paused}/pause_deployment", timeout=10).status_code == 200
         minor = before["minor-update/drn"]["id"]
         deadline = time.monotonic() + 30
         while not [r for r in flow_runs(api) if r["deployment"] == minor]:  # the scheduler made the next runs
@@ -514,6 +519,7 @@ def test_prefect_server_restarted_keeps_schedules_and_paused_state_and_duplicate
     slots = Counter((r["deployment"], r["expected"]) for r in runs_after)
     assert max(slots.values()) == 1, [slot for slot, n in slots.items() if n > 1]
     assert {r["id"] for r in runs_before} <= {r["id"] for r in runs_after}  # the same runs, not remade
-    assert not [r for r in runs_after if r["deployment"] == paused and r["state"] == "SCHEDULED"]
+    # a scheduler loop that read the deployment before the pause may still add a run; the restart must add none
+    assert scheduled(runs_after, paused) <= scheduled(runs_before, paused)
     print(f"\nPrefect restarted: {len(after)} deployments unchanged (major-update paused), {len(runs_before)} "
           f"scheduled runs before, {len(runs_after)} after, none twice")
