@@ -54,11 +54,20 @@ def rss_mb(pid: int) -> float:
     return psutil.Process(pid).memory_info().rss / 2**20
 
 
+def held(url: str) -> dict[str, int]:
+    """The items and users serving's feature state holds, from its /metrics."""
+    text = httpx.get(f"{url}/metrics", timeout=30).text
+    gauges = dict(line.split() for line in text.splitlines() if line.startswith(("drn_serving_items_held ",
+                                                                                 "drn_serving_users_held ")))
+    return {"items_held": int(float(gauges["drn_serving_items_held"])),
+            "users_held": int(float(gauges["drn_serving_users_held"]))}
+
+
 class Soak:
     """The request schedule (deterministic per seed) and what the clients saw."""
 
-    def __init__(self, args: argparse.Namespace, server_pid: int):
-        self.args, self.server_pid = args, server_pid
+    def __init__(self, args: argparse.Namespace, server_pid: int, url: str):
+        self.args, self.server_pid, self.url = args, server_pid, url
         rng = np.random.default_rng(args.seed)
         first = rng.permutation(args.users)
         rest = rng.integers(0, args.users, max(args.requests - args.users, 0))
@@ -83,10 +92,11 @@ class Soak:
         now = START + self.next * self.step_s
         self.samples.append({"requests": self.next, "simulated_days": (now - START) / 86400.0,
                              "rss_mb": rss_mb(self.server_pid), "users_met": min(self.next, self.args.users),
-                             "items_published": int((now - START + LIVE_S) / self.item_gap_s),
+                             "items_published": int((now - START + LIVE_S) / self.item_gap_s), **held(self.url),
                              "wall_s": time.monotonic() - self.started, **self.counts})
-        print(f"{self.next:>8} requests  day {(now - START) / 86400.0:5.1f}  rss {self.samples[-1]['rss_mb']:7.1f} MB"
-              f"  failed {self.counts['failed']}", flush=True)
+        last = self.samples[-1]
+        print(f"{self.next:>8} requests  day {(now - START) / 86400.0:5.1f}  rss {last['rss_mb']:7.1f} MB  items held "
+              f"{last['items_held']:,}  failed {self.counts['failed']}", flush=True)
 
     def failed(self, reply: httpx.Response) -> None:
         self.counts["failed"] += 1
@@ -135,7 +145,8 @@ class Soak:
 
 
 def growth(samples: list[dict], users: int) -> dict:
-    """Memory per 10,000 requests once every user has been met, over the first and the second half of that span."""
+    """Memory per 10,000 requests once every user has been met, over the first and the second half of that span, and
+    over the span where idle items are being forgotten."""
     after = [s for s in samples if s["requests"] >= users]
     if len(after) < 3:
         return {}
@@ -144,9 +155,13 @@ def growth(samples: list[dict], users: int) -> dict:
     def per_10k(a: dict, b: dict) -> float:
         return (b["rss_mb"] - a["rss_mb"]) / max(b["requests"] - a["requests"], 1) * 10_000
 
+    forgetting = [s for s in after if s["items_held"] < s["items_published"]]  # idle items being forgotten
+    steady = {"mb_per_10k_requests_once_items_are_forgotten": per_10k(forgetting[0], forgetting[-1]),
+              "items_held_range_once_forgotten": [min(s["items_held"] for s in forgetting),
+                                                  max(s["items_held"] for s in forgetting)]} if len(forgetting) > 1 else {}
     return {"all_users_met_at_mb": after[0]["rss_mb"], "end_mb": after[-1]["rss_mb"],
             "mb_per_10k_requests_first_half": per_10k(after[0], mid),
-            "mb_per_10k_requests_second_half": per_10k(mid, after[-1])}
+            "mb_per_10k_requests_second_half": per_10k(mid, after[-1]), **steady}
 
 
 def plot(samples: list[dict], users: int, path: Path) -> None:
@@ -154,20 +169,28 @@ def plot(samples: list[dict], users: int, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     fig, ax = plt.subplots(figsize=(8, 4))
-    ax.plot([s["requests"] for s in samples], [s["rss_mb"] for s in samples], marker=".")
+    requests = [s["requests"] for s in samples]
+    ax.plot(requests, [s["rss_mb"] for s in samples], marker=".", label="resident memory")
     ax.axvline(users, color="grey", linestyle="--", label="every user met")
     ax.set_xlabel("requests")
     ax.set_ylabel("serving's resident memory (MB)")
     ax.set_title("Soak: drn serve's memory over a long run")
-    ax.legend()
+    items = ax.twinx()
+    items.plot(requests, [s["items_held"] for s in samples], color="tab:orange", label="items held")
+    items.plot(requests, [s["items_published"] for s in samples], color="tab:orange", linestyle=":",
+               label="items published")
+    items.set_ylabel("items")
+    lines = ax.get_legend_handles_labels(), items.get_legend_handles_labels()
+    ax.legend(lines[0][0] + lines[1][0], lines[0][1] + lines[1][1], loc="upper left")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
 
 
 def markdown(result: dict) -> str:
-    rows = ["| requests | simulated days | users met | items published | RSS (MB) | failed |", "| --- " * 6 + "|"]
+    rows = ["| requests | simulated days | users met | items published | items held | RSS (MB) | failed |",
+            "| --- " * 7 + "|"]
     rows += [f"| {s['requests']:,} | {s['simulated_days']:.1f} | {s['users_met']:,} | {s['items_published']:,} | "
-             f"{s['rss_mb']:.0f} | {s['failed']} |" for s in result["samples"]]
+             f"{s['items_held']:,} | {s['rss_mb']:.0f} | {s['failed']} |" for s in result["samples"]]
     return "\n".join(rows) + "\n"
 
 
@@ -197,7 +220,7 @@ def main() -> None:
                                "--log-level", "warning"], cwd=Path(__file__).resolve().parents[1])
     try:
         wait_ready(url, server)
-        soak = Soak(args, server.pid)
+        soak = Soak(args, server.pid, url)
         asyncio.run(soak.run(url))
     finally:
         server.terminate()

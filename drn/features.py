@@ -50,6 +50,10 @@ FRESHNESS_DECAY_S = 4.1 * HOUR  # DRN.md: mean time from publication to last cli
 # Users whose profiles are kept between their requests, most recently asked for first (about 18 KB each): the
 # active users of a serving process; a training replay over millions of users keeps only the latest.
 PROFILES_KEPT = 4096
+# A long-running service forgets an item idle this long (no description, event or use in a history) once its window
+# counts are empty, so a news stream does not fill its memory: a week past the longest window. Checked every hour.
+ITEM_IDLE_S = 2 * WINDOWS[-1][1]
+ITEM_SWEEP_S = HOUR
 
 
 def _blocks() -> dict[str, list[tuple[str, int]]]:
@@ -246,6 +250,10 @@ class _ItemTable:
         self.first_seen = np.full(capacity, np.nan)  # first impression, NaN before it
         self.counts = np.zeros((capacity, len(self.KINDS) * len(WINDOWS)), dtype=np.int64)  # clicks..., impressions...
         self.stamps = np.zeros(capacity, dtype=np.int64)  # per row, when `metadata` and `known` were last written
+        # per row, the clock when last described or used; -inf: not since a clock was known; inf: no item
+        self.touched = np.full(capacity, np.inf)
+        self.ids: list[str | None] = [None] * capacity  # per row, its item's id
+        self._free: list[int] = []  # rows of forgotten items, used again before the table grows
         # per counter column, a heap of (time, event number, rows) of the events still inside that column's window
         self._expiring: list[list[tuple[float, int, list[int]]]] = [[] for _ in range(self.counts.shape[1])]
         self._events = 0  # events counted so far: orders a heap's entries of equal time without comparing rows
@@ -255,10 +263,13 @@ class _ItemTable:
         """The row of `news_id`, added (zeros) when it is new."""
         row = self.index.get(news_id)
         if row is None:
-            if self._rows == len(self.known):
-                self._grow()
-            row = self.index[news_id] = self._rows
-            self._rows += 1
+            if self._free:
+                row = self._free.pop()
+            else:
+                if self._rows == len(self.known):
+                    self._grow()
+                row, self._rows = self._rows, self._rows + 1
+            self.index[news_id], self.ids[row], self.touched[row] = row, news_id, -np.inf
         return row
 
     def describe(self, row: int, metadata: np.ndarray, known: bool) -> bool:
@@ -289,25 +300,57 @@ class _ItemTable:
             while heap and heap[0][0] <= cutoff:
                 self.counts[heapq.heappop(heap)[2], column] -= 1
 
+    def touch(self, rows: list[int] | int, time: float) -> None:
+        """The items at `rows` were described or used at `time` (the state's clock): they stay."""
+        self.touched[rows] = np.maximum(self.touched[rows], time)
+
+    def date_undated(self, time: float) -> None:
+        """Items touched before the clock was known count as touched at `time`."""
+        touched = self.touched[:self._rows]
+        touched[touched == -np.inf] = time
+
+    def forget_idle(self, before: float) -> list[str]:
+        """Forget the items last touched at or before `before` whose windows are empty (so no heap holds their row).
+        Their rows are zeroed and stamped afresh, so a cache kept per row does not take the next item for them."""
+        touched = self.touched[:self._rows]
+        idle = (touched <= before) & (touched > -np.inf) & ~self.counts[:self._rows].any(axis=1)
+        rows = np.flatnonzero(idle)
+        rows = rows[rows > 0]
+        forgotten = [self.ids[row] for row in rows]
+        for news_id, row in zip(forgotten, rows):
+            del self.index[news_id]
+            self.ids[row] = None
+        self.metadata[rows], self.known[rows], self.published[rows], self.first_seen[rows] = 0.0, False, np.nan, np.nan
+        self.touched[rows] = np.inf
+        self.stamps[rows] = [next(_STAMPS) for _ in rows]
+        self._free.extend(rows.tolist())
+        return forgotten
+
     def pending_events(self) -> int:
         """Events still inside some window, counted once per window they are in."""
         return sum(len(heap) for heap in self._expiring)
 
     def _grow(self) -> None:
-        for name in ("metadata", "known", "published", "first_seen", "counts", "stamps"):
+        blank = {"published": np.nan, "first_seen": np.nan, "touched": np.inf}
+        for name in ("metadata", "known", "published", "first_seen", "counts", "stamps", "touched"):
             current = getattr(self, name)
-            grown = np.zeros((2 * len(current), *current.shape[1:]), dtype=current.dtype)
-            if name in ("published", "first_seen"):
-                grown[:] = np.nan
+            grown = np.full((2 * len(current), *current.shape[1:]), blank.get(name, 0), dtype=current.dtype)
             grown[: len(current)] = current
             setattr(self, name, grown)
+        self.ids.extend([None] * len(self.ids))
 
 
 class FeatureState:
-    """The online feature state: what is known about items and users up to now."""
+    """The online feature state: what is known about items and users up to now.
+
+    A replay keeps every item it meets. A long-running service calls `forget_idle_items` once it is warm: from then
+    on items idle for `ITEM_IDLE_S` leave the state, and `take_forgotten` tells it which."""
 
     def __init__(self, news: Mapping[str, NewsItem] | None = None):
         self._items = _ItemTable()
+        self._item_idle_s: float | None = None  # None: items are never forgotten
+        self._next_sweep = float("-inf")
+        self._forgotten: list[str] = []
         self._users: dict[str, _UserState] = {}
         self.now = float("-inf")  # time of the latest request seen; later clicks wait in `_pending` until due
         self._pending: list[tuple[float, int, str, str]] = []  # heap of (click time, arrival order, user, news id)
@@ -317,12 +360,39 @@ class FeatureState:
         for item in (news or {}).values():
             self.add_news(item)
 
+    def forget_idle_items(self, idle_s: float = ITEM_IDLE_S) -> None:
+        """From now on, forget items idle for `idle_s` of the clock (checked every ITEM_SWEEP_S). Items met before
+        (a rebuild's catalogue) count as touched now."""
+        self._item_idle_s, self._next_sweep = idle_s, self.now + ITEM_SWEEP_S
+        if self.now > -math.inf:
+            self._items.date_undated(self.now)
+
+    def take_forgotten(self) -> list[str]:
+        """The items forgotten since the last call."""
+        forgotten, self._forgotten = self._forgotten, []
+        return forgotten
+
+    @property
+    def items_held(self) -> int:
+        return len(self._items.index)
+
+    @property
+    def users_held(self) -> int:
+        return len(self._users)
+
+    def knows_item(self, news_id: str) -> bool:
+        return news_id in self._items.index
+
+    def knows_user(self, user: str) -> bool:
+        return user in self._users
+
     # ---- events -------------------------------------------------------------------------------------------
     def add_news(self, item: NewsItem) -> None:
         """Register or update an item's metadata (serving learns it from requests, training from news.tsv)."""
         items = self._items
         new = item.news_id not in items.index
         row = items.row(item.news_id)
+        items.touch(row, self.now)
         if new or item.known or item.published is not None:
             if items.describe(row, metadata_vector(item), item.known) and not new:
                 self._metadata_changes += 1  # users' kept profiles may hold the old vector
@@ -350,6 +420,7 @@ class FeatureState:
         first_seen = items.first_seen[rows]
         items.first_seen[rows] = np.where(np.isnan(first_seen), time, first_seen)
         items.count(rows, 1, time)
+        items.touch(rows, time)
         user_state.forget_shown(time - WINDOWS[-1][1])
         seen = user_state.shown
         for news_id in shown:
@@ -372,21 +443,28 @@ class FeatureState:
             self._apply_click(user, news_id, due)
         self.now = max(self.now, time)
         self._items.expire(self.now)
+        if self._item_idle_s is not None and self.now >= self._next_sweep:
+            self._forgotten += self._items.forget_idle(self.now - self._item_idle_s)
+            self._next_sweep = self.now + ITEM_SWEEP_S
 
     def _apply_click(self, user: str, news_id: str, time: float) -> None:
         user_state = self._users.setdefault(user, _UserState())
-        self._items.count([self._items.row(news_id)], 0, time)
+        row = self._items.row(news_id)
+        self._items.count([row], 0, time)
+        self._items.touch(row, time)
         insort(user_state.clicks, (time, news_id))
         self._add_to_profile(user_state, news_id)
         user_state.forget_clicks(time - WINDOWS[-1][1])
 
     # ---- features -----------------------------------------------------------------------------------------
     def features(self, user: str, candidates: Sequence[str], time: float) -> FeatureBatch:
-        """Features of a request at `time`, from events up to `time` only (advances the clock, nothing else).
+        """Features of a request at `time`, from events up to `time` only (advances the clock and marks the candidates
+        in use, nothing else).
         Item windows end at the state's clock, which is `time` unless a later request was already seen."""
+        rows = self._items.rows(candidates)
+        self._items.touch(rows, time)  # before the clock moves: a candidate is in use, however long since it was shown
         self.advance(time)
         user_state = self._users.get(user) or _UserState()
-        rows = self._items.rows(candidates)
         profiles = self._profiles(user, user_state, time)
         state = np.concatenate([profiles.matrix.ravel(), self._user_counts(user_state, profiles.key, time),
                                 _context(time)]).astype(np.float32)
@@ -406,6 +484,7 @@ class FeatureState:
     # ---- internals ----------------------------------------------------------------------------------------
     def _add_to_profile(self, state: _UserState, news_id: str) -> None:
         row = self._items.row(news_id)  # first: adding a row may replace the arrays
+        self._items.touch(row, self.now)
         state.all_time_profile += self._items.metadata[row]
         state.all_time_clicks += 1
         state.clicked[news_id] = state.clicked.get(news_id, 0) + 1
@@ -428,7 +507,9 @@ class FeatureState:
             return kept
         matrix = np.zeros((len(PROFILE_WINDOWS), METADATA_DIM), dtype=np.float32)
         if clicks:
-            newest_first = self._items.metadata[[self._items.index[n] for _, n in reversed(clicks)]].cumsum(axis=0)
+            # clicks past the longest window (kept until the user's next click) may name forgotten items: row 0
+            index = self._items.index
+            newest_first = self._items.metadata[[index.get(n, 0) for _, n in reversed(clicks)]].cumsum(axis=0)
             for w, count in enumerate(key[2:]):
                 if count:
                     matrix[w] = newest_first[count - 1] / count

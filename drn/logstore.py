@@ -654,10 +654,11 @@ class LogStore:
                 found.setdefault(impression_id, []).append(Click(news_id, time))
         return {impression_id: tuple(clicks) for impression_id, clicks in found.items()}
 
-    def news(self) -> dict[str, NewsItem]:
-        """All news metadata by id."""
+    def news(self, ids: Sequence[str] | None = None) -> dict[str, NewsItem]:
+        """News metadata by id: all of it, or that of `ids` (those known)."""
+        query = sa.select(_news) if ids is None else sa.select(_news).where(_news.c.news_id.in_(list(ids)))
         with self._engine.connect() as conn:
-            rows = conn.execute(sa.select(_news)).all()
+            rows = conn.execute(query).all()
         return {r.news_id: NewsItem(r.news_id, r.category, r.subcategory, r.title, r.provider, tuple(r.entities),
                                     r.abstract, r.url, r.published) for r in rows}
 

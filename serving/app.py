@@ -59,7 +59,7 @@ log = logging.getLogger("drn.serving")
 T = TypeVar("T")
 CLOCK_HEADER = "X-DRN-Clock-Token"
 CLOCK_HEADER_KEY = CLOCK_HEADER.lower().encode("latin-1")  # as ASGI lists header names
-DESCRIBED_KEPT = 50_000  # items whose last description is kept for the fast path; past it, the cache starts over
+DESCRIBED_KEPT = 50_000  # items whose last description (or absence from the log store) is kept; past it, start over
 GIL_SWITCH_INTERVAL_S = 0.0005  # Python's default 5 ms, one wait per SQLite call of a commit, set the p99 latency
 
 
@@ -100,6 +100,7 @@ class Service:
         self.state = FeatureState()
         self.news: dict[str, NewsItem] = {}  # what the log store knows of each item: only changes are written
         self._described: dict[str, Candidate] = {}  # per item, a description found to add nothing to `news`
+        self._unlogged: set[str] = set()  # ids looked for in the log store and not found there
         self.holder: ModelHolder | None = None
         self._follow: asyncio.Task | None = None
 
@@ -113,6 +114,9 @@ class Service:
         started = time.perf_counter()
         self.state, self.news, count = await asyncio.to_thread(rebuild_feature_state, self.logs)
         log.info("feature state rebuilt from %d logged impressions in %.1f s", count, time.perf_counter() - started)
+        self.state.forget_idle_items()
+        self.telemetry.items_held.set_function(lambda: self.state.items_held)
+        self.telemetry.users_held.set_function(lambda: self.state.users_held)
         self.holder = ModelHolder(self._open_registry, self.logs, self.settings.follow, self.telemetry)
         await self.holder.refresh()  # start with the promoted model (or popularity, saying why) before serving
         # What exists now (MLflow, SQLAlchemy, torch, the rebuilt state: half a million objects) lives as long as
@@ -150,6 +154,33 @@ class Service:
     def _time(self, given: float | None, trusted: bool) -> float:
         """The client's time only for callers holding the clock token; server time for everyone else."""
         return given if trusted and given is not None else time.time()
+
+    async def _recall(self, user: str, ids: list[str], history: tuple[str, ...]) -> None:
+        """Put in `news` (and the feature state) what the log store knows of the request's items that `news` lacks,
+        and of a new user's history: the items a news stream left idle were forgotten, and one named again is laid
+        over, and seeds a profile with, what was known of it. Ids the store does not know are kept in `_unlogged`, so
+        they are looked for once, not per request."""
+        wanted = [n for n in ids if n not in self.news and n not in self._unlogged]
+        if history and not self.state.knows_user(user):
+            wanted += [n for n in history if not self.state.knows_item(n) and n not in self._unlogged]
+        if not wanted:
+            return
+        found = await self._store(self.logs.news, wanted)
+        if len(self._unlogged) >= DESCRIBED_KEPT:
+            self._unlogged.clear()
+        for news_id in wanted:
+            item = found.get(news_id)
+            if item is None:
+                self._unlogged.add(news_id)
+            elif news_id not in self.news:  # another request may have put it there meanwhile
+                self.news[news_id] = item
+                self.state.add_news(item)
+
+    def _drop_forgotten(self) -> None:
+        """Drop from `news` and the description cache the items the feature state has just forgotten."""
+        for news_id in self.state.take_forgotten():
+            self.news.pop(news_id, None)
+            self._described.pop(news_id, None)
 
     def _describe(self, candidates: list[Candidate]) -> list[NewsItem]:
         """Items whose description in this request adds to what is known; they are applied to the feature state
@@ -237,13 +268,15 @@ class Service:
         if repeated:
             raise HTTPException(422, f"duplicate candidates: {', '.join(repeated[:10])}")
         now = self._time(body.get("context", {}).get("time"), trusted)
-        news = self._describe(body["candidates"])
         history = tuple(body.get("history", ()))
+        await self._recall(body["user"], ids, history)
+        news = self._describe(body["candidates"])
         # A user met for the first time is seeded with the history before their features are taken (as replay does);
         # the impression keeps only a history that was used, so a rebuild seeds the same user the same way.
         seeded = bool(history) and self.state.see_history(body["user"], history)
         model = self.holder.current  # one model for the whole request, whatever swaps meanwhile
         batch = self.state.features(body["user"], ids, now)
+        self._drop_forgotten()
         ranked = model.rank(batch, body.get("k", DEFAULT_K), self.rng)
         round_ = model.round
         record = ImpressionRecord(self.signer.new_id(), body["user"], now, tuple(ids), ranked.served, ranked.teams,
@@ -253,7 +286,9 @@ class Service:
         for item in news:
             self.news[item.news_id] = item
             self._described.pop(item.news_id, None)
+            self._unlogged.discard(item.news_id)
         self.state.record_impression(body["user"], ranked.served, now)
+        self._drop_forgotten()
         self.telemetry.impressions.labels(model.source).inc()
         return RecommendResponse(impression_id=record.impression_id, items=list(ranked.served),
                                  model_version=model.label, source=model.source, round_id=record.round_id, time=now)

@@ -42,6 +42,9 @@ class Telemetry:
                                    ["source"], registry=r)
         self.clicks = Counter("drn_serving_clicks", "Clicks received: new, or a duplicate counted once.",
                               ["outcome"], registry=r)
+        self.items_held = Gauge("drn_serving_items_held", "Items the feature state holds (idle ones are forgotten).",
+                                registry=r)
+        self.users_held = Gauge("drn_serving_users_held", "Users the feature state holds.", registry=r)
 
     def model_changed(self, model: ServedModel) -> None:
         self.swaps.inc()

@@ -4,7 +4,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from drn.features import HOUR, PROFILES_KEPT, SCHEMA, WINDOWS, FeatureSchema, FeatureState, replay
+from drn.features import HOUR, ITEM_IDLE_S, PROFILES_KEPT, SCHEMA, WINDOWS, FeatureSchema, FeatureState, replay
 from drn.mind import NewsItem
 
 T0 = 1_573_257_600.0  # 2019-11-09 00:00 UTC
@@ -178,3 +178,60 @@ def test_item_rows_and_stamps_follow_descriptions():
     state.add_news(NewsItem("N1", "news"))
     again = state.features("U1", ["N1", "N9"], 2.0)
     assert again.item_rows[0] == first.item_rows[0] and again.item_stamps[0] > first.item_stamps[0]
+
+
+def _stream_day(state: FeatureState, day: int, items_per_day: int = 40) -> list[str]:
+    """One day of a news stream: that day's items described, shown to a user and one clicked, hour by hour."""
+    fresh = [f"D{day}-{i}" for i in range(items_per_day)]
+    for hour in range(24):
+        now = day * 24 * HOUR + hour * HOUR
+        for news_id in fresh[hour % 4::4]:
+            state.add_news(NewsItem(news_id, f"cat{hash(news_id) % 5}", "sub"))
+        shown = fresh[hour % 4::4][:5]
+        state.features(f"U{hour}", shown, now)
+        state.record_impression(f"U{hour}", shown, now)
+        state.record_click(f"U{hour}", shown[0], now)
+    return fresh
+
+
+def test_a_long_running_state_forgets_idle_items_and_holds_a_bounded_table():
+    kept, forgetting = FeatureState(), FeatureState()
+    forgetting.forget_idle_items()
+    capacities = []
+    for day in range(60):
+        for state in (kept, forgetting):
+            _stream_day(state, day)
+        capacities.append(len(forgetting._items.known))
+    assert kept.items_held == 60 * 40  # a replay keeps every item
+    idle_days = ITEM_IDLE_S / (24 * HOUR)
+    assert forgetting.items_held <= (idle_days + 2) * 40  # a news stream's held items level off ...
+    assert capacities[-1] == capacities[30]  # ... and rows of forgotten items are used again: the table stopped growing
+    forgotten = forgetting.take_forgotten()
+    assert "D0-0" in forgotten and not forgetting.knows_item("D0-0") and kept.knows_item("D0-0")
+    assert forgetting.take_forgotten() == []
+    recent = "D59-0"
+    a, b = (s.features("U1", [recent, "D58-3"], 60 * 24 * HOUR) for s in (kept, forgetting))
+    np.testing.assert_array_equal(a.action, b.action)  # items in use have the features they would have had
+
+
+def test_a_forgotten_item_is_a_new_item_again_and_an_item_in_use_is_not_forgotten():
+    state = FeatureState()
+    state.forget_idle_items()
+    state.add_news(NewsItem("OLD", "sports"))
+    state.record_impression("U1", ["OLD", "ASKED"], 0.0)
+    state.record_click("U1", "OLD", 0.0)
+    for hour in range(1, int(ITEM_IDLE_S / HOUR) + 3):  # "ASKED" stays a candidate every hour, never shown again
+        state.features("U2", ["ASKED"], hour * HOUR)
+    assert not state.knows_item("OLD") and state.knows_item("ASKED")
+    assert state.take_forgotten() == ["OLD"]
+    later = state.now
+    reused = state.features("U3", ["OLD"], later)
+    assert reused.item_rows[0] == 0 and reused.column("news.has_metadata")[0] == 0  # unknown until described again
+    state.add_news(NewsItem("OLD", "sports"))
+    state.record_impression("U3", ["OLD"], later)
+    fresh = FeatureState()
+    fresh.add_news(NewsItem("OLD", "sports"))
+    fresh.record_impression("U3", ["OLD"], later)
+    again, new = (s.features("U4", ["OLD"], later + 60.0) for s in (state, fresh))
+    np.testing.assert_array_equal(again.action, new.action)  # no counts or first sight left over from before
+    assert again.item_stamps[0] != reused.item_stamps[0] or again.item_rows[0] != reused.item_rows[0]

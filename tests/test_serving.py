@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Iterator
 
 import httpx
+import numpy as np
 import pytest
 import torch
 import uvicorn
@@ -18,7 +19,7 @@ from fastapi import HTTPException
 
 from drn import lifecycle
 from drn.config import Settings
-from drn.features import SCHEMA, FeatureState, record
+from drn.features import HOUR, ITEM_IDLE_S, SCHEMA, FeatureState, record
 from drn.logstore import IMPORTED, DuplicateImpression, ImpressionRecord, LogStore
 from drn.mind import NewsItem, load_dataset
 from drn.model import NetworkConfig, build_network
@@ -100,6 +101,7 @@ def serve(settings: ServeSettings, registry: Registry, logs: LogStore) -> Iterat
     port = server.servers[0].sockets[0].getsockname()[1]
     try:
         with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10) as client:
+            client.service = app.state.service  # for the tests that look inside
             yield client
     finally:
         server.should_exit = True
@@ -322,6 +324,37 @@ def test_item_descriptions_are_logged_when_they_change(registry, versions, logs,
             assert r.status_code == 200, r.text
             known = logs.news()["N1"]  # the log store holds the description serving ranked with
             assert (known.category, known.entities) == (expected, ("E1",))
+
+
+def test_items_a_news_stream_left_idle_are_forgotten_and_come_back_from_the_log_store(registry, versions, logs,
+                                                                                      tmp_path):
+    _set_stage(registry, versions["a"])
+    clock, t0 = {"X-DRN-Clock-Token": CLOCK}, 1_800_000_000.0
+    old, later = _candidates(20), t0 + ITEM_IDLE_S + 2 * HOUR
+    ids = [c["news_id"] for c in old]
+
+    def ask(client: httpx.Client, user: str, candidates: list[dict], at: float, **kw) -> None:
+        r = client.post("/recommend", headers=clock, json={"user": user, "candidates": candidates, "k": 5,
+                                                            "context": {"time": at}, **kw})
+        assert r.status_code == 200, r.text
+
+    with serve(_settings(tmp_path), registry, logs) as client:
+        service = client.service
+        ask(client, "U1", old, t0)
+        ask(client, "U1", _candidates(20, start=100), later)  # weeks later, other items; the first ones idle since
+        assert not [n for n in ids if service.state.knows_item(n) or n in service.news]
+        assert "drn_serving_items_held 20.0" in client.get("/metrics").text
+        # named again with part of their description, and in a new user's history
+        ask(client, "U2", [{"news_id": c["news_id"], "category": c["category"]} for c in old], later + 60,
+            history=["N3"])
+        served = service.state.features("U2", ids, later + 120)
+    expected = FeatureState({c["news_id"]: news_item(c, None) for c in old})
+    expected.see_history("U2", ["N3"])
+    asked = expected.features("U2", ids, later + 120)
+    for block in ("news.metadata", "news.has_metadata", "user.profile_all"):
+        np.testing.assert_array_equal(served.column(block), asked.column(block))
+    assert served.column("news.has_metadata").all()
+    assert logs.news()["N1"] == news_item(old[1], None)  # not overwritten by the part the client sent
 
 
 def test_alias_mode_follows_the_champion_alias(registry, versions, logs, tmp_path):
