@@ -34,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from serving_bench import setup_home, wait_ready  # noqa: E402
 
-from serving.app import CLOCK_HEADER  # noqa: E402
+from serving.schemas import CLOCK_HEADER  # noqa: E402
 
 CANDIDATES, K = 50, 10  # per request, as in serving_bench
 LIVE_S = 6 * 3600.0  # an item is a candidate for this long after publication (the simulated world's default)

@@ -21,6 +21,7 @@ from drn.learners import LearnerConfig, learner
 from drn.mind import Impression
 from drn.model import DuelingQNetwork
 from drn.policy import Policy, top_k
+from drn.schedule import MAJOR_EVERY_MIN, MINOR_EVERY_MIN
 from drn.training import MAJOR_LEARNING_RATE, ReplayBuffer, TrainConfig, Trainer
 from drn.world import SLATE_SIZE, World
 
@@ -32,8 +33,8 @@ class OnlineConfig:
     explorer: str = "none"  # "none" (greedy), "egreedy" (DRN.md's EG comparison) or a minor learner of
     #   drn.learners (dbgd, mgd, pdgd, sgd), which decides what each T_D does to W
     major_updates: bool = False  # replay training every `major_every_s`
-    minor_every_s: float = 30 * MINUTE  # T_D: the end of an exploration round (it may stay open, see drn.learners)
-    major_every_s: float = 60 * MINUTE  # T_R
+    minor_every_s: float = MINOR_EVERY_MIN * MINUTE  # T_D: a round's end (it may stay open, see drn.learners)
+    major_every_s: float = MAJOR_EVERY_MIN * MINUTE  # T_R
     learner: LearnerConfig = LearnerConfig()  # the minor learners' knobs (their seed is `seed`)
     epsilon: float = 0.1  # epsilon-greedy: chance that a slot is filled at random
     steps_per_impression: float = 0.25  # major update: gradient steps per impression logged since the last one

@@ -52,7 +52,8 @@ from typing import Any, Iterator, Mapping, Sequence
 
 import torch
 
-DEFAULT_MODEL_NAME = "drn"
+from drn.config import DEFAULT_MODEL_NAME
+
 CHAMPION = "champion"
 PRODUCTION = "Production"
 KINDS = ("offline", "minor", "major", "rollback")

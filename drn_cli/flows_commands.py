@@ -16,6 +16,8 @@ import time
 from datetime import datetime, timezone
 from typing import Any, Iterator
 
+from drn.schedule import MAJOR_EVERY_MIN, MINOR_EVERY_MIN
+
 # flows.deployments.FLOWS, not imported (Prefect is slow to import)
 FLOW_NAMES = ("offline-training", "minor-update", "major-update", "rollback", "resume")
 KEY_METRICS = ("auc", "mrr", "ndcg_at_10")  # columns of `drn models`
@@ -143,8 +145,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                      help="a flow parameter; JSON values are parsed (repeatable)")
     run.set_defaults(handler=cmd_flows_run)
     serve = flows.add_parser("serve", help="serve all five deployments (minor every T_D, major every T_R)")
-    serve.add_argument("--minor-every", type=float, default=30.0, help="T_D in minutes")
-    serve.add_argument("--major-every", type=float, default=60.0, help="T_R in minutes")
+    serve.add_argument("--minor-every", type=float, default=MINOR_EVERY_MIN,
+                    help=f"T_D in minutes (default {MINOR_EVERY_MIN:g})")
+    serve.add_argument("--major-every", type=float, default=MAJOR_EVERY_MIN,
+                    help=f"T_R in minutes (default {MAJOR_EVERY_MIN:g})")
     serve.set_defaults(handler=cmd_flows_serve)
 
     promote = sub.add_parser("promote", help="serve a model version by hand (holds automatic promotion, like a "

@@ -26,14 +26,15 @@ from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLi
 from prefect.deployments.runner import RunnerDeployment
 from prefect.exceptions import ObjectNotFound
 
+from drn.schedule import MAJOR_EVERY_MIN, MINOR_EVERY_MIN
 from flows.major_update import major_update
 from flows.minor_update import minor_update
 from flows.offline_training import offline_training
 from flows.rollback import resume, rollback
 
 DEPLOYMENT = "drn"  # deployment name of every flow: the UI shows e.g. "minor-update/drn"
-MINOR_EVERY = timedelta(minutes=30)  # T_D (DRN.md)
-MAJOR_EVERY = timedelta(minutes=60)  # T_R (DRN.md)
+MINOR_EVERY = timedelta(minutes=MINOR_EVERY_MIN)
+MAJOR_EVERY = timedelta(minutes=MAJOR_EVERY_MIN)
 FLOWS: dict[str, Flow] = {f.name: f for f in (offline_training, minor_update, major_update, rollback, resume)}
 ONE_AT_A_TIME = ConcurrencyLimitConfig(limit=1, collision_strategy=ConcurrencyLimitStrategy.ENQUEUE)
 # How early the runner starts a due run (Prefect's default is 10 s). Early starts mean that with a short T_D (the

@@ -48,16 +48,15 @@ from drn.mind import NewsItem
 from drn.online import set_threads
 from drn.registry import NOT_HELD, Registry, RegistryError
 from serving.holder import ModelHolder
-from serving.schemas import (DEFAULT_K, RECOMMEND_REQUEST, Candidate, ClickEvent, FeedbackRequest, FeedbackResponse,
-                             Problem, RecommendRequest, RecommendResponse, ReturnEvent, RollbackRequest, adds_nothing_to,
-                             news_item)
+from serving.schemas import (CLOCK_HEADER, DEFAULT_K, RECOMMEND_REQUEST, Candidate, ClickEvent, FeedbackRequest,
+                             FeedbackResponse, Problem, RecommendRequest, RecommendResponse, ReturnEvent, RollbackRequest,
+                             adds_nothing_to, news_item)
 from serving.settings import ServeSettings
 from serving.signing import ImpressionSigner
 from serving.telemetry import CONTENT_TYPE, MetricsMiddleware, Telemetry
 
 log = logging.getLogger("drn.serving")
 T = TypeVar("T")
-CLOCK_HEADER = "X-DRN-Clock-Token"
 CLOCK_HEADER_KEY = CLOCK_HEADER.lower().encode("latin-1")  # as ASGI lists header names
 DESCRIBED_KEPT = 50_000  # items whose last description (or absence from the log store) is kept; past it, start over
 GIL_SWITCH_INTERVAL_S = 0.0005  # Python's default 5 ms, one wait per SQLite call of a commit, set the p99 latency

@@ -22,6 +22,7 @@ EpochSeconds = Annotated[float, Field(ge=0.0, le=4_102_444_800.0, allow_inf_nan=
 NO_NUL = r"^[^\x00]*$"
 Label = Annotated[str, Field(min_length=1, max_length=128, pattern=NO_NUL)]
 MAX_ENTITIES = 64  # per news item; MIND items have a handful
+CLOCK_HEADER = "X-DRN-Clock-Token"  # a caller holding the clock token sets event times (simulations)
 MAX_FEEDBACK_EVENTS = 1000  # clicks plus returns in one /feedback call: a client's batch, not a bulk import
 MAX_HISTORY = 1000  # news ids in a /recommend `history`; MIND's longest histories hold a few hundred
 

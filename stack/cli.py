@@ -8,6 +8,8 @@ import sys
 import time
 from pathlib import Path
 
+from drn.schedule import MAJOR_EVERY_MIN, MINOR_EVERY_MIN
+
 WATCH_S = 1.0  # how often `drn up` looks whether its parts still run
 
 
@@ -119,8 +121,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     up = sub.add_parser("up", help="start Prefect, MLflow, the flows and serving; train a first model if needed")
     _stack_flags(up)
     _store_flags(up)
-    up.add_argument("--minor-every", type=float, default=30.0, help="T_D in minutes (default 30)")
-    up.add_argument("--major-every", type=float, default=60.0, help="T_R in minutes (default 60)")
+    up.add_argument("--minor-every", type=float, default=MINOR_EVERY_MIN,
+                    help=f"T_D in minutes (default {MINOR_EVERY_MIN:g})")
+    up.add_argument("--major-every", type=float, default=MAJOR_EVERY_MIN,
+                    help=f"T_R in minutes (default {MAJOR_EVERY_MIN:g})")
     up.add_argument("--data", metavar="DIR", help="a MIND folder (behaviors.tsv, news.tsv) the first model trains on "
                                                  "when none is served (default: logs of the simulated world)")
     up.set_defaults(handler=cmd_up)

@@ -22,6 +22,7 @@ from typing import Callable
 
 import httpx
 
+from drn.schedule import MAJOR_EVERY_MIN, MINOR_EVERY_MIN
 from drn.world import HOUR
 from stack import observe
 from stack.processes import StackError
@@ -29,8 +30,6 @@ from stack.settings import StackSettings
 from stack.traffic import TrafficStats, drive
 from stack.up import UpOptions, WorldSpec, addresses, up
 
-T_D_MIN = 30.0  # DRN.md: minor update every 30 world minutes
-T_R_MIN = 60.0  # DRN.md: major update every 60 world minutes
 STATUS_EVERY_S = 1.0  # the live line is redrawn this often (on a terminal; every PLAIN_EVERY_S to a file)
 PLAIN_EVERY_S = 15.0
 DECISION_EVERY_S = 5.0  # the Prefect API is asked for the latest update decision this often
@@ -50,7 +49,7 @@ class DemoOptions:
     idle_hours: float = 0.0  # world hours the pipeline runs on after the traffic stops, before the summary
 
     def up_options(self, clock_token: str) -> UpOptions:
-        return UpOptions(minor_every_min=T_D_MIN / self.speed, major_every_min=T_R_MIN / self.speed,
+        return UpOptions(minor_every_min=MINOR_EVERY_MIN / self.speed, major_every_min=MAJOR_EVERY_MIN / self.speed,
                          world=self.world, clock_token=clock_token)
 
 
@@ -221,7 +220,7 @@ def run_demo(settings: StackSettings, options: DemoOptions, out: Path, say: Call
         for name, url in addresses(settings).items():
             say(f"{name:>10}  {url}")
         say(f"world: {options.hours:g} h at x{options.speed:g} (minor update every "
-            f"{T_D_MIN * 60 / options.speed:.1f} s, major every {T_R_MIN * 60 / options.speed:.1f} s)")
+            f"{MINOR_EVERY_MIN * 60 / options.speed:.1f} s, major every {MAJOR_EVERY_MIN * 60 / options.speed:.1f} s)")
         stats = asyncio.run(traffic_with_status(settings, options, token))
         if options.idle_hours > 0:
             say(f"traffic stopped: the updates run on for {options.idle_hours:g} world hours "

@@ -20,13 +20,12 @@ from typing import Callable
 import httpx
 
 from drn.world import HOUR, SLATE_SIZE, Request, World, WorldConfig, logged_world
+from serving.schemas import CLOCK_HEADER, MAX_FEEDBACK_EVENTS
 from stack.up import WorldSpec
 
-CLOCK_HEADER = "X-DRN-Clock-Token"  # serving's header for trusted event times (serving.app.CLOCK_HEADER)
 ATTEMPTS = 3  # tries per HTTP call: a log store busy for a moment (503) or a dropped connection is retried
 RETRY_DELAY_S = 0.5
 HTTP_TIMEOUT_S = 30.0
-MAX_FEEDBACK_EVENTS = 1000  # per /feedback call (serving's limit)
 ERRORS_KEPT = 20  # example error messages kept for the summary
 
 

@@ -34,6 +34,7 @@ from typing import Callable
 import httpx
 
 from drn.config import Settings
+from drn.schedule import MAJOR_EVERY_MIN, MINOR_EVERY_MIN
 from stack import processes
 from stack.processes import Part, StackError
 from stack.settings import HOST, StackSettings
@@ -66,8 +67,8 @@ class WorldSpec:
 
 @dataclass(frozen=True)
 class UpOptions:
-    minor_every_min: float = 30.0  # T_D, wall-clock minutes between minor updates
-    major_every_min: float = 60.0  # T_R, wall-clock minutes between major updates
+    minor_every_min: float = MINOR_EVERY_MIN  # T_D, wall-clock minutes between minor updates
+    major_every_min: float = MAJOR_EVERY_MIN  # T_R, wall-clock minutes between major updates
     world: WorldSpec = WorldSpec()
     clock_token: str | None = None  # lets a simulated world set event times (DRN_SERVE_CLOCK_TOKEN); None: nobody
     data_dir: Path | None = None  # a MIND folder the first model trains on; None: the simulated world's logs

@@ -2,6 +2,10 @@
 from __future__ import annotations
 
 import ast
+import importlib.metadata
+import re
+import sys
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -47,3 +51,37 @@ def test_a_room_imports_nothing_it_must_not(room):
 def test_an_outside_system_is_imported_by_its_adapter_only(package):
     users = {path for path, names in sources().items() if package in names and not path.startswith("tests/")}
     assert users == {ADAPTERS[package]}
+
+
+PRODUCT = ("drn", "flows", "serving", "stack", "drn_cli")
+# Declared and used, but never imported by name: uvicorn picks up its HTTP parser, SQLAlchemy its PostgreSQL driver.
+USED_WITHOUT_IMPORT = {"httptools", "psycopg"}
+
+
+def requirement_names(requirements: list[str]) -> set[str]:
+    return {re.split(r"[<>=~!\[; ]", r, maxsplit=1)[0].lower().replace("_", "-") for r in requirements}
+
+
+def distributions(modules: set[str]) -> set[str]:
+    """The installed distributions that provide the third-party `modules` (the first named, for namespace packages)."""
+    provided = importlib.metadata.packages_distributions()
+    third_party = {m for m in modules if m not in sys.stdlib_module_names and m not in (*ROOMS, *PRODUCT)}
+    missing = {m for m in third_party if m not in provided}
+    assert not missing, f"imported but not installed: {missing}"
+    return {provided[m][0].lower().replace("_", "-") for m in third_party}
+
+
+def test_the_dependency_list_says_exactly_what_is_imported():
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    runtime = requirement_names(project["dependencies"])
+    extras = {name: requirement_names(reqs) for name, reqs in project["optional-dependencies"].items()}
+    found = sources()
+    product = distributions({m for path, names in found.items() if path.split("/")[0] in PRODUCT for m in names})
+    # mlflow's package is shared by three distributions; the first found may be one that mlflow depends on
+    product = {"mlflow" if name.startswith("mlflow") else name for name in product}
+    assert product - extras["peers"] == runtime - USED_WITHOUT_IMPORT
+    checks = distributions({m for path, names in found.items() if path.split("/")[0] in ("tests", "benchmarks")
+                            for m in names} - {"browser", "store_backends", "serving_bench"}
+                           - {Path(p).stem for p in found})
+    checks = {"mlflow" if name.startswith("mlflow") else name for name in checks}
+    assert checks <= runtime | extras["dev"] | extras["peers"]
