@@ -12,9 +12,7 @@ import sys
 from pathlib import Path
 from typing import Callable
 
-from drn_cli import flows_commands
-from serving import cli as serving_cli
-from stack import cli as stack_cli
+from drn_cli import flows_commands, serve_commands, stack_commands
 
 Handler = Callable[[argparse.Namespace], object]
 # drn.world (numpy) is imported by the commands only, so the names are listed here for --help
@@ -140,8 +138,8 @@ def parser() -> argparse.ArgumentParser:
     learning.add_argument("--out", required=True)
     learning.set_defaults(handler=cmd_bench_learning)
     flows_commands.register(sub)
-    serving_cli.register(sub)
-    stack_cli.register(sub)
+    serve_commands.register(sub)
+    stack_commands.register(sub)
     return root
 
 

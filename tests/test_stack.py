@@ -106,13 +106,14 @@ PG = "postgresql+psycopg://postgres@127.0.0.1:5432"
 def test_store_urls_from_flags_and_environment_reach_every_part(tmp_path, monkeypatch):
     from drn.config import Settings
     from drn_cli.main import parser
-    from stack import cli, up
+    from drn_cli import stack_commands
+    from stack import up
     monkeypatch.setenv("DRN_MLFLOW_URI", f"{PG}/mlflow")
     monkeypatch.delenv("DRN_LOGSTORE_URL", raising=False)
     monkeypatch.delenv("DRN_PREFECT_DATABASE_URL", raising=False)
     args = parser().parse_args(["up", "--home", str(tmp_path), "--logstore-url", f"{PG}/logs",
                                 "--prefect-database-url", "postgresql://postgres@127.0.0.1:5432/prefect"])
-    settings = cli._settings(args)
+    settings = stack_commands._settings(args)
     assert settings.prefect_database_url == "postgresql+asyncpg://postgres@127.0.0.1:5432/prefect"
     stores = Settings.from_env({**os.environ, **settings.store_environment()})
     assert (stores.mlflow_uri, stores.logstore_url) == (f"{PG}/mlflow", f"{PG}/logs")
