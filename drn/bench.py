@@ -51,7 +51,7 @@ class BenchConfig:
     warmup_fraction: float = 0.2  # share of each live run left out of the reported CTR / activeness
     train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=2))
     online: OnlineConfig = OnlineConfig()
-    workers: int = 2  # seeds run in parallel processes (this machine has 2 cores)
+    workers: int = 2  # seeds run in parallel processes, at most this many at once
 
 
 def compressed_activeness(world: WorldConfig) -> dict:

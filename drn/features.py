@@ -47,8 +47,8 @@ SEGMENT_ONE_HOT = np.eye(len(METADATA_FIELDS), dtype=np.float32)[  # (bucket, fi
     np.repeat(np.arange(len(METADATA_FIELDS)), [size for _, size in METADATA_FIELDS])]
 CTR_PRIOR_CLICKS, CTR_PRIOR_IMPRESSIONS = 1.0, 25.0  # smoothing of an item's click rate (~4%, MIND's rate)
 FRESHNESS_DECAY_S = 4.1 * HOUR  # DRN.md: mean time from publication to last click was 4.1 h
-# Users whose profiles are kept between their requests, most recently asked for first (about 18 KB each): the
-# active users of a serving process; a training replay over millions of users keeps only the latest.
+# Users whose profiles are kept between their requests, most recently asked for first (each a few windows by
+# METADATA_DIM floats, twice): the active users of a serving process; a replay over millions keeps only the latest.
 PROFILES_KEPT = 4096
 # A long-running service forgets an item idle this long (no description, event or use in a history) once its window
 # counts are empty, so a news stream does not fill its memory: a week past the longest window. Checked every hour.

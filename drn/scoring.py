@@ -69,8 +69,8 @@ class StackedScorer:
 
     def score(self, batch: FeatureBatch) -> np.ndarray:
         count, width, n = self.count, self._first_width, len(batch.candidates)
-        # The state is mostly zeros (hashed one-hot profiles): only the rows of its non-zero inputs are read, a few
-        # dozen of 899, instead of streaming the whole 1.8 MB matrix through the cache on every request.
+        # The state is mostly zeros (hashed one-hot profiles): only the rows of its non-zero inputs are read, instead
+        # of streaming the whole first-layer matrix through the cache on every request.
         active = np.flatnonzero(batch.state)
         shared = batch.state[active] @ self._state_first[active] + self._state_bias  # (2 * networks * width,)
         value = shared[: count * width].reshape(count, width, 1)

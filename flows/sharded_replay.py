@@ -24,7 +24,7 @@ from flows import common
 
 KIND = "sharded-replay"
 DEFAULT_SHARDS = 4
-LOCAL_WORKERS = 2  # worker processes of the local cluster (this machine has 2 cores), one thread each
+LOCAL_WORKERS = 2  # worker processes of the local cluster, one thread each
 
 
 def task_runner(environ: Mapping[str, str] | None = None) -> DaskTaskRunner:

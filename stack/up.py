@@ -40,14 +40,14 @@ from stack.processes import Part, StackError
 from stack.settings import HOST, StackSettings
 
 INFRA = Path(__file__).resolve().parents[1] / "infra"
-START_TIMEOUT_S = 180.0  # per part; the Prefect server alone takes 20-40 s on 2 cores, more while others start
+START_TIMEOUT_S = 180.0  # per part: the Prefect server alone takes tens of seconds on a small machine
 HTTP_TIMEOUT_S = 5.0
 REPORT_EVERY_S = 10.0  # a progress line while a part is still starting
 SERVE_POLL_S = 1.0  # serving looks at the round and the registry this often: a stage change shows within a second
 RUNNER_POLL_S = 2.0  # the flow runner asks the Prefect server for due runs this often (Prefect's default is 10 s)
-MLFLOW_WORKERS = 1  # uvicorn workers of the MLflow server: the UI and a few API calls; 4 (the default) costs 2 cores
-# MLflow 3's server also starts a job runner with seven huey consumer processes for its GenAI jobs by default: unused
-# here, seconds of CPU each at start on 2 cores, and they outlive a SIGTERM. Off.
+MLFLOW_WORKERS = 1  # uvicorn workers of the MLflow server: the UI and a few API calls; its default of 4 costs CPU
+# MLflow 3's server also starts a job runner with huey consumer processes for its GenAI jobs by default: unused
+# here, seconds of CPU each at start, and they outlive a SIGTERM. Off.
 MLFLOW_ENV = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
 FIRST_LOGS = "world-logs"  # under DRN_HOME: the simulated world's logs the first model is trained on
 DEPLOYMENT_PROBE = "minor-update/drn"  # a deployment `drn flows serve` upserts when it starts serving
