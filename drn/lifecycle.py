@@ -51,7 +51,7 @@ REPLAY_KINDS = ("offline", "major")  # versions trained on a data window; a majo
 
 
 @dataclass(frozen=True)
-class Candidate:
+class TrainedModel:
     """A trained model version waiting to be registered, with the evidence promotion decides on."""
 
     bundle: ModelBundle
@@ -119,17 +119,17 @@ def _metrics(network: DuelingQNetwork, train_data: Dataset, test_data: Dataset,
 
 
 def _candidate(network: DuelingQNetwork, summary: dict, train_data: Dataset, test_data: Dataset,
-               promoted: ModelBundle | None, start: FeatureState | None = None) -> Candidate:
+               promoted: ModelBundle | None, start: FeatureState | None = None) -> TrainedModel:
     """A trained network with its evidence: it and the promoted model evaluated on test_data (same warm-up, from
     `start` when the data does not begin the log)."""
     baseline = _metrics(network_of(promoted), train_data, test_data, start) if promoted is not None else None
-    return Candidate(bundle_of(network), _metrics(network, train_data, test_data, start), baseline,
+    return TrainedModel(bundle_of(network), _metrics(network, train_data, test_data, start), baseline,
                      data_window(train_data.impressions + test_data.impressions), summary)
 
 
 # ------------------------------------------------------------------------------------------------ the updates
 def offline_train(data_dir: str, train_config: TrainConfig, seed: int, promoted: ModelBundle | None = None,
-                  test_days: int = TEST_DAYS, choose_settings: bool = True) -> Candidate:
+                  test_days: int = TEST_DAYS, choose_settings: bool = True) -> TrainedModel:
     """Train a fresh network on a MIND folder except its last `test_days` days, which evaluate it (and `promoted`).
 
     With `choose_settings`, the step size and passes are chosen on the last day before the test days
@@ -311,7 +311,7 @@ def round_lists(news: Mapping[str, NewsItem], before: Iterable[LoggedImpression]
 
 def major_update(promoted: ModelBundle, logged: Sequence[LoggedImpression], news: Mapping[str, NewsItem],
                  train_config: TrainConfig, holdout_fraction: float = HOLDOUT_FRACTION,
-                 before: Iterable[LoggedImpression] = ()) -> Candidate:
+                 before: Iterable[LoggedImpression] = ()) -> TrainedModel:
     """Warm-start from the promoted weights, train on the older logs, evaluate both models on the newest share.
 
     `before`: everything logged before `logged` (the imported logs, earlier rounds), whose events make the feature

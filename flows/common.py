@@ -166,7 +166,7 @@ def promote_if_passed(settings: Settings, version: str, verdict: lifecycle.GateR
 
 
 
-def candidate_series(candidate: lifecycle.Candidate) -> dict[str, list[tuple[int, float]]]:
+def candidate_series(candidate: lifecycle.TrainedModel) -> dict[str, list[tuple[int, float]]]:
     """A trained version's curves: the training loss per gradient step and, when offline training chose its
     settings, the validation metric after each pass for every step size tried."""
     series = {"train.loss": list(candidate.training.get("loss_curve", []))}
@@ -193,7 +193,7 @@ def curves_figure(series: Mapping[str, Sequence[tuple[int, float]]], title: str)
     return figure
 
 
-def gate_tags(candidate: lifecycle.Candidate, verdict: lifecycle.GateResult, served: str | None) -> dict[str, str]:
+def gate_tags(candidate: lifecycle.TrainedModel, verdict: lifecycle.GateResult, served: str | None) -> dict[str, str]:
     """A trained version's gate, for its page: the verdict and the comparison in words."""
     return {"gate": verdict.reason, "gate.comparison": lifecycle.comparison(
         candidate.metrics, candidate.baseline, served, int(candidate.metrics["impressions"]))}
@@ -212,7 +212,7 @@ def stored_candidate(info: VersionInfo) -> tuple[dict[str, float], dict[str, flo
     return own, baseline or None
 
 
-def candidate_metrics(candidate: lifecycle.Candidate) -> dict[str, float]:
+def candidate_metrics(candidate: lifecycle.TrainedModel) -> dict[str, float]:
     """The run metrics of a trained version: its own, the promoted model's on the same data, the trainer's.
 
     MLflow refuses '@' in metric names: ndcg@10 is stored as ndcg_at_10."""

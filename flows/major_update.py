@@ -37,7 +37,7 @@ def replay_logs(settings: Settings, version: str) -> tuple[float | None, list[Lo
 
 @common.compute_task
 def train(settings: Settings, promoted, start: float | None, logged: list[LoggedImpression],
-          news: dict[str, NewsItem], config: TrainConfig, holdout_fraction: float) -> lifecycle.Candidate:
+          news: dict[str, NewsItem], config: TrainConfig, holdout_fraction: float) -> lifecycle.TrainedModel:
     """The candidate, trained from the feature state of everything logged before `start` (streamed, not held)."""
     before = common.log_store(settings).window(None, start) if start is not None else ()
     return lifecycle.major_update(promoted, logged, news, config, holdout_fraction, before)

@@ -38,7 +38,7 @@ def import_logs(settings: Settings, data_dir: str) -> dict[str, int]:
 
 @common.compute_task
 def train(data_dir: str, config: TrainConfig, seed: int, promoted, test_days: int,
-          choose_settings: bool) -> lifecycle.Candidate:
+          choose_settings: bool) -> lifecycle.TrainedModel:
     return lifecycle.offline_train(data_dir, config, seed, promoted, test_days, choose_settings)
 
 
