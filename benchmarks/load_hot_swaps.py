@@ -42,6 +42,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from drn import lifecycle  # noqa: E402
+from drn.bundle import bundle_of
 from drn.logstore import LogStore  # noqa: E402
 from drn.model import NetworkConfig, build_network  # noqa: E402
 from drn.registry import Registry  # noqa: E402
@@ -64,7 +65,7 @@ def _news(i: int) -> dict:
 def setup_home(versions: int) -> list[str]:
     """`versions` default-size DRN versions registered, v1 promoted with its round open."""
     registry = Registry(os.environ["DRN_MLFLOW_URI"])
-    numbers = [registry.register(lifecycle.bundle_of(build_network(NetworkConfig(), seed=seed)), kind="offline",
+    numbers = [registry.register(bundle_of(build_network(NetworkConfig(), seed=seed)), kind="offline",
                                  parent=None, data_window=None, params={"seed": seed}, metrics={})
                for seed in range(versions)]
     with LogStore(os.environ["DRN_LOGSTORE_URL"]) as logs:

@@ -39,6 +39,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from drn import lifecycle  # noqa: E402
+from drn.bundle import bundle_of
 from drn.exploration import explore_weights  # noqa: E402
 from drn.logstore import NO_TEAM, ImpressionRecord, LogStore  # noqa: E402
 from drn.mind import NewsItem  # noqa: E402
@@ -135,7 +136,7 @@ def setup_home(home: Path, history: int) -> tuple[str, object, int]:
     """A registry with one promoted default-size version and an open round, and `history` logged impressions;
     returns (version, bundle, clicks logged)."""
     registry = Registry(f"sqlite:///{home / 'mlflow.db'}")
-    bundle = lifecycle.bundle_of(build_network(NetworkConfig(), seed=0))
+    bundle = bundle_of(build_network(NetworkConfig(), seed=0))
     version = registry.register(bundle, kind="offline", parent=None, data_window=None, params={}, metrics={})
     with LogStore(os.environ["DRN_LOGSTORE_URL"]) as logs:
         clicks = seed_history(logs, history, time.time() - 60.0, np.random.default_rng(1))

@@ -27,14 +27,15 @@ import numpy as np
 
 from drn.evaluate import evaluate, time_split
 from drn.exploration import ALPHA, dbgd_step, explore_weights, explorer_seeds, mean_weights
-from drn.features import SCHEMA, FeatureSchema, FeatureState, record
+from drn.features import FeatureState, record
 from drn.interleaving import Outcome, credit_curve, round_outcome
 from drn.learners import ClickedList, LearnerConfig, RoundRecipe, mgd_winners, pdgd_step, sgd_challenger
 from drn.logstore import LoggedImpression, LogStore, Round
 from drn.mind import Dataset, Impression, NewsItem, load_dataset
-from drn.model import DuelingQNetwork, network_from_weights
+from drn.model import DuelingQNetwork
 from drn.agent import DRNPolicy
-from drn.registry import ModelBundle, Registry, VersionInfo
+from drn.bundle import ModelBundle, bundle_of, network_of
+from drn.registry import Registry, VersionInfo
 from drn.selection import train_offline
 from drn.training import MAJOR_EPOCHS, MAJOR_LEARNING_RATE, TrainConfig, train
 
@@ -91,19 +92,6 @@ class MinorDecision:
         gate = {"challenger": self.challenger, "promote": self.promote} if self.challenger is not None else {}
         return {**scored, **self.metrics, "winner": self.verdict, "stepped": self.bundle is not None, **gate,
                 "reason": self.reason}
-
-
-# ------------------------------------------------------------------------------------------------ model bundles
-def bundle_of(network: DuelingQNetwork) -> ModelBundle:
-    """The registry's form of a network: plain weights, the config that rebuilds it, the feature schema."""
-    weights = {k: v.detach().clone() for k, v in network.state_dict().items()}
-    return ModelBundle(weights, network.config.to_dict(), SCHEMA.to_dict())
-
-
-def network_of(bundle: ModelBundle) -> DuelingQNetwork:
-    """Rebuild a bundle's network, refusing one whose features this code does not compute."""
-    SCHEMA.check_compatible(FeatureSchema.from_dict(bundle.feature_schema))
-    return network_from_weights(bundle.config, bundle.weights)
 
 
 def data_window(impressions: Sequence[Impression]) -> tuple[float, float]:

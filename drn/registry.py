@@ -1,7 +1,7 @@
 """The MLflow registry adapter: the only module in the project that imports mlflow.
 
-A model version is a :class:`ModelBundle` (a torch ``state_dict``, the JSON network config that rebuilds the
-module, the JSON feature schema) stored as plain artifacts of an MLflow run under ``model/``::
+A model version is a :class:`drn.bundle.ModelBundle` (a torch ``state_dict``, the JSON network config that rebuilds
+the module, the JSON feature schema) stored as plain artifacts of an MLflow run under ``model/``::
 
     model/weights.pt           torch.save(state_dict); read back only with torch.load(weights_only=True)
     model/config.json
@@ -34,7 +34,6 @@ mlflow is imported lazily (4-6 s) inside :class:`Registry`; importing this modul
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import platform
@@ -52,16 +51,14 @@ from typing import Any, Iterator, Mapping, Sequence
 
 import torch
 
+from drn.bundle import CorruptBundleError, ModelBundle, read_bundle, write_bundle
 from drn.config import DEFAULT_MODEL_NAME
 
 CHAMPION = "champion"
 PRODUCTION = "Production"
 KINDS = ("offline", "minor", "major", "rollback")
 BUNDLE_DIR = "model"
-WEIGHTS, CONFIG, SCHEMA, MANIFEST = "weights.pt", "config.json", "feature_schema.json", "manifest.json"
 MLMODEL = "MLmodel"
-BUNDLE_FILES = (WEIGHTS, CONFIG, SCHEMA)
-BUNDLE_FORMAT = "drn-bundle/1"
 HISTORY_PREFIX = "history/"
 NONE_TAG = "none"  # tag value for "no parent" / "no data window"
 
@@ -155,13 +152,6 @@ NOT_HELD = {"held": False}
 
 
 @dataclass
-class ModelBundle:
-    weights: dict[str, torch.Tensor]  # a state_dict
-    config: dict  # JSON-able hyper-parameters that rebuild the network
-    feature_schema: dict  # JSON-able
-
-
-@dataclass
 class VersionInfo:
     version: str
     kind: str
@@ -180,79 +170,12 @@ class VersionInfo:
         return self.stage == PRODUCTION
 
 
-# ----------------------------------------------------------------------------------------------- bundle files
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def _json_bytes(obj: Any, what: str) -> bytes:
+def _checked_read(folder: str | os.PathLike, manifest_sha: str) -> ModelBundle:
+    """drn.bundle.read_bundle, its refusal raised as the registry's CorruptModelError (a RegistryError)."""
     try:
-        return json.dumps(obj, sort_keys=True, indent=1, allow_nan=False).encode()
-    except (TypeError, ValueError) as e:
-        raise ValueError(f"{what} must be JSON-serialisable: {e}") from e
-
-
-def write_bundle(bundle: ModelBundle, folder: str | os.PathLike) -> str:
-    """Write the bundle files and manifest into ``folder``; return the manifest's sha256."""
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    if not isinstance(bundle.weights, Mapping) or not all(
-        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in bundle.weights.items()
-    ):
-        raise ValueError("bundle.weights must be a state_dict: dict[str, torch.Tensor]")
-    weights = {k: v.detach().cpu().contiguous() for k, v in bundle.weights.items()}
-    torch.save(weights, folder / WEIGHTS)
-    (folder / CONFIG).write_bytes(_json_bytes(bundle.config, "config"))
-    (folder / SCHEMA).write_bytes(_json_bytes(bundle.feature_schema, "feature_schema"))
-    manifest = {
-        "format": BUNDLE_FORMAT,
-        "files": {n: {"sha256": _sha256(folder / n), "bytes": (folder / n).stat().st_size} for n in BUNDLE_FILES},
-    }
-    (folder / MANIFEST).write_bytes(_json_bytes(manifest, "manifest"))
-    return _sha256(folder / MANIFEST)
-
-
-def read_bundle(folder: str | os.PathLike, manifest_sha256: str | None = None) -> ModelBundle:
-    """Check a bundle folder completely, then load it. Raises CorruptModelError on any defect."""
-    folder = Path(folder)
-    mpath = folder / MANIFEST
-    if not mpath.is_file():
-        raise CorruptModelError(f"incomplete model: {MANIFEST} is missing in {folder}")
-    if manifest_sha256 is not None and _sha256(mpath) != manifest_sha256:
-        raise CorruptModelError(f"{MANIFEST} does not match the checksum recorded in the registry")
-    try:
-        manifest = json.loads(mpath.read_bytes())
-        files = manifest["files"]
-        if manifest.get("format") != BUNDLE_FORMAT:
-            raise ValueError(f"unknown bundle format {manifest.get('format')!r}")
-    except (ValueError, KeyError, TypeError) as e:
-        raise CorruptModelError(f"unreadable {MANIFEST}: {e}") from e
-    missing = [n for n in BUNDLE_FILES if n not in files or not (folder / n).is_file()]
-    if missing:
-        raise CorruptModelError(f"incomplete model: missing {', '.join(missing)}")
-    for name in BUNDLE_FILES:
-        p, want = folder / name, files[name]
-        if p.stat().st_size != want.get("bytes") or _sha256(p) != want.get("sha256"):
-            raise CorruptModelError(f"checksum mismatch for {name}: the file is corrupt or was altered")
-    try:
-        # weights_only=True: the restricted unpickler; tensors and plain containers only, never code
-        weights = torch.load(folder / WEIGHTS, map_location="cpu", weights_only=True)
-    except Exception as e:  # UnpicklingError for pickled objects, RuntimeError for truncated zips, ...
-        raise CorruptModelError(f"{WEIGHTS} is not a plain tensor state_dict: {type(e).__name__}: {e}") from e
-    if not isinstance(weights, dict) or not all(
-        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in weights.items()
-    ):
-        raise CorruptModelError(f"{WEIGHTS} does not hold a dict[str, Tensor]")
-    try:
-        config = json.loads((folder / CONFIG).read_bytes())
-        schema = json.loads((folder / SCHEMA).read_bytes())
-    except ValueError as e:
-        raise CorruptModelError(f"unreadable JSON in model: {e}") from e
-    return ModelBundle(weights=weights, config=config, feature_schema=schema)
+        return read_bundle(folder, manifest_sha)
+    except CorruptBundleError as e:
+        raise CorruptModelError(str(e)) from e
 
 
 # ------------------------------------------------------------------------------------------------- helpers
@@ -493,7 +416,7 @@ class Registry:
             local = Path(urllib.request.url2pathname(parsed.path)) if parsed.scheme else Path(source)
             if not local.is_dir():
                 raise CorruptModelError(f"model artifacts are missing: {local}")
-            return read_bundle(local, manifest_sha)
+            return _checked_read(local, manifest_sha)
         from mlflow.artifacts import download_artifacts
         tmp = tempfile.mkdtemp(prefix="drn-load-")
         try:
@@ -501,7 +424,7 @@ class Registry:
                 local = download_artifacts(artifact_uri=source, dst_path=tmp, tracking_uri=self.tracking_uri)
             except Exception as e:
                 raise CorruptModelError(f"cannot fetch model artifacts from {source}: {e}") from e
-            return read_bundle(local, manifest_sha)
+            return _checked_read(local, manifest_sha)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
 

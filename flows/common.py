@@ -24,12 +24,13 @@ from prefect.runtime import deployment, flow_run
 from prefect.states import Completed, State
 
 from drn import lifecycle
+from drn.bundle import ModelBundle
 from drn.config import Settings
 from drn.exploration import ALPHA
 from drn.learners import RoundRecipe
 from drn.logstore import LogStore, Round
 from drn.selection import SELECTION_METRIC
-from drn.registry import Hold, ModelBundle, PromotionHeld, Registry, VersionInfo
+from drn.registry import Hold, PromotionHeld, Registry, VersionInfo
 
 IO_RETRIES = 2  # attempts after the first for registry / log store calls
 IO_RETRY_DELAY_S = 2.0  # seconds between those attempts

@@ -15,13 +15,13 @@ import time
 from prefect import flow
 
 from drn import lifecycle
+from drn.bundle import ModelBundle
 from drn.config import Settings
 from drn.exploration import ALPHA, ETA
 from drn.interleaving import DEFAULT_METHOD, MAX_ROUND_IMPRESSIONS, MIN_DECISIVE, SIGNIFICANCE
 from drn.learners import (DEFAULT_LEARNER, EXPLORERS, PDGD_LEARNING_RATE, PL_TEMPERATURE, SGD_LEARNING_RATE, SGD_STEPS,
                           ClickedList, LearnerConfig, RoundRecipe)
 from drn.logstore import LoggedImpression, Round
-from drn.registry import ModelBundle
 from flows import common
 
 KIND = "minor-update"

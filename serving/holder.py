@@ -24,14 +24,14 @@ from typing import Callable
 import numpy as np
 
 from drn.baselines import PopularityPolicy
+from drn.bundle import ModelBundle, network_of
 from drn.features import SCHEMA_VERSION, FeatureBatch
 from drn.interleaving import Interleaved, untagged
 from drn.learners import RoundRecipe, round_list, round_weights
-from drn.lifecycle import network_of
 from drn.logstore import LogStore, Round
 from drn.model import DuelingQNetwork, network_from_weights
 from drn.policy import top_k
-from drn.registry import ModelBundle, Registry
+from drn.registry import Registry
 from drn.scoring import StackedScorer
 from serving.telemetry import Telemetry
 

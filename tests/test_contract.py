@@ -21,6 +21,7 @@ from schemathesis.generation.modes import GenerationMode
 from schemathesis.specs.openapi.checks import positive_data_acceptance
 
 from drn import lifecycle
+from drn.bundle import bundle_of
 from drn.logstore import LogStore
 from drn.registry import Registry
 from test_serving import ADMIN, CLOCK, _settings, serve
@@ -37,7 +38,7 @@ def service(tmp_path_factory, store_urls, request):
     from test_serving import TINY
     home = tmp_path_factory.mktemp("contract")
     registry = Registry(store_urls.mlflow(request, home), artifact_root=str(home / "mlartifacts"))
-    version = registry.register(lifecycle.bundle_of(build_network(TINY, seed=1)), kind="offline", parent=None,
+    version = registry.register(bundle_of(build_network(TINY, seed=1)), kind="offline", parent=None,
                                 data_window=None, params={}, metrics={})
     with LogStore(store_urls.logstore(request, home)) as logs:
         lifecycle.promote(registry, logs, version, who="test", why="contract", now=time.time())

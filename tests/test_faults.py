@@ -32,6 +32,7 @@ import httpx
 import pytest
 
 from drn import lifecycle
+from drn.bundle import bundle_of
 from drn.logstore import LogStore
 from drn.model import NetworkConfig, build_network
 from drn.registry import PRODUCTION, Registry
@@ -57,7 +58,7 @@ def store_env(home: Path, mlflow_uri: str | None = None) -> dict[str, str]:
 
 
 def register_tiny(registry: Registry, seeds) -> list[str]:
-    return [registry.register(lifecycle.bundle_of(build_network(TINY, seed=seed)), kind="offline", parent=None,
+    return [registry.register(bundle_of(build_network(TINY, seed=seed)), kind="offline", parent=None,
                               data_window=None, params={"seed": seed}, metrics={}) for seed in seeds]
 
 

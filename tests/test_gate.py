@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from drn import lifecycle
+from drn.bundle import bundle_of
 from drn.exploration import ALPHA
 from drn.features import FeatureState
 from drn.learners import RoundRecipe
@@ -31,7 +32,7 @@ def gate_round(served, candidate, tmp_path, seed: int, max_impressions: int = 50
     with LogStore.at(tmp_path) as logs:
         round_ = lifecycle.challenge(logs, SERVED, CANDIDATE, ALPHA, now=0.0)
         recipe = RoundRecipe.from_dict(round_.recipe)
-        model = ServedModel(SERVED, "Production", lifecycle.bundle_of(served), served, (candidate,), round_, 0.0,
+        model = ServedModel(SERVED, "Production", bundle_of(served), served, (candidate,), round_, 0.0,
                             recipe)
         world, state, rng = World(WorldConfig(n_users=300), seed=seed), FeatureState(), np.random.default_rng(seed)
         for n in range(1, max_impressions + 1):

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from drn import lifecycle
+from drn.bundle import bundle_of, network_of
 from drn.exploration import dbgd_step, explore_weights, explorer_seeds
 from drn.learners import LearnerConfig, RoundRecipe
 from drn.logstore import EXPLOIT, EXPLORE, NO_TEAM, Click, ImpressionRecord, LoggedImpression, Round
@@ -26,7 +27,7 @@ ROUND = Round(round_id=7, model_version="3", seed=1234, alpha=0.1, opened_at=0.0
 
 @pytest.fixture(scope="module")
 def bundle():
-    return lifecycle.bundle_of(build_network(NetworkConfig(hidden=(8,)), seed=0))
+    return bundle_of(build_network(NetworkConfig(hidden=(8,)), seed=0))
 
 
 def impressions(n: int, clicked_team: int, teams=(EXPLOIT, EXPLORE, EXPLOIT, EXPLORE)) -> list[LoggedImpression]:
@@ -132,7 +133,7 @@ def test_pdgd_takes_the_gradient_step_of_the_rounds_clicked_lists(bundle, clicke
     round_ = _recipe_round(learner="pdgd", temperature=0.05)
     decision = lifecycle.minor_update(bundle, "3", round_, [], LearnerConfig(pdgd_learning_rate=1e-3),
                                       lists=clicked_lists)
-    expected = lifecycle.network_of(bundle)
+    expected = network_of(bundle)
     assert pdgd_step(expected, clicked_lists, 0.05, 1e-3) == 30 == decision.metrics["pdgd.clicked_lists"]
     assert all(torch.equal(decision.bundle.weights[k], v) for k, v in expected.state_dict().items())
     assert lifecycle.minor_update(bundle, "3", round_, [], lists=[]).pending  # no clicks yet: nothing to learn
@@ -252,6 +253,6 @@ def test_major_update_replays_from_the_feature_state_of_everything_logged_before
     warm = lifecycle.major_update(promoted, window, dataset.news, TINY, holdout_fraction=0.25, before=before)
     assert np.count_nonzero(seen[0]) > np.count_nonzero(cold_states[0])  # a user with a past, not a stranger
     impressions = [imp.to_impression() for imp in window]
-    expected = evaluate(DRNPolicy(lifecycle.network_of(promoted)), Dataset(impressions[:30], dataset.news),
+    expected = evaluate(DRNPolicy(network_of(promoted)), Dataset(impressions[:30], dataset.news),
                         Dataset(impressions[30:], dataset.news), start=lifecycle.warm_state(dataset.news, before))
     assert warm.baseline == pytest.approx(expected) and warm.baseline != cold.baseline

@@ -13,6 +13,7 @@ import sqlalchemy as sa
 
 import store_backends
 from drn import lifecycle
+from drn.bundle import bundle_of
 from drn.config import Settings
 from drn.logstore import LogStore
 from drn.model import build_network
@@ -58,7 +59,7 @@ def _query(async_url: str, sql: str, **params) -> list:
 
 
 def _two_promoted(registry: Registry, logs: LogStore) -> tuple[str, str]:
-    first, second = (registry.register(lifecycle.bundle_of(build_network(seed=seed)), kind=kind, parent=parent,
+    first, second = (registry.register(bundle_of(build_network(seed=seed)), kind=kind, parent=parent,
                                        data_window=(0.0, 1.0), params={}, metrics={"auc": 0.5})
                      for seed, kind, parent in ((0, "offline", None), (1, "major", "1")))
     lifecycle.promote(registry, logs, first, who="test", why="first", now=time.time())
@@ -96,7 +97,7 @@ def test_a_flow_runs_with_every_store_on_postgresql(postgres, prefect_database, 
         location = registry.client.get_experiment(registry.experiment_id).artifact_location
         assert location == (tmp_path / "drn" / "mlartifacts").resolve().as_uri()
         assert registry.client.get_model_version(registry.model_name, first).source.startswith(location)
-        assert registry.load(first).config == lifecycle.bundle_of(build_network(seed=0)).config
+        assert registry.load(first).config == bundle_of(build_network(seed=0)).config
     finally:
         logs.close()
     run_id = state.state_details.flow_run_id

@@ -12,8 +12,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from drn.registry import (CHAMPION, PRODUCTION, CorruptModelError, ModelBundle, PromotionHeld, Registry, RegistryError,
-                          SERVING_ACTIONS, _sha256, epoch_time)
+from drn.bundle import ModelBundle, _sha256
+from drn.registry import (CHAMPION, PRODUCTION, SERVING_ACTIONS, CorruptModelError, PromotionHeld, Registry, RegistryError,
+                          epoch_time)
 
 pytestmark = pytest.mark.integration
 
@@ -402,7 +403,7 @@ def test_a_version_is_an_mlflow_pyfunc_model_that_ranks_candidates(reg):
     import mlflow
     import numpy as np
 
-    from drn.lifecycle import bundle_of
+    from drn.bundle import bundle_of
     from drn.model import build_network
     network = build_network(seed=3)
     drn_version = reg.register(bundle_of(network), kind="offline", parent=None, data_window=None, params={},

@@ -18,13 +18,14 @@ import uvicorn
 from fastapi import HTTPException
 
 from drn import lifecycle
+from drn.bundle import ModelBundle, bundle_of, network_of
 from drn.config import Settings
 from drn.features import HOUR, ITEM_IDLE_S, SCHEMA, FeatureState, record
 from drn.logstore import IMPORTED, DuplicateImpression, ImpressionRecord, LogStore
 from drn.mind import NewsItem, load_dataset
 from drn.model import NetworkConfig, build_network
 from drn.policy import top_k
-from drn.registry import PRODUCTION, ModelBundle, Registry
+from drn.registry import PRODUCTION, Registry
 from drn.scoring import StackedScorer
 from serving.app import PendingImpression, Service, _settle, create_app
 from serving.schemas import MAX_HISTORY, news_item
@@ -56,7 +57,7 @@ def registry(tmp_path_factory, store_urls, request) -> Registry:
 def versions(registry) -> dict[str, str]:
     """Two tiny DRN versions and one whose feature schema this code does not compute."""
     def register(seed: int, schema: dict) -> str:
-        bundle = lifecycle.bundle_of(build_network(TINY, seed=seed))
+        bundle = bundle_of(build_network(TINY, seed=seed))
         return registry.register(ModelBundle(bundle.weights, bundle.config, schema), kind="offline", parent=None,
                                  data_window=None, params={"seed": seed}, metrics={})
     return {"a": register(1, SCHEMA.to_dict()), "b": register(2, SCHEMA.to_dict()),
@@ -583,7 +584,7 @@ def test_client_time_only_with_the_clock_token(registry, versions, logs, tmp_pat
 
 def _ranked(network_bundle: ModelBundle, state: FeatureState, user: str, ids: list[str], now: float, k: int) -> list:
     """The list the promoted network alone (no round open) serves from `state`: what /recommend must answer."""
-    scores = StackedScorer([lifecycle.network_of(network_bundle)]).score(state.features(user, ids, now))[0]
+    scores = StackedScorer([network_of(network_bundle)]).score(state.features(user, ids, now))[0]
     return [ids[i] for i in top_k(scores, k)]
 
 
