@@ -11,35 +11,27 @@ what was served and what users did, and follow the registry without restarts.
     POST /admin/reload    look at the registry now, retrying a version that failed    (bearer DRN_SERVE_ADMIN_TOKEN)
     POST /admin/rollback  serve the previous (or a given) version, open a round for it (bearer DRN_SERVE_ADMIN_TOKEN)
 
-Threading: the online feature state is touched only on the event loop (routes are `async def`; scoring there
-measured 5x faster than in Starlette's threadpool), so it needs no lock. Log store calls go to one writer thread:
-SQLite takes one writer at a time, and a single thread keeps them in arrival order without lock waits. Impressions
-are group-committed there (one transaction, one INSERT and one fsync for all that queued up meanwhile), and
-each request is answered only once its own impression is durable. Registry calls and model loads run in worker
-threads (see serving.holder). Configuration: serving.settings.
+Threading: the online feature state is touched only on the event loop (routes are `async def`: torch in
+Starlette's threadpool pays a thread hop and a GIL wait per request), so it needs no lock. Log store calls go to
+one writer thread, where impressions are group-committed (serving.writer). Registry calls and model loads run in
+worker threads (serving.holder). POST /recommend is served in front of FastAPI's routing (serving.fast_route).
+Configuration: serving.settings.
 """
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import gc
-import hmac
 import itertools
 import logging
 import sys
-import threading
 import time
 from collections import Counter
-from concurrent.futures import ThreadPoolExecutor
-from typing import Any, AsyncIterator, Awaitable, Callable, NamedTuple, TypeVar
+from typing import Any, AsyncIterator, Awaitable, Callable, TypeVar
 
 import numpy as np
-from fastapi import Depends, FastAPI, Header, HTTPException, Request
-from fastapi.exception_handlers import http_exception_handler, request_validation_exception_handler
-from fastapi.exceptions import RequestValidationError
-from fastapi.openapi.utils import get_openapi
+from fastapi import Depends, FastAPI, Header, HTTPException
 from fastapi.responses import Response
-from pydantic import TypeAdapter, ValidationError
 
 from drn import lifecycle
 from drn.features import FeatureState
@@ -47,27 +39,21 @@ from drn.logstore import ClickNotServed, ImpressionRecord, LogStore, UnknownImpr
 from drn.mind import NewsItem
 from drn.online import set_threads
 from drn.registry import NOT_HELD, Registry, RegistryError
+from serving.fast_route import FastRoute
 from serving.holder import ModelHolder
+from serving.openapi import openapi_document
+from serving.writer import LogWriter
 from serving.schemas import (CLOCK_HEADER, DEFAULT_K, RECOMMEND_REQUEST, Candidate, ClickEvent, FeedbackRequest,
-                             FeedbackResponse, Problem, RecommendRequest, RecommendResponse, ReturnEvent, RollbackRequest,
+                             FeedbackResponse, RecommendRequest, RecommendResponse, ReturnEvent, RollbackRequest,
                              adds_nothing_to, news_item)
 from serving.settings import ServeSettings
-from serving.signing import ImpressionSigner
+from serving.signing import ImpressionSigner, token_matches
 from serving.telemetry import CONTENT_TYPE, MetricsMiddleware, Telemetry
 
 log = logging.getLogger("drn.serving")
 T = TypeVar("T")
-CLOCK_HEADER_KEY = CLOCK_HEADER.lower().encode("latin-1")  # as ASGI lists header names
 DESCRIBED_KEPT = 50_000  # items whose last description (or absence from the log store) is kept; past it, start over
 GIL_SWITCH_INTERVAL_S = 0.0005  # Python's default 5 ms, one wait per SQLite call of a commit, set the p99 latency
-
-
-class PendingImpression(NamedTuple):
-    """An impression waiting for the writer thread's next group commit; `committed` resolves once it is durable."""
-
-    record: ImpressionRecord
-    news: list[NewsItem]  # items this request described for the first time (or differently)
-    committed: asyncio.Future  # resolved on the event loop
 
 
 def rebuild_feature_state(logs: LogStore) -> tuple[FeatureState, dict[str, NewsItem], int]:
@@ -92,10 +78,7 @@ class Service:
         self._open_registry = open_registry
         self._owns_logs = logs is None
         self.logs = logs
-        self.writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="drn-logstore")
-        self._pending: list[PendingImpression] = []  # appended on the event loop, taken by the writer thread
-        self._queue_lock = threading.Lock()  # guards _pending and _draining
-        self._draining = False  # the writer thread has been asked to drain and has not yet found the queue empty
+        self.writer = LogWriter(logs)
         self.state = FeatureState()
         self.news: dict[str, NewsItem] = {}  # what the log store knows of each item: only changes are written
         self._described: dict[str, Candidate] = {}  # per item, a description found to add nothing to `news`
@@ -109,7 +92,7 @@ class Service:
         # thread computes it gets it only when the loop thread is made to let go, after the switch interval.
         sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
         if self.logs is None:
-            self.logs = await asyncio.to_thread(self.settings.stores.open_log_store)
+            self.logs = self.writer.logs = await asyncio.to_thread(self.settings.stores.open_log_store)
         started = time.perf_counter()
         self.state, self.news, count = await asyncio.to_thread(rebuild_feature_state, self.logs)
         log.info("feature state rebuilt from %d logged impressions in %.1f s", count, time.perf_counter() - started)
@@ -129,14 +112,14 @@ class Service:
             self._follow.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._follow
-        self.writer.shutdown(wait=True)
+        self.writer.shutdown()
         if self._owns_logs and self.logs is not None:
             self.logs.close()
 
     # ---- helpers -------------------------------------------------------------------------------------------
     async def _store(self, call: Callable[..., T], *args: Any) -> T:
         """Run a log store call on the writer thread."""
-        return await self._outcome(asyncio.get_running_loop().run_in_executor(self.writer, call, *args))
+        return await self._outcome(self.writer.run(call, *args))
 
     async def _outcome(self, result: Awaitable[T]) -> T:
         """Await a log store result. 4xx raised by the call pass through; a store failure is a 503 (the request
@@ -205,58 +188,8 @@ class Service:
         return changed
 
     async def _log_served(self, record: ImpressionRecord, news: list[NewsItem]) -> None:
-        """Log an impression (and the items it introduced) through the group commit; returns once it is durable.
-
-        The writer thread commits everything queued in one transaction, then looks again: while one commit waits
-        for its fsync, the requests arriving meanwhile gather into the next one. So one fsync per batch instead of
-        one per request, one wake-up of the writer per busy spell, one call back into the event loop per batch,
-        and still no answer before its own commit."""
-        loop = asyncio.get_running_loop()
-        committed = loop.create_future()
-        with self._queue_lock:
-            self._pending.append(PendingImpression(record, news, committed))
-            wake, self._draining = not self._draining, True
-        if wake:
-            self.writer.submit(self._drain, loop)
-        await self._outcome(committed)
-
-    def _drain(self, loop: asyncio.AbstractEventLoop) -> None:
-        """On the writer thread: commit batches until the queue is empty, handing each batch's outcome to the loop.
-        Should anything escape (a closed loop, no memory), the impressions in hand and in the queue fail with it and
-        the next one wakes the writer again: otherwise no later request would ever be answered."""
-        batch: list[PendingImpression] = []
-        try:
-            while True:
-                with self._queue_lock:
-                    batch, self._pending = self._pending, []
-                    if not batch:
-                        self._draining = False
-                        return
-                loop.call_soon_threadsafe(_settle, batch, self._commit(batch))
-        except BaseException as e:
-            with self._queue_lock:
-                stranded, self._pending, self._draining = batch + self._pending, [], False
-            with contextlib.suppress(RuntimeError):  # a closed loop: nobody is waiting any more
-                loop.call_soon_threadsafe(_settle, stranded, [e] * len(stranded))
-            raise
-
-    def _commit(self, batch: list[PendingImpression]) -> list[BaseException | None]:
-        """Each impression's outcome (None: durable). When the batch fails, each is tried alone, so a failure reaches
-        only the requests whose impressions fail on their own."""
-        try:
-            self.logs.log_impressions([p.record for p in batch], [item for p in batch for item in p.news])
-            return [None] * len(batch)
-        except Exception as e:
-            if len(batch) == 1:
-                return [e]
-        outcomes: list[BaseException | None] = []
-        for pending in batch:
-            try:
-                self.logs.log_impressions([pending.record], pending.news)
-                outcomes.append(None)
-            except Exception as alone:
-                outcomes.append(alone)
-        return outcomes
+        """Log an impression (and the items it introduced) through the group commit; returns once it is durable."""
+        await self._outcome(self.writer.log_impression(record, news))
 
     # ---- routes --------------------------------------------------------------------------------------------
     async def recommend(self, body: RecommendRequest, trusted: bool) -> RecommendResponse:
@@ -395,13 +328,13 @@ def create_app(settings: ServeSettings, *, open_registry: Callable[[], Registry]
     # The dependencies are `async def` although they do no I/O: FastAPI runs a plain `def` dependency in its
     # threadpool, a thread hop (and a wait for the GIL back) on every request.
     async def trusted(token: str | None = Header(None, alias=CLOCK_HEADER)) -> bool:
-        return _matches(settings.clock_token, token)
+        return token_matches(settings.clock_token, token)
 
     async def admin(authorization: str | None = Header(None)) -> None:
         if settings.admin_token is None:
             raise HTTPException(403, "admin routes are disabled (DRN_SERVE_ADMIN_TOKEN is not set)")
         scheme, _, token = (authorization or "").partition(" ")
-        if scheme.lower() != "bearer" or not _matches(settings.admin_token, token):
+        if scheme.lower() != "bearer" or not token_matches(settings.admin_token, token):
             raise HTTPException(401, "admin routes need 'Authorization: Bearer <DRN_SERVE_ADMIN_TOKEN>'",
                                 headers={"WWW-Authenticate": "Bearer"})
 
@@ -430,138 +363,10 @@ def create_app(settings: ServeSettings, *, open_registry: Callable[[], Registry]
     async def rollback(body: RollbackRequest) -> dict:
         return await service.rollback(body)
 
-    app.add_middleware(RecommendRoute, service=service, clock_token=settings.clock_token)
+    # the hot route, in front of FastAPI's routing (serving.fast_route); the OpenAPI document declares it
+    app.add_middleware(FastRoute, path="/recommend", schema=RECOMMEND_REQUEST, handler=service.recommend,
+                       clock_token=settings.clock_token)
     app.add_middleware(MetricsMiddleware, telemetry=telemetry,
-                       routes=frozenset(r.path for r in app.routes) | {RecommendRoute.PATH})
-    app.openapi = _openapi_with_recommend(app)
+                       routes=frozenset(r.path for r in app.routes) | {"/recommend"})
+    app.openapi = openapi_document(app, "/recommend")
     return app
-
-
-class RecommendRoute:
-    """POST /recommend as a plain ASGI app in front of FastAPI's routing; everything else passes through.
-
-    The hot route skips the router, FastAPI's dependency solving, the Request object and the exception and exit-stack
-    middlewares, a large share of the event loop's time per request; errors still get FastAPI's own
-    handlers (the same 4xx bodies as any other route), and anything unexpected reaches the server-error middleware
-    (a 500). The body is validated by `_parse` straight from its bytes; /docs shows it (`_openapi_with_recommend`)."""
-
-    PATH = "/recommend"
-
-    def __init__(self, app: Callable, service: Service, clock_token: str | None):
-        self.app, self.service, self.clock_token = app, service, clock_token
-
-    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
-        if scope["type"] != "http" or scope["path"] != self.PATH:
-            await self.app(scope, receive, send)
-            return
-        try:
-            if scope["method"] != "POST":
-                raise HTTPException(405, "Method Not Allowed", headers={"Allow": "POST"})
-            clock = next((v.decode("latin-1") for k, v in scope["headers"] if k == CLOCK_HEADER_KEY), None)
-            body = await _body(receive)
-            answer = await self.service.recommend(_parse(RECOMMEND_REQUEST, body), _matches(self.clock_token, clock))
-            response = Response(answer.model_dump_json(), media_type="application/json")
-        except HTTPException as e:
-            response = await http_exception_handler(Request(scope), e)
-        except RequestValidationError as e:
-            response = await request_validation_exception_handler(Request(scope), e)
-        await response(scope, receive, send)
-
-
-async def _body(receive: Callable) -> bytes:
-    chunks = []
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            raise HTTPException(400, "client disconnected before sending the whole body")
-        chunks.append(message.get("body", b""))
-        if not message.get("more_body"):
-            return b"".join(chunks)
-
-
-def _openapi_with_recommend(app: FastAPI) -> Callable[[], dict]:
-    """FastAPI's OpenAPI document, plus POST /recommend (served by `RecommendRoute`, outside FastAPI's routing)."""
-    def openapi() -> dict:
-        if app.openapi_schema is None:
-            document = get_openapi(title=app.title, version=app.version, routes=app.routes)
-            schemas = document.setdefault("components", {}).setdefault("schemas", {})
-            ref = "#/components/schemas/{model}"
-            body = RECOMMEND_REQUEST.json_schema(ref_template=ref)
-            answer = RecommendResponse.model_json_schema(ref_template=ref)
-            schemas.update({**body.pop("$defs", {}), **answer.pop("$defs", {}), "RecommendRequest": body,
-                            "RecommendResponse": answer})
-            document["paths"][RecommendRoute.PATH] = {"post": {
-                "summary": "Rank candidates for a user; the impression is logged before the answer",
-                "requestBody": {"required": True, "content": {"application/json": {
-                    "schema": {"$ref": ref.format(model="RecommendRequest")}}}},
-                "responses": {"200": {"description": "The served list", "content": {"application/json": {
-                    "schema": {"$ref": ref.format(model="RecommendResponse")}}}},
-                    "422": {"description": "Validation error", "content": {"application/json": {
-                        "schema": {"$ref": ref.format(model="HTTPValidationError")}}}}}}}
-            _declare_refusals(document, ref)
-            app.openapi_schema = document
-        return app.openapi_schema
-    return openapi
-
-
-# What each route refuses besides a body that fails validation, each answered as a Problem ({"detail": "..."}); a
-# 422 is then either kind. Declared so that the OpenAPI document says what the service answers (a fuzzer checks it).
-REFUSALS = {
-    ("/recommend", "post"): {400: "the client disconnected before sending the whole body",
-                             422: "too many or duplicate candidates", 503: "the log store is unavailable"},
-    ("/feedback", "post"): {400: "a body that is not JSON",
-                            403: "an impression id this service did not issue, or another user's impression",
-                            404: "an unknown impression",
-                            422: "nothing to record, an item the impression did not show, an event before its "
-                                 "impression or past the feedback window",
-                            503: "the log store is unavailable"},
-    ("/admin/reload", "post"): {401: "no or a wrong admin token", 403: "admin routes are disabled"},
-    ("/admin/rollback", "post"): {400: "a body that is not JSON", 401: "no or a wrong admin token",
-                                  403: "admin routes are disabled",
-                                  409: "nothing to roll back to, an unknown version, or the version is served"},
-}
-
-
-def _declare_refusals(document: dict, ref: str) -> None:
-    """Add REFUSALS to `document`, and /metrics as the Prometheus text it is."""
-    document["components"]["schemas"]["Problem"] = Problem.model_json_schema(ref_template=ref)
-    problem = {"$ref": ref.format(model="Problem")}
-    for (path, method), refusals in REFUSALS.items():
-        responses = document["paths"][path][method]["responses"]
-        for status, why in refusals.items():
-            schema = problem
-            if status == 422:
-                schema = {"anyOf": [{"$ref": ref.format(model="HTTPValidationError")}, problem]}
-            responses[str(status)] = {"description": why, "content": {"application/json": {"schema": schema}}}
-    document["paths"]["/metrics"]["get"]["responses"]["200"] = {
-        "description": "Prometheus text exposition", "content": {CONTENT_TYPE.split(";")[0]: {
-            "schema": {"type": "string"}}}}
-
-
-def _parse(schema: TypeAdapter[T], raw: bytes) -> T:
-    """The hot route's body validated straight from its bytes by pydantic's JSON parser, with the same checks and
-    the same 422 as a FastAPI body parameter: FastAPI would build a dict first and validate that, which with 50
-    candidates per request costs about twice as much."""
-    try:
-        return schema.validate_json(raw)
-    except ValidationError as e:  # a body that is not UTF-8 JSON is an error about bytes: not echoed as `input`
-        raise RequestValidationError([{**{k: v for k, v in err.items() if not isinstance(v, bytes)},
-                                       "loc": ("body", *err["loc"])} for err in e.errors(include_url=False)],
-                                     body=None) from None
-
-
-def _settle(batch: list[PendingImpression], outcomes: list[BaseException | None]) -> None:
-    """On the event loop: resolve a committed batch's futures, except those whose requests were cancelled meanwhile
-    (their impressions are logged anyway)."""
-    for pending, error in zip(batch, outcomes):
-        if pending.committed.done():
-            continue
-        if error is None:
-            pending.committed.set_result(None)
-        else:
-            pending.committed.set_exception(error)
-
-
-def _matches(expected: str | None, given: str | None) -> bool:
-    """Constant-time token check; nothing matches when no token is configured."""
-    return expected is not None and given is not None and hmac.compare_digest(expected.encode(), given.encode())

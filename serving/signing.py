@@ -32,3 +32,8 @@ class ImpressionSigner:
         """True when this service (this secret) made the id; constant-time in the tag."""
         nonce, _, tag = impression_id.partition(".")
         return hmac.compare_digest(tag, self._tag(nonce))
+
+
+def token_matches(expected: str | None, given: str | None) -> bool:
+    """Constant-time token check; nothing matches when no token is configured."""
+    return expected is not None and given is not None and hmac.compare_digest(expected.encode(), given.encode())

@@ -27,11 +27,12 @@ from drn.model import NetworkConfig, build_network
 from drn.policy import top_k
 from drn.registry import PRODUCTION, Registry
 from drn.scoring import StackedScorer
-from serving.app import PendingImpression, Service, _settle, create_app
+from serving.app import Service, create_app
 from serving.schemas import MAX_HISTORY, news_item
 from serving.settings import ServeSettings
 from serving.signing import ImpressionSigner
 from serving.telemetry import Telemetry
+from serving.writer import LogWriter, PendingImpression, settle
 
 pytestmark = pytest.mark.integration
 
@@ -225,27 +226,27 @@ def test_concurrent_requests_are_answered_only_once_logged(registry, versions, l
     assert sorted(answered) == sorted(logged.record.impression_id for logged in logs.window())
 
 
-def test_a_failed_group_commit_fails_only_the_impressions_at_fault(logs, tmp_path):
-    service = Service(_settings(tmp_path), lambda: None, logs, Telemetry())
+def test_a_failed_group_commit_fails_only_the_impressions_at_fault(logs):
+    writer = LogWriter(logs)
     signer = ImpressionSigner(SECRET)
     first, second = (ImpressionRecord(signer.new_id(), "U1", 1.0, ("N1", "N2"), ("N1",), (-1,), "popularity")
                      for _ in range(2))
     logs.log_impression(first)
     batch = [PendingImpression(first, [], None), PendingImpression(second, [NewsItem("N1")], None)]
-    outcomes = service._commit(batch)  # the batch fails on the repeated id, then each impression is tried alone
+    outcomes = writer.commit(batch)  # the batch fails on the repeated id, then each impression is tried alone
     assert isinstance(outcomes[0], DuplicateImpression) and outcomes[1] is None
     assert logs.impression(second.impression_id) == second and "N1" in logs.news()
 
-    async def settle() -> list:
+    async def resolve() -> list:
         loop = asyncio.get_running_loop()
         waiting = [PendingImpression(first, [], loop.create_future()) for _ in range(3)]
         waiting[2].committed.cancel()  # its request went away: the outcome is dropped, not raised
-        _settle(waiting, [outcomes[0], None, None])
+        settle(waiting, [outcomes[0], None, None])
         return [p.committed for p in waiting]
 
-    failed, durable, cancelled = asyncio.run(settle())
+    failed, durable, cancelled = asyncio.run(resolve())
     assert isinstance(failed.exception(), DuplicateImpression) and durable.result() is None and cancelled.cancelled()
-    service.writer.shutdown()
+    writer.shutdown()
 
 
 def test_a_failure_escaping_the_writer_fails_its_requests_and_later_ones_are_served(logs, tmp_path, monkeypatch):
@@ -259,7 +260,7 @@ def test_a_failure_escaping_the_writer_fails_its_requests_and_later_ones_are_ser
         raise RuntimeError("the writer thread broke")
 
     async def serve_two() -> tuple[int, str]:
-        monkeypatch.setattr(service, "_commit", broken)
+        monkeypatch.setattr(service.writer, "commit", broken)
         with pytest.raises(HTTPException) as failed:
             await asyncio.wait_for(service._log_served(record(), []), timeout=10)
         monkeypatch.undo()
