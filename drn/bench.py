@@ -22,7 +22,7 @@ from scipy import stats as scipy_stats
 
 from drn.activeness import S0, UserActiveness
 from drn.baselines import LinUCBPolicy, PopularityPolicy, RandomPolicy
-from drn.features import FeatureState, record
+from drn.features import FeatureState, warmed
 from drn.mind import Dataset
 from drn.online import LiveResult, OnlineConfig, OnlineDRN, run_live, set_threads
 from drn.peers import PEERS, VWPolicy
@@ -117,9 +117,7 @@ def run_seed(seed: int, config: BenchConfig,
                  f"(lr {summary['learning_rate']:g}, {summary['epochs']} passes, chosen on the logs' last day)")
     linucb_warm = LinUCBPolicy()
     linucb_warm.fit(Dataset(logs, news))
-    state = FeatureState(news)
-    for impression in logs:
-        record(impression, state)
+    state = warmed(logs, news)
     results = {}
     for name in POLICIES:
         policy = copy.deepcopy(linucb_warm) if name == "linucb" else _policy(name, network, config, train, seed, offline.buffer)

@@ -1,15 +1,13 @@
 """Offline evaluation by progressive validation, and the data helpers the CLI exposes (stats, time split)."""
 from __future__ import annotations
 
-import copy
-
 import shutil
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 
-from drn.features import FeatureState, record, replay
+from drn.features import FeatureState, replay, warmed
 from drn.metrics import RankingMetrics
 from drn.mind import Dataset, load_dataset, write_behaviors
 from drn.policy import Policy
@@ -24,9 +22,7 @@ def evaluate(policy: Policy, train: Dataset, test: Dataset, progress: Callable[[
 
     The policy must already be fitted; its weights stay frozen here (only the feature state moves on).
     """
-    state = copy.deepcopy(start) if start is not None else FeatureState({**train.news, **test.news})
-    for impression in train.impressions:
-        record(impression, state)
+    state = warmed(train.impressions, {**train.news, **test.news}, start)
     metrics = RankingMetrics()
     for done, sample in enumerate(replay(test.impressions, state), start=1):
         if sample.impression.labels is not None:

@@ -14,6 +14,7 @@ depends on the data; the schema names every block so a model version can be chec
 """
 from __future__ import annotations
 
+import copy
 import heapq
 import itertools
 import math
@@ -578,6 +579,16 @@ def replay(impressions: Iterable[Impression], state: FeatureState) -> Iterator[S
         state.see_history(impression.user, impression.history)
         yield Sample(impression, state.features(impression.user, impression.candidates, impression.time))
         record(impression, state)
+
+
+def warmed(impressions: Iterable[Impression], news: Mapping[str, NewsItem] | None = None,
+           start: FeatureState | None = None) -> FeatureState:
+    """The state after the events of `impressions` (in time order): a new one over `news`, or a copy of `start`.
+    How every consumer warms up (serving at start, evaluation, training's shards, the benchmarks)."""
+    state = copy.deepcopy(start) if start is not None else FeatureState(news)
+    for impression in impressions:
+        record(impression, state)
+    return state
 
 
 def record(impression: Impression, state: FeatureState) -> None:

@@ -27,7 +27,7 @@ import numpy as np
 
 from drn.evaluate import evaluate, time_split
 from drn.exploration import ALPHA, dbgd_step, explore_weights, explorer_seeds, mean_weights
-from drn.features import FeatureState, record
+from drn.features import FeatureState, record, warmed
 from drn.interleaving import Outcome, credit_curve, round_outcome
 from drn.learners import ClickedList, LearnerConfig, RoundRecipe, mgd_winners, pdgd_step, sgd_challenger
 from drn.logstore import LoggedImpression, LogStore, Round
@@ -337,11 +337,8 @@ def earlier_attempt(versions: Mapping[str, VersionInfo], parent: str, seen: str)
 
 
 def warm_state(news: Mapping[str, NewsItem], before: Iterable[LoggedImpression]) -> FeatureState:
-    """The feature state after the events of `before` (in time order), as serving rebuilds it at start."""
-    state = FeatureState(news)
-    for logged in before:
-        record(logged.to_impression(), state)
-    return state
+    """The feature state after the logged events of `before` (in time order), as serving rebuilds it at start."""
+    return warmed((logged.to_impression() for logged in before), news)
 
 
 def gate(candidate: Mapping[str, float], promoted: Mapping[str, float] | None, tolerance: float = TOLERANCE,

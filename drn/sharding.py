@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Mapping, Sequence
 
-from drn.features import FeatureState, Sample, record, replay
+from drn.features import Sample, replay, warmed
 from drn.mind import Impression, NewsItem
 
 
@@ -27,7 +27,4 @@ def shard_bounds(n_impressions: int, shards: int) -> list[tuple[int, int]]:
 
 def shard_samples(impressions: Sequence[Impression], news: Mapping[str, NewsItem], lo: int, hi: int) -> list[Sample]:
     """The samples of impressions[lo:hi] (time-ordered log), as a full sequential replay would compute them."""
-    state = FeatureState(news)
-    for impression in impressions[:lo]:
-        record(impression, state)
-    return list(replay(impressions[lo:hi], state))
+    return list(replay(impressions[lo:hi], warmed(impressions[:lo], news)))
