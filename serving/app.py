@@ -145,6 +145,7 @@ class Service:
         wanted = [n for n in ids if n not in self.news and n not in self._unlogged]
         if history and not self.state.knows_user(user):
             wanted += [n for n in history if not self.state.knows_item(n) and n not in self._unlogged]
+        wanted = list(dict.fromkeys(wanted))  # a history may name an item twice, or a candidate
         if not wanted:
             return
         found = await self._store(self.logs.news, wanted)

@@ -234,4 +234,3 @@ def test_a_forgotten_item_is_a_new_item_again_and_an_item_in_use_is_not_forgotte
     fresh.record_impression("U3", ["OLD"], later)
     again, new = (s.features("U4", ["OLD"], later + 60.0) for s in (state, fresh))
     np.testing.assert_array_equal(again.action, new.action)  # no counts or first sight left over from before
-    assert again.item_stamps[0] != reused.item_stamps[0] or again.item_rows[0] != reused.item_rows[0]
