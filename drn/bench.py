@@ -26,7 +26,7 @@ from drn.features import FeatureState, warmed
 from drn.mind import Dataset
 from drn.online import LiveResult, OnlineConfig, OnlineDRN, run_live, set_threads
 from drn.peers import PEERS, VWPolicy
-from drn.policy import Policy
+from drn.policy import Policy, top_k
 from drn.selection import train_offline
 from drn.training import ReplayBuffer, TrainConfig
 from drn.world import DEFAULT_WORLD, HOUR, SLATE_SIZE, World, WorldConfig, logged_world, world_config
@@ -36,7 +36,11 @@ MINOR_LEARNERS = ("dbgd", "mgd", "pdgd", "sgd")  # drn.learners, each with and w
 DRN_VARIANTS = {"drn": ("none", False), "drn-major": ("none", True), "drn-egreedy": ("egreedy", True),
                 **{f"drn-{m}{suffix}": (m, major) for m in MINOR_LEARNERS
                    for suffix, major in (("", False), ("-major", True))}}
-POLICIES = ("random", "popularity", "linucb", "vw-squarecb", "vw-egreedy", *DRN_VARIANTS)
+# References, not recommenders: they rank by the world's true click probability, so they show the headroom over
+# the learners and what the click model's interaction terms are worth to a ranker that knows them.
+ORACLES = {"oracle": True, "oracle-no-interactions": False}
+POLICIES = ("random", "popularity", "linucb", "vw-squarecb", "vw-egreedy", *DRN_VARIANTS, *ORACLES)
+LEARNERS = tuple(name for name in POLICIES if name not in ORACLES)  # who can be "the best policy" of a seed
 
 
 @dataclass(frozen=True)
@@ -65,7 +69,23 @@ def compressed_activeness(world: WorldConfig) -> dict:
     return {"lambda0": lambda0, "sa": S0 * (1.0 - float(np.exp(-lambda0 * world.return_gap_hours * HOUR)))}
 
 
-def _policy(name: str, network, config: BenchConfig, train: TrainConfig, seed: int, logged: ReplayBuffer) -> Policy:
+class OraclePolicy(Policy):
+    """Ranks by the true click probability of the world it is serving (see ORACLES): an upper reference."""
+
+    def __init__(self, world: World, interactions: bool = True):
+        self.world, self.interactions, self.name = world, interactions, "oracle"
+
+    def recommend(self, batch, k: int) -> list[int]:
+        request = self.world.latest_request
+        if request is None or request.candidates != tuple(batch.candidates):
+            raise RuntimeError("the oracle ranks only the request its world has just issued")
+        return top_k(self.world.relevance(request, self.interactions), k)
+
+
+def _policy(name: str, network, config: BenchConfig, train: TrainConfig, seed: int, logged: ReplayBuffer,
+            world: World) -> Policy:
+    if name in ORACLES:
+        return OraclePolicy(world, ORACLES[name])
     if name == "random":
         return RandomPolicy(seed)
     if name == "popularity":
@@ -83,7 +103,8 @@ def _policy(name: str, network, config: BenchConfig, train: TrainConfig, seed: i
 CLAIMS = (*((f"drn-{m}", "drn") for m in MINOR_LEARNERS), *((f"drn-{m}-major", "drn-major") for m in MINOR_LEARNERS),
           *((f"drn-{m}-major", peer) for m in MINOR_LEARNERS for peer in ("linucb", "vw-squarecb")),
           ("drn-major", "linucb"), ("drn-major", "vw-squarecb"), ("drn-dbgd-major", "drn-egreedy"),
-          ("linucb", "popularity"), ("popularity", "random"))
+          ("linucb", "popularity"), ("popularity", "random"),
+          ("oracle", "linucb"), ("oracle", "oracle-no-interactions"))
 
 REACH_WINDOW = 1000  # impressions in the running CTR that "interactions to reach 90%" and "recovery after drift" read
 REACH_SHARE = 0.9
@@ -120,10 +141,12 @@ def run_seed(seed: int, config: BenchConfig,
     state = warmed(logs, news)
     results = {}
     for name in POLICIES:
-        policy = copy.deepcopy(linucb_warm) if name == "linucb" else _policy(name, network, config, train, seed, offline.buffer)
+        live_world = copy.deepcopy(world)
+        policy = (copy.deepcopy(linucb_warm) if name == "linucb"
+                  else _policy(name, network, config, train, seed, offline.buffer, live_world))
         if name in PEERS:  # warm-started on the logs as LinUCB is, but here: a VW workspace cannot be deep-copied
             policy.fit(Dataset(logs, news))
-        results[name] = _live(policy, copy.deepcopy(world), copy.deepcopy(state), config,
+        results[name] = _live(policy, live_world, copy.deepcopy(state), config,
                               UserActiveness(lambda0=active["lambda0"], sa=active["sa"]))
         if progress:
             progress(f"seed {seed}: {name} ctr {results[name].ctr(config.warmup_fraction):.4f}")
@@ -201,10 +224,11 @@ def _running_ctr(result: LiveResult) -> np.ndarray:
 
 def interactions_to_reach(per_seed: list[dict[str, LiveResult]], config: BenchConfig) -> dict[str, list[int | None]]:
     """Per policy and seed: live impressions until the running CTR (last REACH_WINDOW impressions) first reaches
-    90% of the best policy's reported CTR in that seed; None when it never does."""
+    90% of the best learning policy's reported CTR in that seed (the oracles are no target); None when it never
+    does."""
     out: dict[str, list[int | None]] = {name: [] for name in POLICIES}
     for seed in per_seed:
-        target = REACH_SHARE * max(result.ctr(config.warmup_fraction) for result in seed.values())
+        target = REACH_SHARE * max(seed[name].ctr(config.warmup_fraction) for name in LEARNERS)
         for name in POLICIES:
             reached = np.flatnonzero(_running_ctr(seed[name]) >= target)
             out[name].append(int(reached[0]) + min(REACH_WINDOW, len(seed[name].clicks)) if len(reached) else None)
@@ -249,7 +273,7 @@ def plot_ctr(per_seed: list[dict[str, LiveResult]], path: Path, bucket_hours: fl
             curves.append(clicks / np.maximum(shown, 1))
         length = min(len(c) for c in curves)
         ax.plot(np.arange(length) * bucket_hours, np.mean([c[:length] for c in curves], axis=0), label=name,
-                linewidth=2.2 if name.endswith("-major") else 1.2, linestyle="-" if name.startswith("drn") else "--")
+                linewidth=2.2 if name.endswith("-major") else 1.2, linestyle=":" if name in ORACLES else "-" if name.startswith("drn") else "--")
     ax.set_xlabel("world hours since going live")
     ax.set_ylabel(f"CTR (clicks / shown, {bucket_hours:g} h buckets, mean over seeds)")
     ax.set_title("Live world: CTR over time per policy")

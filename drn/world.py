@@ -312,17 +312,32 @@ class World:
         if unknown:
             raise ValueError(f"shown has ids that are not candidates of {request.request_id}: {sorted(unknown)[:5]}")
 
-    def _relevance(self, user: int, items: np.ndarray, time: float) -> np.ndarray:
+    def _relevance(self, user: int, items: np.ndarray, time: float, interactions: bool = True) -> np.ndarray:
         """sigmoid(bias + personal interest + quality + interactions) * freshness: what the user would click at the
-        top slot."""
+        top slot. Without `interactions`: the same model with its interaction terms left out (one half-life)."""
         c = self.config
         z = self._interest[user]
         logit = c.click_logit_bias + self._quality[items] + (z[self._cols[items]] * self._weights[items]).sum(axis=1)
         category = self._cols[items, 0]
-        logit += self._interaction_logit(user, items, category, time)
+        half_life = np.full(len(items), c.freshness_half_life_hours * HOUR)
+        if interactions:
+            logit += self._interaction_logit(user, items, category, time)
+            half_life = self._half_life_s[category]
         age = time - self._published[items]
-        freshness = np.where(age >= 0, 0.5 ** (np.maximum(age, 0) / self._half_life_s[category]), 0.0)
+        freshness = np.where(age >= 0, 0.5 ** (np.maximum(age, 0) / half_life), 0.0)
         return freshness / (1.0 + np.exp(-logit))
+
+    def relevance(self, request: Request, interactions: bool = True) -> np.ndarray:
+        """Ground-truth top-slot click probability of each of the request's candidates: what an oracle ranks by.
+        `interactions=False` ranks as if the click model had no interaction terms, to measure what they are worth."""
+        items = np.fromiter((self._index[n] for n in request.candidates), dtype=np.int64, count=len(request.candidates))
+        return self._relevance(self._user_index[request.user], items, request.time, interactions)
+
+    @property
+    def latest_request(self) -> Request | None:
+        """The request issued last, while it is unanswered (what a policy is being asked to rank now)."""
+        latest = f"R{self._issued}"
+        return self._pending.get(latest)
 
     def _interaction_logit(self, user: int, items: np.ndarray, category: np.ndarray, time: float) -> np.ndarray:
         """Hour x category, provider x category and the user's satiation in the category (fading recent clicks)."""

@@ -1,10 +1,15 @@
 """The learning benchmark's read-outs: interactions to reach 90% of the best CTR, paired claims, the tables."""
 from __future__ import annotations
 
+import copy
+
 import pytest
 
-from drn.bench import CLAIMS, POLICIES, BenchConfig, interactions_to_reach, markdown_tables, recovery, summarise
-from drn.online import LiveResult
+from drn.bench import (CLAIMS, POLICIES, BenchConfig, OraclePolicy, interactions_to_reach, markdown_tables, recovery,
+                       summarise)
+from drn.features import FeatureState
+from drn.online import LiveResult, run_live
+from drn.world import World, world_config
 
 
 def _result(ctr_by_block: list[float], block: int = 500) -> LiveResult:
@@ -23,6 +28,7 @@ def test_interactions_to_reach_and_paired_claims():
     seed = {name: _result([0.1] * 6) for name in POLICIES}
     seed["linucb"] = _result([0.0, 0.1, 0.2, 0.2, 0.2, 0.2])  # the best; reaches 90% of .2 within its 3rd block
     seed["random"] = _result([0.04] * 6)  # never reaches
+    seed["oracle"] = _result([0.5] * 6)  # a reference, not the best policy: every target stays at linucb's
     config = BenchConfig(warmup_fraction=0.0)
     reach = interactions_to_reach([seed], config)
     assert reach["random"] == [None]
@@ -46,3 +52,36 @@ def test_recovery_after_drift_counts_impressions_back_to_90pct_of_the_pre_drift_
     assert back["popularity"] == [1000] and back["random"] == [None]
     assert back["linucb"][0] in (1800, 1801)
     assert "| linucb |" in markdown_tables(summarise([seed], config))
+
+
+def _oracle_ctr(world: World, interactions: bool, impressions: int = 1500) -> tuple[float, list[int]]:
+    """CTR of an oracle serving a copy of `world`, and the first request's list."""
+    world = copy.deepcopy(world)
+    policy = OraclePolicy(world, interactions)
+    first = []
+    original = policy.recommend
+    policy.recommend = lambda batch, k: first.append(original(batch, k)) or first[-1]
+    return run_live(policy, world, FeatureState(), impressions).ctr(), first[0]
+
+
+def test_the_oracle_ranks_by_true_click_probability_and_prices_the_interaction_terms():
+    logistic = World(world_config("logistic", n_users=100, warmup_days=1.0), seed=3)
+    request = copy.deepcopy(logistic).next_request()
+    ctr, first = _oracle_ctr(logistic, True)
+    truth = [logistic.click_probability(request.user, n, 0, request.time) for n in request.candidates]
+    assert first == sorted(range(len(truth)), key=lambda i: -truth[i])[:len(first)]
+    # a world without interaction terms: knowing them changes nothing
+    assert _oracle_ctr(logistic, False)[0] == ctr
+    interaction = World(world_config("interaction", n_users=100, warmup_days=1.0), seed=3)
+    assert _oracle_ctr(interaction, True)[0] > _oracle_ctr(interaction, False)[0]
+
+
+def test_the_oracle_refuses_a_list_its_world_did_not_just_issue():
+    world = World(world_config("logistic", n_users=20, warmup_days=0.5), seed=1)
+    state = FeatureState()
+    request = world.next_request()
+    for news_id in request.candidates:
+        state.add_news(world.item(news_id))
+    batch = state.features(request.user, request.candidates[1:], request.time)
+    with pytest.raises(RuntimeError, match="just issued"):
+        OraclePolicy(world).recommend(batch, 5)
