@@ -152,6 +152,8 @@ class MinorLearner:
 
     def __init__(self, config: LearnerConfig):
         self.config = config
+        self.recipe = RoundRecipe(learner=self.name, noise=config.noise, interleaving=config.interleaving,
+                                  explorers=config.explorers, temperature=config.temperature)
         self.rng = np.random.default_rng(config.seed)
         self._rounds = 0
 
@@ -160,8 +162,16 @@ class MinorLearner:
         self._rounds += 1
 
     def serve(self, network: DuelingQNetwork, batch: FeatureBatch, k: int) -> tuple[list[int], Any]:
-        """Candidate indices to show, in order, and what `observe` needs to learn from their clicks."""
-        raise NotImplementedError
+        """Candidate indices to show, in order, and their teams when the list is interleaved (what `observe` needs
+        to learn from its clicks): made by `round_list` from W's and the round's networks' scores, as serving does."""
+        networks = [network, *self._round_networks()]
+        scores = np.stack([net.score(batch) for net in networks])
+        mixed = round_list(self.recipe, scores, [str(i) for i in range(len(batch.candidates))], k, self.rng)
+        return [int(i) for i in mixed.served], tuple(mixed.teams) if len(networks) > 1 else None
+
+    def _round_networks(self) -> list[DuelingQNetwork]:
+        """What the round scores beside W, in team order (none: W alone)."""
+        return []
 
     def observe(self, batch: FeatureBatch, shown: Sequence[int], memo: Any, clicked: Sequence[bool]) -> None:
         raise NotImplementedError
@@ -189,17 +199,11 @@ class _Duel(MinorLearner):
 
     def __init__(self, config: LearnerConfig):
         super().__init__(config)
-        self.interleave = interleaver(config.interleaving)
         self.challenger: DuelingQNetwork | None = None
         self.round: list[tuple[tuple[int, ...], list[int]]] = []
 
-    def serve(self, network: DuelingQNetwork, batch: FeatureBatch, k: int) -> tuple[list[int], Any]:
-        scores = network.score(batch)
-        if self.challenger is None:
-            return top_k(scores, k), None
-        exploit, explore = ([str(i) for i in r] for r in rankings(np.stack([scores, self.challenger.score(batch)])))
-        mixed = self.interleave(exploit, explore, k, self.rng)
-        return [int(i) for i in mixed.served], tuple(mixed.teams)
+    def _round_networks(self) -> list[DuelingQNetwork]:
+        return [] if self.challenger is None else [self.challenger]
 
     def observe(self, batch: FeatureBatch, shown: Sequence[int], memo: Any, clicked: Sequence[bool]) -> None:
         if memo is not None:
@@ -241,10 +245,8 @@ class MGD(MinorLearner):
             net.load_state_dict(weights)
         self.round: list[tuple[tuple[int, ...], list[int]]] = []
 
-    def serve(self, network: DuelingQNetwork, batch: FeatureBatch, k: int) -> tuple[list[int], Any]:
-        scores = np.stack([network.score(batch)] + [net.score(batch) for net in self.nets])
-        mixed = team_draft_multileave([[str(i) for i in r] for r in rankings(scores)], k, self.rng)
-        return [int(i) for i in mixed.served], tuple(mixed.teams)
+    def _round_networks(self) -> list[DuelingQNetwork]:
+        return self.nets
 
     def observe(self, batch: FeatureBatch, shown: Sequence[int], memo: Any, clicked: Sequence[bool]) -> None:
         self.round.append(_teams_and_clicks(memo, clicked))
@@ -312,10 +314,6 @@ class PDGD(MinorLearner):
     def start(self, network: DuelingQNetwork) -> None:
         super().start(network)
         self.round: list[ClickedList] = []
-
-    def serve(self, network: DuelingQNetwork, batch: FeatureBatch, k: int) -> tuple[list[int], Any]:
-        scores = network.score(batch).astype(np.float64) / self.config.temperature
-        return plackett_luce_sample(scores, k, self.rng), None
 
     def observe(self, batch: FeatureBatch, shown: Sequence[int], memo: Any, clicked: Sequence[bool]) -> None:
         if any(clicked):
