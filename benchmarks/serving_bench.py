@@ -44,7 +44,7 @@ from drn.exploration import explore_weights  # noqa: E402
 from drn.logstore import NO_TEAM, ImpressionRecord, LogStore  # noqa: E402
 from drn.mind import NewsItem  # noqa: E402
 from drn.model import NetworkConfig, build_network, network_from_weights  # noqa: E402
-from drn.online import set_threads  # noqa: E402
+from drn.model import set_threads  # noqa: E402
 from drn.registry import Registry  # noqa: E402
 from drn.scoring import StackedScorer  # noqa: E402
 from serving.app import rebuild_feature_state  # noqa: E402

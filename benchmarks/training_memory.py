@@ -22,7 +22,7 @@ def measure(folder: Path) -> dict:
     """Train on one generated log folder in this process; report peak RSS and wall time."""
     from drn.mind import iter_time_ordered, read_news
     from drn.model import build_network
-    from drn.online import set_threads
+    from drn.model import set_threads
     from drn.training import TrainConfig, Trainer
     set_threads()
     news = read_news(folder / "news.tsv")

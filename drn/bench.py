@@ -24,7 +24,9 @@ from drn.activeness import S0, UserActiveness
 from drn.baselines import LinUCBPolicy, PopularityPolicy, RandomPolicy
 from drn.features import FeatureState, warmed
 from drn.mind import Dataset
-from drn.online import LiveResult, OnlineConfig, OnlineDRN, run_live, set_threads
+from drn.agent import DRNPolicy, OnlineConfig
+from drn.model import set_threads
+from drn.online import LiveResult, run_live
 from drn.peers import PEERS, VWPolicy
 from drn.policy import Policy, top_k
 from drn.selection import train_offline
@@ -96,7 +98,7 @@ def _policy(name: str, network, config: BenchConfig, train: TrainConfig, seed: i
         return VWPolicy(name, seed)
     explorer, major = DRN_VARIANTS[name]
     online = replace(config.online, explorer=explorer, major_updates=major, seed=seed)
-    return OnlineDRN(copy.deepcopy(network), online, train, name=name, replay=logged)
+    return DRNPolicy(copy.deepcopy(network), online, train, name=name, replay=logged)
 
 
 # The paper's claims, as paired differences of CTR per seed (same world, same start): (better, worse).

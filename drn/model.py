@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 import numpy as np
+import threadpoolctl
 import torch
 from torch import nn
 from torch.nn import functional as F
@@ -91,3 +92,11 @@ def network_from_weights(config: dict | NetworkConfig, weights: dict[str, torch.
     network.load_state_dict(weights)
     network.eval()
     return network
+
+
+def set_threads() -> None:
+    """One thread per process for torch and for numpy's BLAS: these networks are small, benchmark processes run
+    side by side, and OpenBLAS's second thread spins while it waits, costing more CPU than it saves on products
+    this small."""
+    torch.set_num_threads(1)
+    threadpoolctl.threadpool_limits(1)

@@ -59,7 +59,7 @@ def build_policy(name: str, seed: int, epochs: int | None):
     from drn.baselines import BASELINES
     if name == "drn":
         from drn.agent import DRNPolicy
-        from drn.online import set_threads
+        from drn.model import set_threads
         from drn.training import TrainConfig
         set_threads()
         config = TrainConfig(seed=seed) if epochs is None else TrainConfig(epochs=epochs, seed=seed)

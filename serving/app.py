@@ -37,7 +37,7 @@ from drn import lifecycle
 from drn.features import FeatureState
 from drn.logstore import ClickNotServed, ImpressionRecord, LogStore, UnknownImpression
 from drn.mind import NewsItem
-from drn.online import set_threads
+from drn.model import set_threads
 from drn.registry import NOT_HELD, Registry, RegistryError
 from serving.fast_route import FastRoute
 from serving.holder import ModelHolder

@@ -4,13 +4,13 @@ import copy
 import pytest
 import torch
 
-from drn.agent import DRNPolicy
+from drn.agent import DRNPolicy, OnlineConfig
 from drn.baselines import PopularityPolicy
 from drn.evaluate import evaluate
 from drn.features import SCHEMA, FeatureState
 from drn.learners import LearnerConfig
-from drn.model import NetworkConfig, build_network
-from drn.online import OnlineConfig, OnlineDRN, run_live, set_threads
+from drn.model import NetworkConfig, build_network, set_threads
+from drn.online import run_live
 from drn.training import TrainConfig
 from drn.world import World, WorldConfig
 
@@ -41,7 +41,7 @@ def _linear(weights: dict[str, float]):
 
 def _greedy_ctr(net, impressions=1500) -> float:
     world = World(WorldConfig(n_users=300), seed=3)
-    return run_live(OnlineDRN(copy.deepcopy(net)), world, FeatureState(), impressions).ctr()
+    return run_live(DRNPolicy(copy.deepcopy(net)), world, FeatureState(), impressions).ctr()
 
 
 @pytest.mark.slow
@@ -50,7 +50,7 @@ def test_dbgd_minor_updates_lift_a_degraded_model():
     # Personal overlap and freshness matter in the world; the degraded model reads them but also prefers old news.
     degraded = _linear({"user_news.overlap_all": 1.0, "user_news.overlap_24h": 0.5, "freshness.decay": 1.0,
                         "news.clicks_1h": 0.3, "freshness.log_age_hours": 1.5})
-    agent = OnlineDRN(copy.deepcopy(degraded), OnlineConfig(explorer="dbgd", learner=LearnerConfig(alpha=0.5, eta=0.5), seed=1))
+    agent = DRNPolicy(copy.deepcopy(degraded), OnlineConfig(explorer="dbgd", learner=LearnerConfig(alpha=0.5, eta=0.5), seed=1))
     run_live(agent, World(WorldConfig(n_users=300), seed=2), FeatureState(), 6000)
     minors = [e for e in agent.events if e["kind"] == "minor"]
     assert len(minors) > 20 and any(e["stepped"] for e in minors)
@@ -62,7 +62,7 @@ def test_online_loop_runs_minor_and_major_updates_on_world_time():
     set_threads()
     net = build_network(NetworkConfig(hidden=(16,)), seed=0)
     config = OnlineConfig(explorer="dbgd", major_updates=True, minor_every_s=1800, major_every_s=3600)
-    agent = OnlineDRN(net, config, TrainConfig(batch_impressions=8, buffer_impressions=512))
+    agent = DRNPolicy(net, config, TrainConfig(batch_impressions=8, buffer_impressions=512))
     result = run_live(agent, World(WorldConfig(n_users=100), seed=0), FeatureState(), 600)
     hours = (result.times[-1] - result.times[0]) / 3600
     minors = [e for e in agent.events if e["kind"] == "minor"]
@@ -77,7 +77,7 @@ def test_egreedy_explores_and_greedy_does_not():
     world = World(WorldConfig(n_users=50), seed=0)
     request = world.next_request()
     batch = FeatureState().features(request.user, request.candidates, request.time)
-    greedy = OnlineDRN(copy.deepcopy(net))
-    egreedy = OnlineDRN(copy.deepcopy(net), OnlineConfig(explorer="egreedy", epsilon=1.0))
+    greedy = DRNPolicy(copy.deepcopy(net))
+    egreedy = DRNPolicy(copy.deepcopy(net), OnlineConfig(explorer="egreedy", epsilon=1.0))
     assert all(greedy.recommend(batch, 10) == greedy.recommend(batch, 10) for _ in range(3))
     assert len({tuple(egreedy.recommend(batch, 10)) for _ in range(5)}) > 1

@@ -12,7 +12,7 @@ from drn.exploration import ALPHA
 from drn.features import FeatureState
 from drn.learners import RoundRecipe
 from drn.logstore import ImpressionRecord, LogStore
-from drn.online import set_threads
+from drn.model import set_threads
 from drn.world import SLATE_SIZE, World, WorldConfig
 from serving.holder import ServedModel
 from test_agent import _greedy_ctr, _linear

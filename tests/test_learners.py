@@ -9,14 +9,15 @@ import numpy as np
 import pytest
 import torch
 
+from drn.agent import DRNPolicy, OnlineConfig
 from drn.exploration import dbgd_step
 from drn.features import FeatureState
 from drn.interleaving import MIN_DECISIVE, team_draft_multileave
 from drn.learners import (LEARNERS, MGD, PDGD, SGD, LearnerConfig, RoundRecipe, learner, plackett_luce_log_prob,
                           round_list)
 from drn.logstore import ImpressionRecord, LogStore
-from drn.model import NetworkConfig, build_network
-from drn.online import OnlineConfig, OnlineDRN, run_live, set_threads
+from drn.model import NetworkConfig, build_network, set_threads
+from drn.online import run_live
 from drn.world import World, WorldConfig
 from test_agent import _greedy_ctr, _linear
 
@@ -148,7 +149,7 @@ def test_every_minor_learner_lifts_a_degraded_model(name):
     knobs = {"dbgd": LearnerConfig(alpha=0.5, eta=0.5), "mgd": LearnerConfig(alpha=0.5, eta=0.5),
              "pdgd": LearnerConfig(temperature=0.02, pdgd_learning_rate=1e-3),
              "sgd": LearnerConfig(sgd_learning_rate=1e-2)}[name]
-    agent = OnlineDRN(copy.deepcopy(degraded), OnlineConfig(explorer=name, learner=knobs, seed=1))
+    agent = DRNPolicy(copy.deepcopy(degraded), OnlineConfig(explorer=name, learner=knobs, seed=1))
     run_live(agent, World(WorldConfig(n_users=300), seed=2), FeatureState(), 6000)
     before, after = _greedy_ctr(degraded), _greedy_ctr(agent.network)
     assert after > before * 1.2, (name, before, after)
