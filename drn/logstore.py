@@ -91,6 +91,7 @@ class LoggedImpression:
 
     record: ImpressionRecord
     clicks: tuple[Click, ...] = ()
+    returned: float | None = None  # when the user came back after it (a /feedback return), if that was reported
 
     @property
     def clicked(self) -> frozenset[str]:
@@ -100,7 +101,8 @@ class LoggedImpression:
         """As MIND data: the served list labelled clicked or not, with the history the impression was logged with."""
         rec, clicked = self.record, self.clicked
         labels = tuple(int(n in clicked) for n in rec.served)
-        return Impression(rec.impression_id, rec.user, rec.time, rec.history, rec.served, labels)
+        return Impression(rec.impression_id, rec.user, rec.time, rec.history, rec.served, labels,
+                          returned=self.returned)
 
 
 @dataclass(frozen=True)
@@ -622,7 +624,8 @@ class LogStore:
 
     def window(self, start: float | None = None, end: float | None = None, *,
                batch: int = BATCH) -> Iterator[LoggedImpression]:
-        """Impressions with start <= time < end in time order (ties in log order), each with all its clicks.
+        """Impressions with start <= time < end in time order (ties in log order), each with all its clicks and
+        the return reported after it.
 
         Streamed `batch` impressions at a time, each batch its own short read, so a replay of months of logs neither
         fills memory nor holds a transaction (or a SQLite checkpoint) open while the consumer trains.
@@ -638,8 +641,10 @@ class LogStore:
                 query = query.where(sa.tuple_(*order) > after)  # keyset paging: resumes exactly where it stopped
             with self._engine.connect() as conn:
                 rows = conn.execute(query).all()
-                clicks = self._clicks_of(conn, [row.impression_id for row in rows])
-            yield from (LoggedImpression(_record(row), clicks.get(row.impression_id, ())) for row in rows)
+                ids = [row.impression_id for row in rows]
+                clicks, returned = self._clicks_of(conn, ids), self._returns_of(conn, ids)
+            yield from (LoggedImpression(_record(row), clicks.get(row.impression_id, ()), returned.get(row.impression_id))
+                        for row in rows)
             if len(rows) < batch:
                 return
             after = (rows[-1].time, rows[-1].seq)
@@ -653,6 +658,13 @@ class LogStore:
             for impression_id, news_id, time in conn.execute(query):
                 found.setdefault(impression_id, []).append(Click(news_id, time))
         return {impression_id: tuple(clicks) for impression_id, clicks in found.items()}
+
+    @staticmethod
+    def _returns_of(conn: sa.Connection, impression_ids: list[str]) -> dict[str, float]:
+        if not impression_ids:
+            return {}
+        query = sa.select(_returns.c.impression_id, _returns.c.time).where(_returns.c.impression_id.in_(impression_ids))
+        return dict(conn.execute(query).all())
 
     def news(self, ids: Sequence[str] | None = None) -> dict[str, NewsItem]:
         """News metadata by id: all of it, or that of `ids` (those known)."""

@@ -54,6 +54,7 @@ class Impression:
     candidates: tuple[str, ...]
     labels: tuple[int, ...] | None = None
     click_times: tuple[float, ...] | None = None  # aligned with `clicked`; None: clicks happened at `time` (MIND)
+    returned: float | None = None  # when the user reported coming back after it (serving's logs; MIND has none)
 
     @property
     def clicked(self) -> tuple[str, ...]:

@@ -108,6 +108,7 @@ class _Step:
     action: np.ndarray
     clicks: np.ndarray
     rows: np.ndarray
+    returned: float | None  # a reported return after it: the user was back then, whatever they requested
 
 
 def _keep(sample: Sample, config: TrainConfig, rng: np.random.Generator) -> _Step:
@@ -118,7 +119,8 @@ def _keep(sample: Sample, config: TrainConfig, rng: np.random.Generator) -> _Ste
     if len(negatives) > config.negatives:
         negatives = rng.choice(negatives, config.negatives, replace=False)
     rows = np.sort(np.concatenate([positives, negatives]))
-    return _Step(sample.impression.time, sample.batch.state, sample.batch.action[rows], labels[rows].astype(np.float32), rows)
+    return _Step(sample.impression.time, sample.batch.state, sample.batch.action[rows], labels[rows].astype(np.float32),
+                 rows, sample.impression.returned)
 
 
 def double_dqn_targets(batch: dict[str, torch.Tensor], online: nn.Module, target: nn.Module, gamma: float) -> torch.Tensor:
@@ -191,7 +193,8 @@ class Trainer:
         step = _keep(sample, self.config, self.rng)
         previous = self._pending.pop(user, None)
         if previous is not None:
-            returned = self._activeness.reward(user, previous.time, now)
+            back = now if previous.returned is None else min(max(previous.returned, previous.time), now)
+            returned = self._activeness.reward(user, previous.time, back)
             self.buffer.add(previous, previous.clicks + self.config.beta * returned, step)
         self._activeness.observe_return(user, now)
         self._pending[user] = step
@@ -208,8 +211,15 @@ class Trainer:
             if now - step.time <= horizon:
                 break
             self._pending.popitem(last=False)
-            away = self._activeness.activeness(user, step.time) * survival(horizon, self.config.activeness_lambda0)
-            self.buffer.add(step, step.clicks + self.config.beta * away, None)
+            self.buffer.add(step, step.clicks + self.config.beta * self._terminal_activeness(user, step), None)
+
+    def _terminal_activeness(self, user: str, step: _Step) -> float:
+        """A user who did not request again within the horizon: their activeness after a reported return inside it,
+        else what is left of it after the horizon away."""
+        horizon = self.config.next_state_horizon_s
+        if step.returned is not None and 0.0 <= step.returned - step.time <= horizon:
+            return self._activeness.reward(user, step.time, step.returned)
+        return self._activeness.activeness(user, step.time) * survival(horizon, self.config.activeness_lambda0)
 
     def gradient_step(self) -> None:
         if self.buffer.size < min(self.config.batch_impressions, self.buffer.capacity):

@@ -91,7 +91,9 @@ def test_round_trip(store, url):
     assert store.impression("nope") is None
     [logged] = list(store.window())
     assert logged.record == record and [(c.news_id, c.time) for c in logged.clicks] == [("n1", 11.5)]
-    assert logged.to_impression() == Impression("i1", "u1", 10.25, ("h1",), ("n2", "n1", "n3"), (0, 1, 0))
+    assert logged.returned == 12.0  # the reported return rides with the impression it followed, into training
+    assert logged.to_impression() == Impression("i1", "u1", 10.25, ("h1",), ("n2", "n1", "n3"), (0, 1, 0),
+                                                returned=12.0)
     assert record.source == SERVED
     assert store.returns() == [("u1", 12.0)]
     assert store.counts() == {"impressions": 1, "clicks": 1, "returns": 1, "rounds": 1}

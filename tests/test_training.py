@@ -4,8 +4,9 @@ import numpy as np
 import pytest
 import torch
 
-from drn.features import SCHEMA
-from drn.mind import Dataset
+from drn.activeness import UserActiveness
+from drn.features import SCHEMA, FeatureState, replay
+from drn.mind import Dataset, Impression, NewsItem
 from drn.model import NetworkConfig, build_network, network_from_weights
 from drn.training import TrainConfig, Trainer, double_dqn_targets, train
 from drn.world import World, WorldConfig, log_random_order, DAY
@@ -108,3 +109,31 @@ def test_streamed_logs_train_exactly_like_a_list(world_logs, tmp_path):
     write_behaviors(tmp_path / "behaviors.tsv", world_logs.impressions[:3][::-1])
     with pytest.raises(MindFormatError, match="not in time order"):
         list(iter_time_ordered(tmp_path / "behaviors.tsv"))
+
+
+def _rewards(impressions: list[Impression], config: TrainConfig) -> list[float]:
+    """The reward of each transition the trainer stores, in the order it stores them (clicks are 0 here)."""
+    news = {n: NewsItem(n, "sports", "", "") for n in ("n1", "n2")}
+    trainer = Trainer(build_network(NetworkConfig(), seed=0), config)
+    for sample in replay(impressions, FeatureState(news)):
+        trainer.observe(sample)
+    trainer.end_pass()
+    return trainer.buffer.reward[: trainer.buffer.size, 0].tolist()
+
+
+def test_a_reported_return_is_when_the_user_came_back_in_the_activeness_reward():
+    """/feedback returns feed the reward: a user who reported coming back an hour after an impression counts as
+    back then, though their next request came a day later; one who never requested again, as back at the return."""
+    hour, config = 3600.0, TrainConfig(beta=1.0, next_state_horizon_s=48 * 3600.0)
+    later = Impression("i2", "u1", 24 * hour, (), ("n1", "n2"), (0, 0))
+    silent = [Impression("i1", "u1", 0.0, (), ("n1", "n2"), (0, 0)), later]
+    told = [Impression("i1", "u1", 0.0, (), ("n1", "n2"), (0, 0), returned=hour),
+            Impression("i2", "u1", 24 * hour, (), ("n1", "n2"), (0, 0), returned=25 * hour)]
+    tracker = UserActiveness(lambda0=config.activeness_lambda0, sa=config.activeness_sa)
+    tracker.observe_return("u1", 0.0)
+    back_in_an_hour, back_in_a_day = tracker.reward("u1", 0.0, hour), tracker.reward("u1", 0.0, 24 * hour)
+    assert back_in_an_hour > back_in_a_day
+    assert _rewards(silent, config)[0] == pytest.approx(back_in_a_day)
+    first, terminal = _rewards(told, config)
+    assert first == pytest.approx(back_in_an_hour)
+    assert terminal > _rewards(silent, config)[1]  # the last request's user came back (reported), not away
