@@ -27,7 +27,7 @@ import numpy as np
 
 from drn.evaluate import evaluate, time_split
 from drn.exploration import ALPHA, dbgd_step, explore_weights, explorer_seeds, mean_weights
-from drn.features import FeatureState, record, warmed
+from drn.features import FeatureState, Sample, record, warmed
 from drn.interleaving import Outcome, credit_curve, round_outcome
 from drn.learners import ClickedList, LearnerConfig, RoundRecipe, mgd_winners, pdgd_step, sgd_challenger
 from drn.logstore import LoggedImpression, LogStore, Round
@@ -297,25 +297,32 @@ def round_lists(news: Mapping[str, NewsItem], before: Iterable[LoggedImpression]
     return lists
 
 
+def training_share(impressions: int, holdout_fraction: float = HOLDOUT_FRACTION) -> int:
+    """How many of a major update's (oldest) impressions it trains on; the newest rest evaluates."""
+    if not 0.0 < holdout_fraction < 1.0:
+        raise ValueError(f"holdout_fraction must be in (0, 1), got {holdout_fraction}")
+    cut = impressions - max(1, round(impressions * holdout_fraction))
+    if cut < 1:
+        raise ValueError(f"{impressions} impressions cannot be split into training and evaluation")
+    return cut
+
+
 def major_update(promoted: ModelBundle, logged: Sequence[LoggedImpression], news: Mapping[str, NewsItem],
                  train_config: TrainConfig, holdout_fraction: float = HOLDOUT_FRACTION,
-                 before: Iterable[LoggedImpression] = ()) -> TrainedModel:
+                 before: Iterable[LoggedImpression] = (), samples: Sequence[Sample] | None = None) -> TrainedModel:
     """Warm-start from the promoted weights, train on the older logs, evaluate both models on the newest share.
 
     `before`: everything logged before `logged` (the imported logs, earlier rounds), whose events make the feature
     state the replay starts from, as serving had it; without it the replay would learn from users without history
-    and items without clicks, features serving never computes."""
-    if not 0.0 < holdout_fraction < 1.0:
-        raise ValueError(f"holdout_fraction must be in (0, 1), got {holdout_fraction}")
+    and items without clicks, features serving never computes. `samples`: the training share's replay from that
+    state, already computed (in shards on a cluster, flows/sharded_replay); the same as computing it here."""
     impressions = [imp.to_impression() for imp in logged]
-    cut = len(impressions) - max(1, round(len(impressions) * holdout_fraction))
-    if cut < 1:
-        raise ValueError(f"{len(impressions)} impressions cannot be split into training and evaluation")
+    cut = training_share(len(impressions), holdout_fraction)
     news = dict(news)
     start = warm_state(news, before)
     train_data, test_data = Dataset(impressions[:cut], news), Dataset(impressions[cut:], news)
     network = network_of(promoted)
-    summary = train(network, train_data, train_config, start=start)
+    summary = train(network, train_data, train_config, start=start, samples=samples)
     return _candidate(network, summary, train_data, test_data, promoted, start)
 
 

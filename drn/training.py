@@ -157,14 +157,20 @@ class Trainer:
         state at the logs' beginning (a major update's: everything logged before its window), copied for each
         pass; None: an empty one.
         """
-        torch.manual_seed(self.config.seed)
         open_stream = impressions if callable(impressions) else (lambda: impressions)
         total = len(impressions) * self.config.epochs if not callable(impressions) else None
+        fresh = (lambda: copy.deepcopy(start)) if start is not None else (lambda: FeatureState(news))
+        return self.fit_samples(lambda: replay(open_stream(), fresh()), total)
+
+    def fit_samples(self, open_samples: Callable[[], Iterable[Sample]], total: int | None = None) -> dict:
+        """Train for `epochs` passes over time-ordered samples, a fresh stream per pass: the features a replay of
+        the logs computes, wherever they were computed (`fit`'s replay, or shards on a cluster)."""
+        torch.manual_seed(self.config.seed)
         seen = 0
         for _ in range(self.config.epochs):
             self.begin_pass()
-            state = copy.deepcopy(start) if start is not None else FeatureState(news)
-            for count, sample in enumerate(replay(open_stream(), state), start=1):
+            count = 0
+            for count, sample in enumerate(open_samples(), start=1):
                 self.observe(sample)
                 if count % self.config.train_every == 0:
                     self.gradient_step()
@@ -250,7 +256,14 @@ def loss_curve(losses: Sequence[float], points: int = CURVE_POINTS) -> list[tupl
 
 
 def train(network: DuelingQNetwork, data: Dataset, config: TrainConfig = TrainConfig(),
-          progress: ProgressFn | None = None, start: FeatureState | None = None) -> dict:
+          progress: ProgressFn | None = None, start: FeatureState | None = None,
+          samples: Sequence[Sample] | None = None) -> dict:
     """Offline training / major update entry point: warm start = pass a network holding the given weights, and
-    the feature state the data begins from as `start`."""
-    return Trainer(network, config, progress).fit(data.impressions, data.news, start)
+    the feature state the data begins from as `start`. `samples`: the replay of `data` from `start`, already
+    computed (by shards on a cluster); the trainer then reads them instead of replaying."""
+    trainer = Trainer(network, config, progress)
+    if samples is None:
+        return trainer.fit(data.impressions, data.news, start)
+    if len(samples) != len(data.impressions):
+        raise ValueError(f"{len(samples)} samples for {len(data.impressions)} impressions")
+    return trainer.fit_samples(lambda: samples, len(samples) * config.epochs)

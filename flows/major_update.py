@@ -5,6 +5,7 @@ round in which the candidate is interleaved against the promoted model on live t
 round like any other and promotes the candidate only if it wins. While a gate round runs, no other is opened."""
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from prefect import flow
@@ -12,6 +13,7 @@ from prefect import flow
 from drn import lifecycle
 from drn.config import Settings
 from drn.exploration import ALPHA
+from drn.features import Sample
 from drn.logstore import LoggedImpression
 from drn.mind import NewsItem
 from drn.registry import VersionInfo
@@ -35,12 +37,23 @@ def replay_logs(settings: Settings, version: str) -> tuple[float | None, list[Lo
     return start, logged, logs.news(), lifecycle.earlier_attempt(versions, version, lifecycle.evidence(logged))
 
 
+def clustered_replay(start: float | None, count: int) -> list[Sample] | None:
+    """With DRN_DASK_ADDRESS set, the training share's features are built in shards on that Dask cluster
+    (flows/sharded_replay, the same samples as one sequential replay); unset, None: `train` replays them itself."""
+    if not os.environ.get("DRN_DASK_ADDRESS"):
+        return None
+    from flows.sharded_replay import sharded_replay  # imports dask: only when a cluster is named
+    return sharded_replay(start, count=count)
+
+
 @common.compute_task
 def train(settings: Settings, promoted, start: float | None, logged: list[LoggedImpression],
-          news: dict[str, NewsItem], config: TrainConfig, holdout_fraction: float) -> lifecycle.TrainedModel:
-    """The candidate, trained from the feature state of everything logged before `start` (streamed, not held)."""
+          news: dict[str, NewsItem], config: TrainConfig, holdout_fraction: float,
+          samples: list[Sample] | None = None) -> lifecycle.TrainedModel:
+    """The candidate, trained from the feature state of everything logged before `start` (streamed, not held);
+    `samples`: the training share's replay, computed on a cluster."""
     before = common.log_store(settings).window(None, start) if start is not None else ()
-    return lifecycle.major_update(promoted, logged, news, config, holdout_fraction, before)
+    return lifecycle.major_update(promoted, logged, news, config, holdout_fraction, before, samples)
 
 
 @flow(name=KIND, log_prints=True)
@@ -81,7 +94,8 @@ def major_update(train_config: dict[str, Any] | None = None, holdout_fraction: f
                                  f"the same logs ({earlier.tags[lifecycle.EVIDENCE_TAG]}): nothing registered",
                                  {"version": info.version, "earlier": earlier.version})
         config = TrainConfig(**{**lifecycle.MAJOR_TRAINING, **(train_config or {})})
-        candidate = train(settings, promoted, start, logged, news, config, holdout_fraction)
+        samples = clustered_replay(start, lifecycle.training_share(len(logged), holdout_fraction))
+        candidate = train(settings, promoted, start, logged, news, config, holdout_fraction, samples)
         verdict = lifecycle.gate(candidate.metrics, candidate.baseline, tolerance)
         version = common.register(
             settings, candidate.bundle, kind="major", parent=info.version, data_window=candidate.data_window,

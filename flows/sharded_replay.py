@@ -2,7 +2,9 @@
 
 The log is cut into contiguous time-ordered shards (`drn.sharding`); one task per shard reads the log store itself
 (PostgreSQL at scale: workers share it, nothing large travels through the scheduler) and computes its shard's
-features through the online code path; the flow gathers them in order. The result equals one sequential replay.
+features through the online code path, from the feature state of everything logged before it; the flow gathers
+them in order. The result equals one sequential replay from the state before `start`, which is what the major
+update trains on: with DRN_DASK_ADDRESS set, its flow calls this one (flows/major_update.py).
 
 Task runner: `DaskTaskRunner(address=$DRN_DASK_ADDRESS)` when that variable names a running scheduler
 (`dask scheduler` + `dask worker tcp://...` on other machines), else a local cluster of `DRN_DASK_WORKERS` worker
@@ -39,18 +41,21 @@ def task_runner(environ: Mapping[str, str] | None = None) -> DaskTaskRunner:
 
 @common.compute_task
 def build_shard(settings: Settings, start: float | None, lo: int, hi: int) -> list[Sample]:
-    """Features of impressions [lo, hi) of the log since `start`, read by the worker from the log store."""
+    """Features of impressions [lo, hi) of the log since `start`, from the state of everything logged before them,
+    read by the worker from the log store."""
     logs = common.log_store(settings)
-    impressions = [logged.to_impression() for _, logged in zip(range(hi), logs.window(start))]
-    return shard_samples(impressions, logs.news(), lo, hi)
+    earlier = sum(1 for _ in logs.window(None, start)) if start is not None else 0
+    impressions = [logged.to_impression() for _, logged in zip(range(earlier + hi), logs.window())]
+    return shard_samples(impressions, logs.news(), earlier + lo, earlier + hi)
 
 
 @flow(name=KIND, log_prints=True, task_runner=task_runner())
-def sharded_replay(start: float | None = None, shards: int = DEFAULT_SHARDS) -> list[Sample]:
-    """Replay features of every impression logged since `start` (None: all), `shards` tasks in parallel."""
+def sharded_replay(start: float | None = None, shards: int = DEFAULT_SHARDS, count: int | None = None) -> list[Sample]:
+    """Replay features of the first `count` impressions logged since `start` (None: all of them), `shards` tasks in
+    parallel."""
     settings = Settings.from_env()
-    count = sum(1 for _ in common.log_store(settings).window(start))
-    bounds = shard_bounds(count, shards)
+    logged = sum(1 for _ in common.log_store(settings).window(start))
+    bounds = shard_bounds(logged if count is None else min(count, logged), shards)
     futures = build_shard.map(unmapped(settings), unmapped(start), [lo for lo, _ in bounds], [hi for _, hi in bounds])
     samples = [sample for future in futures for sample in future.result()]
     print(f"{len(samples)} impressions replayed in {len(bounds)} shards")
