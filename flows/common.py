@@ -58,7 +58,7 @@ def who() -> str:
 
 # ------------------------------------------------------------------------------------------------------- tasks
 @io_task
-def served(settings: Settings) -> tuple[VersionInfo, ModelBundle] | None:
+def served_model(settings: Settings) -> tuple[VersionInfo, ModelBundle] | None:
     """The promoted version and its checked bundle, or None when nothing is promoted yet.
 
     A stage change made by hand (the MLflow UI) is first recorded as such and alias champion moved onto the served
@@ -142,7 +142,7 @@ def challenge(settings: Settings, version: str, *, expected_served: str, alpha: 
     return True
 
 
-def challenge_if_screened(settings: Settings, version: str, verdict: lifecycle.GateResult, served: str,
+def challenge_if_screened(settings: Settings, version: str, verdict: lifecycle.GateResult, served_version: str,
                           alpha: float) -> tuple[str, str]:
     """The last step of a major update: a gate round for a registered candidate that passed the screen."""
     if not verdict.passed:
@@ -152,9 +152,9 @@ def challenge_if_screened(settings: Settings, version: str, verdict: lifecycle.G
     if hold is not None:
         annotate(settings, version, {GATE_VERDICT: f"screened, no gate round: {HELD}"})
         return HELD, f"screened ({verdict.reason}), not challenged: {hold.message()}"
-    if not challenge(settings, version, expected_served=served, alpha=alpha):
-        return "registered", f"passed the screen, but the served version changed from v{served} meanwhile"
-    return "challenging", (f"screened ({verdict.reason}); now interleaved against v{served} on live traffic, "
+    if not challenge(settings, version, expected_served=served_version, alpha=alpha):
+        return "registered", f"passed the screen, but the served version changed from v{served_version} meanwhile"
+    return "challenging", (f"screened ({verdict.reason}); now interleaved against v{served_version} on live traffic, "
                            f"promoted only if it wins that round")
 
 
@@ -194,10 +194,11 @@ def curves_figure(series: Mapping[str, Sequence[tuple[int, float]]], title: str)
     return figure
 
 
-def gate_tags(candidate: lifecycle.TrainedModel, verdict: lifecycle.GateResult, served: str | None) -> dict[str, str]:
+def gate_tags(candidate: lifecycle.TrainedModel, verdict: lifecycle.GateResult,
+              served_version: str | None) -> dict[str, str]:
     """A trained version's gate, for its page: the verdict and the comparison in words."""
     return {"gate": verdict.reason, "gate.comparison": lifecycle.comparison(
-        candidate.metrics, candidate.baseline, served, int(candidate.metrics["impressions"]))}
+        candidate.metrics, candidate.baseline, served_version, int(candidate.metrics["impressions"]))}
 
 
 MLFLOW_AT = "_at_"  # stands for '@' in metric names, which MLflow refuses (ndcg@10 is stored as ndcg_at_10)

@@ -68,7 +68,7 @@ def major_update(train_config: dict[str, Any] | None = None, holdout_fraction: f
     with common.exclusive(settings, KIND, LEASE_S, scheduled=True) as busy:
         if busy:
             return common.skipped(KIND, busy)
-        current = common.served(settings)
+        current = common.served_model(settings)
         if current is None:
             return common.report(KIND, "nothing promoted", "no version is served: nothing to warm-start from", {})
         info, promoted = current

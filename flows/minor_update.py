@@ -77,17 +77,17 @@ def _credit_series(feedback: list[LoggedImpression]) -> dict[str, list[tuple[int
     return {"round.won_by_exploit": [(n, a) for n, a, _ in curve], "round.won_by_explore": [(n, b) for n, _, b in curve]}
 
 
-def _register_step(settings: Settings, served: str, round_: Round, decision: lifecycle.MinorDecision,
+def _register_step(settings: Settings, served_version: str, round_: Round, decision: lifecycle.MinorDecision,
                    config: LearnerConfig, feedback: list[LoggedImpression]) -> str:
     """Register W's new weights from an exploration round (kind minor), with the round's evidence."""
     learner = RoundRecipe.from_dict(round_.recipe).learner
     return common.register(
-        settings, decision.bundle, kind="minor", parent=served, data_window=(round_.opened_at, time.time()),
+        settings, decision.bundle, kind="minor", parent=served_version, data_window=(round_.opened_at, time.time()),
         params={"learner": learner, "config": dataclasses.asdict(config), "round": _round_params(round_)},
         metrics=decision.metrics, series=_credit_series(feedback),
         tags={"interleaving.winner": decision.verdict, "interleaving.round": str(round_.round_id),
               "interleaving.outcome": json.dumps(decision.record(), sort_keys=True)},
-        description=f"{learner} step of v{served} after round {round_.round_id}: {decision.reason}")
+        description=f"{learner} step of v{served_version} after round {round_.round_id}: {decision.reason}")
 
 
 def _challenge_with(settings: Settings, base: str, round_: Round, decision: lifecycle.MinorDecision,
@@ -127,7 +127,7 @@ def minor_update(learner: str = DEFAULT_LEARNER, eta: float = ETA, form: str = "
     with common.exclusive(settings, KIND, LEASE_S, scheduled=True) as busy:
         if busy:
             return common.skipped(KIND, busy)
-        current = common.served(settings)
+        current = common.served_model(settings)
         if current is None:
             return common.report(KIND, "nothing promoted", "no version is served: nothing to explore around", {})
         info, promoted = current

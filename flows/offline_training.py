@@ -56,7 +56,7 @@ def offline_training(data_dir: str, train_config: dict[str, Any] | None = None, 
             return common.skipped(KIND, busy)
         config = TrainConfig(**(train_config or {}))
         imported = import_logs(settings, data_dir)
-        current = common.served(settings)
+        current = common.served_model(settings)
         promoted_info, promoted = current if current else (None, None)
         candidate = train(data_dir, config, seed, promoted, test_days, choose_settings)
         chosen = chosen_settings(candidate.training)
