@@ -12,22 +12,37 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from enum import StrEnum
 
 import numpy as np
 import torch
 
+from drn.options import option
+
 ALPHA = 0.1  # exploration radius: dW = ALPHA * U(-1, 1) * W (DRN.md)
 ETA = 0.05  # DBGD step size towards a winning explore network (DRN.md)
-NOISE_SHAPES = ("element", "tensor")  # U(-1, 1) drawn per element (default) or one scalar per tensor
-STEP_FORMS = ("standard", "literal")  # standard: W + eta (W~ - W); literal, as the paper prints it: W + eta W~
+
+
+class Noise(StrEnum):
+    """How W~'s U(-1, 1) is drawn."""
+
+    ELEMENT = "element"  # one draw per weight (the default)
+    TENSOR = "tensor"  # one scalar per tensor
+
+
+class StepForm(StrEnum):
+    """DBGD's step towards a winning W~."""
+
+    STANDARD = "standard"  # W + eta (W~ - W)
+    LITERAL = "literal"  # as the paper prints it: W + eta W~
+
 
 Weights = dict[str, torch.Tensor]
 
 
-def explore_weights(weights: Weights, seed: int, alpha: float = ALPHA, noise: str = "element") -> Weights:
+def explore_weights(weights: Weights, seed: int, alpha: float = ALPHA, noise: Noise = Noise.ELEMENT) -> Weights:
     """W~ = W + alpha * U(-1, 1) * W for every float tensor; other tensors (integer buffers) are copied."""
-    if noise not in NOISE_SHAPES:
-        raise ValueError(f"noise must be one of {NOISE_SHAPES}, got {noise!r}")
+    noise = option(Noise, noise, "noise")
     if alpha < 0:
         raise ValueError(f"alpha must be >= 0, got {alpha}")
     generator = torch.Generator(device="cpu").manual_seed(seed)
@@ -38,7 +53,7 @@ def explore_weights(weights: Weights, seed: int, alpha: float = ALPHA, noise: st
             explored[key] = w.clone()
             continue
         w_cpu = w.detach().cpu()
-        shape = w_cpu.shape if noise == "element" else ()
+        shape = w_cpu.shape if noise is Noise.ELEMENT else ()
         u = torch.rand(shape, generator=generator, dtype=w_cpu.dtype) * 2 - 1
         explored[key] = (w_cpu + alpha * u * w_cpu).to(w.device)
     return {key: explored[key] for key in weights}
@@ -56,13 +71,12 @@ def mean_weights(sets: Sequence[Weights]) -> Weights:
             for key in first}
 
 
-def dbgd_step(weights: Weights, explore: Weights, eta: float = ETA, form: str = "standard") -> Weights:
+def dbgd_step(weights: Weights, explore: Weights, eta: float = ETA, form: StepForm = StepForm.STANDARD) -> Weights:
     """Move W towards the winning W~: standard W + eta * (W~ - W), or literal W + eta * W~ (which also rescales W).
 
     Integer buffers keep W's values.
     """
-    if form not in STEP_FORMS:
-        raise ValueError(f"form must be one of {STEP_FORMS}, got {form!r}")
+    form = option(StepForm, form, "form")
     if weights.keys() != explore.keys():
         raise ValueError(f"weights and explore weights differ in keys: {sorted(weights.keys() ^ explore.keys())}")
     stepped: Weights = {}
@@ -70,7 +84,7 @@ def dbgd_step(weights: Weights, explore: Weights, eta: float = ETA, form: str = 
         w = w.detach()
         if not w.is_floating_point():
             stepped[key] = w.clone()
-        elif form == "standard":
+        elif form is StepForm.STANDARD:
             stepped[key] = w + eta * (explore[key].detach() - w)
         else:
             stepped[key] = w + eta * explore[key].detach()

@@ -16,16 +16,28 @@ from __future__ import annotations
 import math
 from bisect import bisect_right
 from dataclasses import dataclass
+from enum import StrEnum
 from itertools import accumulate
 from typing import Callable, Iterable, Sequence
 
 import numpy as np
 
+from drn.options import option
+
 TEAM_EXPLOIT = 0  # list A: ranked by the served (promoted) network W
 TEAM_EXPLORE = 1  # list B: ranked by the perturbed network W~
 TEAM_NONE = -1  # a position no ranker was credited with (W alone, a sampled list)
 TAU = 3.0  # probabilistic interleaving: P(item at rank r) ∝ 1 / r**TAU (Hofmann 2011; DRN.md)
-DEFAULT_METHOD = "team_draft"  # simpler and the common default; "probabilistic" is the paper's
+
+
+class Method(StrEnum):
+    """How two rankers' lists merge into the served one."""
+
+    TEAM_DRAFT = "team_draft"  # simpler and the common default
+    PROBABILISTIC = "probabilistic"  # the paper's (Hofmann 2011)
+
+
+DEFAULT_METHOD = Method.TEAM_DRAFT
 
 # When does a round decide? (the paper gives no rule; these are the project's, all configurable, used alike by the
 # minor-update flow and the in-process loop). The round stays open until enough impressions were decisive (won by
@@ -60,7 +72,7 @@ def untagged(ids: Sequence[str], order: Sequence[int]) -> Interleaved:
 class Outcome:
     """The verdict of one interleaving round, kept on the model version it produced."""
 
-    method: str
+    method: Method
     impressions: int
     clicks_a: int  # clicks credited to the exploit network
     clicks_b: int  # clicks credited to the explore network
@@ -184,14 +196,12 @@ def probabilistic(ranking_a: Sequence[str], ranking_b: Sequence[str], k: int, rn
 
 
 Interleaver = Callable[[Sequence[str], Sequence[str], int, np.random.Generator], Interleaved]
-METHODS: dict[str, Interleaver] = {"team_draft": team_draft, "probabilistic": probabilistic}
+METHODS: dict[Method, Interleaver] = {Method.TEAM_DRAFT: team_draft, Method.PROBABILISTIC: probabilistic}
 
 
-def interleaver(method: str = DEFAULT_METHOD) -> Interleaver:
+def interleaver(method: Method = DEFAULT_METHOD) -> Interleaver:
     """The interleaving function named by configuration."""
-    if method not in METHODS:
-        raise ValueError(f"unknown interleaving method {method!r}; choose one of {sorted(METHODS)}")
-    return METHODS[method]
+    return METHODS[option(Method, method, "interleaving method")]
 
 
 def credit(teams: Sequence[int], clicked_positions: Iterable[int]) -> tuple[int, int]:
@@ -220,7 +230,7 @@ def sign_test_p(wins_a: int, wins_b: int) -> float:
     return min(1.0, 2.0 * tail)
 
 
-def round_outcome(impressions: Iterable[tuple[Sequence[int], Iterable[int]]], method: str = DEFAULT_METHOD, *,
+def round_outcome(impressions: Iterable[tuple[Sequence[int], Iterable[int]]], method: Method = DEFAULT_METHOD, *,
                   min_decisive: int = MIN_DECISIVE, max_impressions: int = MAX_ROUND_IMPRESSIONS,
                   significance: float = SIGNIFICANCE) -> Outcome:
     """Who won a round of impressions, each given as (teams, clicked positions).
@@ -230,6 +240,7 @@ def round_outcome(impressions: Iterable[tuple[Sequence[int], Iterable[int]]], me
     With fewer it is "pending" (keep it open), or "insufficient" once it holds `max_impressions` impressions.
     Both methods use the same click credit (see the module docstring); `method` names the interleaver.
     """
+    method = option(Method, method, "interleaving method")
     interleaver(method)  # an unknown name fails here, not later in the flow
     count = clicks_a = clicks_b = wins_a = wins_b = 0
     for teams, clicked in impressions:

@@ -22,18 +22,20 @@ from __future__ import annotations
 
 import copy
 from dataclasses import asdict, dataclass, replace
+from enum import StrEnum
 from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
 from scipy.special import expit
 
-from drn.exploration import (ALPHA, ETA, NOISE_SHAPES, Weights, dbgd_step, explore_weights, explorer_seeds,
+from drn.exploration import (ALPHA, ETA, Noise, StepForm, Weights, dbgd_step, explore_weights, explorer_seeds,
                              mean_weights)
 from drn.features import FeatureBatch
-from drn.interleaving import (DEFAULT_METHOD, MAX_ROUND_IMPRESSIONS, METHODS, MIN_DECISIVE, SIGNIFICANCE,
-                              Interleaved, Outcome, interleaver, round_outcome, team_draft_multileave, untagged)
+from drn.interleaving import (DEFAULT_METHOD, MAX_ROUND_IMPRESSIONS, MIN_DECISIVE, SIGNIFICANCE, Interleaved, Method,
+                              Outcome, interleaver, round_outcome, team_draft_multileave, untagged)
 from drn.model import DuelingQNetwork
+from drn.options import option
 from drn.policy import rankings, top_k
 
 EXPLORERS = 4  # mgd: explore networks per round (the MGD paper's gains grow with their number; cost is per network)
@@ -45,8 +47,19 @@ PDGD_LEARNING_RATE = 1e-5  # pdgd: plain gradient step on the round's pairwise l
 SGD_STEPS = 20  # sgd: gradient steps the candidate takes on the round's feedback
 SGD_LEARNING_RATE = 1e-3  # sgd: Adam step size of those steps (the major update's fine-tuning size)
 SGD_BATCH = 16  # sgd: impressions per step
-LEARNER_NAMES = ("dbgd", "mgd", "pdgd", "sgd")
-DEFAULT_LEARNER = "dbgd"  # the paper's; the minor-update flow's parameter `learner` picks another
+
+
+class LearnerName(StrEnum):
+    """The minor learners (see the module docstring)."""
+
+    DBGD = "dbgd"
+    MGD = "mgd"
+    PDGD = "pdgd"
+    SGD = "sgd"
+
+
+LEARNER_NAMES = tuple(LearnerName)
+DEFAULT_LEARNER = LearnerName.DBGD  # the paper's; the minor-update flow's parameter `learner` picks another
 
 
 @dataclass(frozen=True)
@@ -55,9 +68,9 @@ class RoundRecipe:
     instead of settings kept equal by hand. Fields a round was logged without read as their defaults, which is what
     everything ran then."""
 
-    learner: str = DEFAULT_LEARNER
-    noise: str = "element"  # how explore networks are drawn (explore_weights)
-    interleaving: str = DEFAULT_METHOD  # how two lists merge (more than two: team-draft multileaving)
+    learner: LearnerName = DEFAULT_LEARNER
+    noise: Noise = Noise.ELEMENT  # how explore networks are drawn (explore_weights)
+    interleaving: Method = DEFAULT_METHOD  # how two lists merge (more than two: team-draft multileaving)
     explorers: int = EXPLORERS  # mgd: explore networks in the round
     temperature: float = PL_TEMPERATURE  # pdgd: lists are Plackett-Luce samples over Q / temperature
     challenger: str | None = None  # a gate round: this registered version is interleaved against W instead, and
@@ -66,12 +79,7 @@ class RoundRecipe:
     #   challenger replaces W when it does not lose); a major update's must win
 
     def __post_init__(self) -> None:
-        if self.learner not in LEARNER_NAMES:
-            raise ValueError(f"learner must be one of {LEARNER_NAMES}, got {self.learner!r}")
-        if self.noise not in NOISE_SHAPES:
-            raise ValueError(f"noise must be one of {NOISE_SHAPES}, got {self.noise!r}")
-        if self.interleaving not in METHODS:
-            raise ValueError(f"interleaving must be one of {sorted(METHODS)}, got {self.interleaving!r}")
+        _as_options(self, learner=LearnerName, noise=Noise, interleaving=Method)
         if not (isinstance(self.explorers, int) and self.explorers >= 1):
             raise ValueError(f"explorers must be an integer >= 1, got {self.explorers!r}")
         if not self.temperature > 0:
@@ -92,7 +100,7 @@ class RoundRecipe:
     def needs_features(self) -> bool:
         """Whether learning from the round needs each impression's features (replayed from the log store): PDGD's
         step, and SGD's next challenger, which every SGD round trains (gate rounds too)."""
-        return self.learner == "sgd" or (self.learner == "pdgd" and self.challenger is None)
+        return self.learner is LearnerName.SGD or (self.learner is LearnerName.PDGD and self.challenger is None)
 
 
 # ------------------------------------------------------------------------------ a round's lists, as serving makes them
@@ -100,9 +108,9 @@ def round_weights(recipe: RoundRecipe, weights: Weights, seed: int, alpha: float
     """What serving scores beside W in an exploration round, in team order (team 1 first): DBGD's W~, MGD's explore
     networks; nothing for PDGD (it samples from W) and SGD (its challengers are registered versions, so they come in
     gate rounds). A gate round's challenger is loaded by the caller from the registry."""
-    if recipe.learner == "dbgd":
+    if recipe.learner is LearnerName.DBGD:
         return [explore_weights(weights, seed, alpha, recipe.noise)]
-    if recipe.learner == "mgd":
+    if recipe.learner is LearnerName.MGD:
         return [explore_weights(weights, s, alpha, recipe.noise) for s in explorer_seeds(seed, recipe.explorers)]
     return []
 
@@ -113,7 +121,7 @@ def round_list(recipe: RoundRecipe, scores: np.ndarray, ids: Sequence[str], k: i
     interleaved as the recipe says, more multileaved; W alone is PDGD's Plackett-Luce sample (with each position's
     probability) or, for SGD collecting feedback, W's top k."""
     if len(scores) == 1:
-        if recipe.learner == "pdgd":
+        if recipe.learner is LearnerName.PDGD:
             scaled = scores[0].astype(np.float64) / recipe.temperature
             order = plackett_luce_sample(scaled, k, rng)
             probabilities = tuple(np.exp(plackett_luce_log_prob(scaled, order)).tolist())
@@ -131,9 +139,9 @@ class LearnerConfig:
 
     alpha: float = ALPHA  # explore radius: W~ = W + alpha * U(-1, 1) * W
     eta: float = ETA  # step towards a winning explore network: W' = W + eta * (W~ - W)
-    step_form: str = "standard"  # or "literal": the paper's printed W' = W + eta * W~
-    noise: str = "element"  # U(-1, 1) per weight, or "tensor": one scalar per tensor
-    interleaving: str = DEFAULT_METHOD
+    step_form: StepForm = StepForm.STANDARD  # or "literal": the paper's printed W' = W + eta * W~
+    noise: Noise = Noise.ELEMENT  # U(-1, 1) per weight, or "tensor": one scalar per tensor
+    interleaving: Method = DEFAULT_METHOD
     min_decisive: int = MIN_DECISIVE
     max_round_impressions: int = MAX_ROUND_IMPRESSIONS
     significance: float = SIGNIFICANCE
@@ -143,6 +151,15 @@ class LearnerConfig:
     sgd_steps: int = SGD_STEPS
     sgd_learning_rate: float = SGD_LEARNING_RATE
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        _as_options(self, step_form=StepForm, noise=Noise, interleaving=Method)
+
+
+def _as_options(config: object, **choices: type[StrEnum]) -> None:
+    """Turn a frozen config's string fields into their enums, refusing values outside the choices."""
+    for name, enum in choices.items():
+        object.__setattr__(config, name, option(enum, getattr(config, name), name))
 
 
 class MinorLearner:
@@ -211,7 +228,7 @@ class _Duel(MinorLearner):
 
 
 class DBGD(_Duel):
-    name = "dbgd"
+    name = LearnerName.DBGD
 
     def start(self, network: DuelingQNetwork) -> None:
         super().start(network)
@@ -232,7 +249,7 @@ class DBGD(_Duel):
 
 
 class MGD(MinorLearner):
-    name = "mgd"
+    name = LearnerName.MGD
 
     def start(self, network: DuelingQNetwork) -> None:
         super().start(network)
@@ -309,7 +326,7 @@ ClickedList = tuple[FeatureBatch, Sequence[int], Sequence[bool]]  # a request's 
 
 
 class PDGD(MinorLearner):
-    name = "pdgd"
+    name = LearnerName.PDGD
 
     def start(self, network: DuelingQNetwork) -> None:
         super().start(network)
@@ -370,7 +387,7 @@ def _pdgd_loss(network: DuelingQNetwork, batch: FeatureBatch, shown: list[int], 
 
 
 class SGD(_Duel):
-    name = "sgd"
+    name = LearnerName.SGD
 
     def start(self, network: DuelingQNetwork) -> None:
         super().start(network)

@@ -29,7 +29,7 @@ from drn.evaluate import evaluate, time_split
 from drn.exploration import ALPHA, dbgd_step, explore_weights, explorer_seeds, mean_weights
 from drn.features import FeatureState, Sample, record, warmed
 from drn.interleaving import Outcome, credit_curve, round_outcome
-from drn.learners import ClickedList, LearnerConfig, RoundRecipe, mgd_winners, pdgd_step, sgd_challenger
+from drn.learners import ClickedList, LearnerConfig, LearnerName, RoundRecipe, mgd_winners, pdgd_step, sgd_challenger
 from drn.logstore import LoggedImpression, LogStore, Round
 from drn.mind import Dataset, Impression, NewsItem, load_dataset
 from drn.model import DuelingQNetwork
@@ -144,15 +144,15 @@ def minor_update(promoted: ModelBundle, promoted_version: str, round_: Round, fe
     recipe = RoundRecipe.from_dict(round_.recipe)
     if recipe.challenger is not None:
         decision = _judge(_duel(feedback, recipe, config), recipe, promoted_version, config)
-    elif recipe.learner == "dbgd":
+    elif recipe.learner is LearnerName.DBGD:
         decision = _dbgd(promoted, round_, _duel(feedback, recipe, config), recipe, config)
-    elif recipe.learner == "mgd":
+    elif recipe.learner is LearnerName.MGD:
         decision = _mgd(promoted, round_, feedback, recipe, config)
-    elif recipe.learner == "pdgd":
+    elif recipe.learner is LearnerName.PDGD:
         decision = _pdgd(promoted, lists, recipe, config)
     else:
         decision = _collected(lists, config)
-    if recipe.learner == "sgd" and not decision.pending:  # every decided SGD round trains the next challenger
+    if recipe.learner is LearnerName.SGD and not decision.pending:  # every decided SGD round trains the next challenger
         decision = _with_next_challenger(decision, challenger if decision.promote else promoted, lists, round_,
                                          config)
     return decision

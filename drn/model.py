@@ -7,6 +7,7 @@ model version is plain weights plus that config (no pickled code).
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from enum import StrEnum
 
 import numpy as np
 import threadpoolctl
@@ -15,9 +16,16 @@ from torch import nn
 from torch.nn import functional as F
 
 from drn.features import SCHEMA, FeatureBatch
+from drn.options import option
 
 HIDDEN = (128, 64)  # two hidden layers per tower, as in the paper's figure (it gives no widths)
-AGGREGATIONS = ("sum", "mean")  # paper: V + A; option: V + A - mean(A) over the request's candidates (Wang 2016)
+
+
+class Aggregation(StrEnum):
+    """How V and A make Q."""
+
+    SUM = "sum"  # the paper's V + A
+    MEAN = "mean"  # V + A - mean(A) over the request's candidates (Wang et al. 2016)
 
 
 @dataclass(frozen=True)
@@ -25,7 +33,10 @@ class NetworkConfig:
     state_dim: int = SCHEMA.state_dim
     action_dim: int = SCHEMA.action_dim
     hidden: tuple[int, ...] = HIDDEN
-    aggregation: str = "sum"
+    aggregation: Aggregation = Aggregation.SUM
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "aggregation", option(Aggregation, self.aggregation, "aggregation"))
 
     def to_dict(self) -> dict:
         return {**asdict(self), "hidden": list(self.hidden)}
@@ -47,8 +58,6 @@ def _tower(inputs: int, hidden: tuple[int, ...]) -> nn.Sequential:
 class DuelingQNetwork(nn.Module):
     def __init__(self, config: NetworkConfig = NetworkConfig()):
         super().__init__()
-        if config.aggregation not in AGGREGATIONS:
-            raise ValueError(f"aggregation must be one of {AGGREGATIONS}, got {config.aggregation!r}")
         self.config = config
         self.value = _tower(config.state_dim, config.hidden)
         self.advantage = _tower(config.state_dim + config.action_dim, config.hidden)
@@ -63,7 +72,7 @@ class DuelingQNetwork(nn.Module):
         hidden = (F.linear(state, first.weight[:, :split], first.bias).unsqueeze(1)
                   + F.linear(action, first.weight[:, split:]))
         advantage = self.advantage[1:](hidden).squeeze(-1)  # (B, n)
-        if self.config.aggregation == "mean":
+        if self.config.aggregation is Aggregation.MEAN:
             weights = torch.ones_like(advantage) if mask is None else mask.to(advantage.dtype)
             mean = (advantage * weights).sum(-1, keepdim=True) / weights.sum(-1, keepdim=True).clamp_min(1.0)
             advantage = advantage - mean

@@ -16,7 +16,7 @@ import numpy as np
 from torch import nn
 
 from drn.features import ITEM_STATIC, FeatureBatch
-from drn.model import DuelingQNetwork
+from drn.model import Aggregation, DuelingQNetwork
 
 
 def _linears(tower: nn.Sequential) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -78,7 +78,7 @@ class StackedScorer:
         advantage += shared[count * width:].reshape(count, width, 1)
         value = _forward(value, self._value_rest, activate_first=self._activate_first)[:, 0, :]  # (networks, 1)
         advantage = _forward(advantage, self._advantage_rest, activate_first=self._activate_first)[:, 0, :]
-        if self.config.aggregation == "mean":
+        if self.config.aggregation is Aggregation.MEAN:
             advantage = advantage - advantage.mean(axis=1, keepdims=True)
         return value + advantage
 

@@ -17,10 +17,10 @@ from prefect import flow
 from drn import lifecycle
 from drn.bundle import ModelBundle
 from drn.config import Settings
-from drn.exploration import ALPHA, ETA
-from drn.interleaving import DEFAULT_METHOD, MAX_ROUND_IMPRESSIONS, MIN_DECISIVE, SIGNIFICANCE
+from drn.exploration import ALPHA, ETA, Noise, StepForm
+from drn.interleaving import DEFAULT_METHOD, MAX_ROUND_IMPRESSIONS, MIN_DECISIVE, SIGNIFICANCE, Method
 from drn.learners import (DEFAULT_LEARNER, EXPLORERS, PDGD_LEARNING_RATE, PL_TEMPERATURE, SGD_LEARNING_RATE, SGD_STEPS,
-                          ClickedList, LearnerConfig, RoundRecipe)
+                          ClickedList, LearnerConfig, LearnerName, RoundRecipe)
 from drn.logstore import LoggedImpression, Round
 from flows import common
 
@@ -105,8 +105,9 @@ def _challenge_with(settings: Settings, base: str, round_: Round, decision: life
 
 
 @flow(name=KIND, log_prints=True)
-def minor_update(learner: str = DEFAULT_LEARNER, eta: float = ETA, form: str = "standard", noise: str = "element",
-                 alpha: float = ALPHA, method: str = DEFAULT_METHOD, explorers: int = EXPLORERS,
+def minor_update(learner: LearnerName = DEFAULT_LEARNER, eta: float = ETA, form: StepForm = StepForm.STANDARD,
+                 noise: Noise = Noise.ELEMENT, alpha: float = ALPHA, method: Method = DEFAULT_METHOD,
+                 explorers: int = EXPLORERS,
                  temperature: float = PL_TEMPERATURE, min_decisive: int = MIN_DECISIVE,
                  max_impressions: int = MAX_ROUND_IMPRESSIONS, significance: float = SIGNIFICANCE,
                  pdgd_learning_rate: float = PDGD_LEARNING_RATE, sgd_steps: int = SGD_STEPS,
@@ -141,7 +142,7 @@ def minor_update(learner: str = DEFAULT_LEARNER, eta: float = ETA, form: str = "
         feedback = round_feedback(settings, round_.round_id)
         lists = round_lists(settings, round_, feedback) if ours and served_with.needs_features else None
         won_with = (load(settings, served_with.challenger)
-                    if ours and served_with.challenger is not None and served_with.learner == "sgd" else None)
+                    if ours and served_with.challenger is not None and served_with.learner is LearnerName.SGD else None)
         decision = decide(promoted, info.version, round_, feedback, config, lists, won_with)
         details = {"version": info.version, "round": round_.round_id, "winner": decision.verdict}
         if decision.pending:

@@ -33,6 +33,7 @@ from drn.model import DuelingQNetwork, network_from_weights
 from drn.policy import top_k
 from drn.registry import Registry
 from drn.scoring import StackedScorer
+from serving.settings import Follow
 from serving.telemetry import Telemetry
 
 log = logging.getLogger("drn.serving")
@@ -100,7 +101,7 @@ def cold() -> ServedModel:
 class ModelHolder:
     """Follows the registry (stage Production, or alias champion) and the log store's open round."""
 
-    def __init__(self, open_registry: Callable[[], Registry], logs: LogStore, follow: str, telemetry: Telemetry):
+    def __init__(self, open_registry: Callable[[], Registry], logs: LogStore, follow: Follow, telemetry: Telemetry):
         self.current = cold()
         self.registry_error: str | None = None  # why the last look at the registry failed; None when it worked
         self.load_error: str | None = None  # why the last version that was tried did not load
@@ -155,7 +156,7 @@ class ModelHolder:
 
     def _served_version(self) -> str | None:
         registry = self._registry_client()
-        return registry.served_version() if self._follow == "stage" else registry.champion_version()
+        return registry.served_version() if self._follow is Follow.STAGE else registry.champion_version()
 
     def _round_moved(self) -> bool:
         """Whether the log store's open round is another than the one last seen (a log store error counts as no)."""

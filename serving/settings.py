@@ -24,12 +24,20 @@ from __future__ import annotations
 import os
 import secrets
 from dataclasses import dataclass, replace
+from enum import StrEnum
 from pathlib import Path
 from typing import Any, Mapping
 
 from drn.config import Settings
+from drn.options import option
 
-FOLLOW_MODES = ("stage", "alias")
+
+class Follow(StrEnum):
+    """Which registry marker names the served version."""
+
+    STAGE = "stage"  # stage Production: what the MLflow UI rolls back with (the default)
+    ALIAS = "alias"  # alias champion
+
 SECRET_FILE = "serving.secret"
 SECRET_BYTES = 32  # HMAC-SHA256 key length: the hash's block-size-safe, full-strength key
 
@@ -40,7 +48,7 @@ class ServeSettings:
     secret: bytes
     host: str = "127.0.0.1"
     port: int = 8000
-    follow: str = "stage"
+    follow: Follow = Follow.STAGE
     poll_s: float = 2.0  # seconds between looks at the log store's open round (cheap)
     registry_poll_s: float = 10.0  # seconds between registry looks when no round moved (ms each: serving_bench)
     max_candidates: int = 500
@@ -50,8 +58,7 @@ class ServeSettings:
 
     def __post_init__(self) -> None:
         """Refuse a bad setting at start, in words, instead of at the first request."""
-        if self.follow not in FOLLOW_MODES:
-            raise ValueError(f"DRN_SERVE_FOLLOW must be one of {FOLLOW_MODES}, got {self.follow!r}")
+        object.__setattr__(self, "follow", option(Follow, self.follow, "DRN_SERVE_FOLLOW"))
         if (self.poll_s <= 0 or self.registry_poll_s <= 0 or self.feedback_window_s <= 0 or self.max_candidates < 1
                 or not 0 < self.port < 65536):
             raise ValueError("DRN_SERVE_POLL_S, DRN_SERVE_REGISTRY_POLL_S and DRN_SERVE_FEEDBACK_WINDOW_S must be > 0, "
