@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from collections.abc import Hashable, Iterable
+from collections.abc import Hashable
 
 S0 = 0.5  # activeness of a new user
 LAMBDA0 = 1.2e-5  # constant hazard per second: expected return after 1 / LAMBDA0 ≈ 23 h
@@ -80,29 +80,3 @@ class UserActiveness:
             raise ValueError(f"next return {t_next_return} is before the request at {t_request}")
         s = self.activeness(user, t_request) * survival(t_next_return - t_request, self.lambda0)
         return self._jumped(s)
-
-
-def activeness_rewards(requests: Iterable[tuple[Hashable, float]], horizon: float | None = None,
-                       tracker: UserActiveness | None = None) -> list[float | None]:
-    """The activeness reward of each (user, time) request, the return being the user's next request.
-
-    Requests must be in time order per user. Without a next request the reward is None, or with `horizon`
-    the activeness decayed to the horizon. `tracker` carries parameters and earlier history, and is advanced
-    past these requests (a new default tracker when None).
-    """
-    tracker = tracker or UserActiveness()
-    requests = list(requests)
-    after = [tracker.observe_return(user, t) for user, t in requests]
-    rewards: list[float | None] = [None] * len(requests)
-    last_index: dict[Hashable, int] = {}
-    for i, (user, _) in enumerate(requests):
-        if user in last_index:
-            rewards[last_index[user]] = after[i]
-        last_index[user] = i
-    if horizon is not None:
-        for i in last_index.values():
-            user, t = requests[i]
-            if horizon < t:
-                raise ValueError(f"horizon {horizon} is before the request at {t}")
-            rewards[i] = after[i] * survival(horizon - t, tracker.lambda0)
-    return rewards

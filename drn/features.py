@@ -327,10 +327,6 @@ class _ItemTable:
         self._free.extend(rows.tolist())
         return forgotten
 
-    def pending_events(self) -> int:
-        """Events still inside some window, counted once per window they are in."""
-        return sum(len(heap) for heap in self._expiring)
-
     def _grow(self) -> None:
         blank = {"published": np.nan, "first_seen": np.nan, "touched": np.inf}
         for name in ("metadata", "known", "published", "first_seen", "counts", "stamps", "touched"):

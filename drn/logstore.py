@@ -493,11 +493,6 @@ class LogStore:
                   .on_conflict_do_nothing(index_elements=["impression_id", "news_id"]).returning(_clicks.c.seq))
         return conn.execute(insert).first() is not None
 
-    def log_return(self, impression_id: str, user: str, time: float) -> bool:
-        """The user of `impression_id` came back at `time`: the signal DRN's activeness (user return) reward is
-        learned from. True when recorded, False when this return was already logged (a retry counts once)."""
-        return self.log_returns([(impression_id, user, time)])[0]
-
     def log_returns(self, returns: Sequence[tuple[str, str, float]]) -> list[bool]:
         """(impression id, user, time) returns in one transaction; per return, True when recorded and False when
         the impression already has its return. UnknownImpression refuses the whole batch."""
@@ -685,11 +680,3 @@ class LogStore:
         tables = {"impressions": _impressions, "clicks": _clicks, "returns": _returns, "rounds": _rounds}
         with self._engine.connect() as conn:  # one read transaction: a consistent snapshot
             return {name: conn.scalar(sa.select(sa.func.count()).select_from(t)) for name, t in tables.items()}
-
-    def time_range(self) -> tuple[float, float] | None:
-        """(first, last) time of any logged impression, click or return; None when nothing is logged."""
-        with self._engine.connect() as conn:
-            spans = [conn.execute(sa.select(sa.func.min(t.c.time), sa.func.max(t.c.time))).one()
-                     for t in (_impressions, _clicks, _returns)]
-        spans = [(lo, hi) for lo, hi in spans if lo is not None]
-        return (min(lo for lo, _ in spans), max(hi for _, hi in spans)) if spans else None

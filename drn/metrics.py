@@ -43,11 +43,6 @@ def ndcg(labels: Sequence[int], scores: Sequence[float], k: int) -> float:
     return _dcg(labels[_order(scores)], k) / _dcg(np.sort(labels)[::-1], k)
 
 
-def precision_at_k(clicked: Sequence[bool], k: int) -> float:
-    """Share of the first k served items that were clicked (the served list is already in rank order)."""
-    return float(np.sum(np.asarray(clicked[:k], dtype=np.float64)) / k)
-
-
 @dataclass
 class RankingMetrics:
     """Accumulates per-impression AUC, MRR, nDCG@5 and nDCG@10 over an evaluation run."""

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from drn.activeness import BETA, LAMBDA0, SA, UserActiveness, survival
+from drn.activeness import BETA, LAMBDA0, SA, UserActiveness, survival, total_reward
 from drn.features import FeatureState, Sample, replay
 from drn.mind import Dataset, Impression, NewsItem
 from drn.model import DuelingQNetwork
@@ -201,7 +201,7 @@ class Trainer:
         if previous is not None:
             back = now if previous.returned is None else min(max(previous.returned, previous.time), now)
             returned = self._activeness.reward(user, previous.time, back)
-            self.buffer.add(previous, previous.clicks + self.config.beta * returned, step)
+            self.buffer.add(previous, total_reward(previous.clicks, returned, self.config.beta), step)
         self._activeness.observe_return(user, now)
         self._pending[user] = step
 
@@ -217,7 +217,7 @@ class Trainer:
             if now - step.time <= horizon:
                 break
             self._pending.popitem(last=False)
-            self.buffer.add(step, step.clicks + self.config.beta * self._terminal_activeness(user, step), None)
+            self.buffer.add(step, total_reward(step.clicks, self._terminal_activeness(user, step), self.config.beta), None)
 
     def _terminal_activeness(self, user: str, step: _Step) -> float:
         """A user who did not request again within the horizon: their activeness after a reported return inside it,

@@ -6,7 +6,7 @@ import math
 import pytest
 
 from drn.activeness import (
-    BETA, LAMBDA0, S0, SA, UserActiveness, activeness_rewards, survival, total_reward,
+    BETA, LAMBDA0, S0, SA, UserActiveness, survival, total_reward,
 )
 
 DAY = 86_400.0
@@ -86,47 +86,6 @@ def test_reward_is_activeness_right_after_the_next_return_and_changes_nothing():
     assert tracker.activeness("u", 0.0) == S0
     with pytest.raises(ValueError):
         tracker.reward("u", 100.0, 50.0)
-
-
-def test_activeness_rewards_use_the_next_request_of_the_same_user():
-    requests = [("u", 0.0), ("v", 10.0), ("u", 3600.0), ("v", DAY), ("u", DAY)]
-    rewards = activeness_rewards(requests)
-    u1 = S0 * math.exp(-LAMBDA0 * 3600.0) + SA
-    u2 = min(1.0, u1 * math.exp(-LAMBDA0 * (DAY - 3600.0)) + SA)
-    v1 = S0 * math.exp(-LAMBDA0 * (DAY - 10.0)) + SA
-    assert rewards[0] == pytest.approx(u1)
-    assert rewards[1] == pytest.approx(v1)
-    assert rewards[2] == pytest.approx(u2)
-    assert rewards[3] is None and rewards[4] is None
-
-
-def test_activeness_rewards_agree_with_the_tracker_reward():
-    requests = [("u", 0.0), ("u", 7200.0), ("u", 2 * DAY)]
-    tracker = UserActiveness()
-    expected = []
-    for (user, t), (_, t_next) in zip(requests, requests[1:]):
-        tracker.observe_return(user, t)
-        expected.append(tracker.reward(user, t, t_next))
-    assert activeness_rewards(requests)[:2] == pytest.approx(expected)
-
-
-def test_activeness_rewards_decay_to_the_horizon_without_a_next_request():
-    rewards = activeness_rewards([("u", 0.0), ("v", 50.0), ("u", 100.0)], horizon=DAY)
-    u_after = S0 * math.exp(-LAMBDA0 * 100.0) + SA
-    assert rewards[0] == pytest.approx(u_after)
-    assert rewards[1] == pytest.approx(S0 * math.exp(-LAMBDA0 * (DAY - 50.0)))
-    assert rewards[2] == pytest.approx(u_after * math.exp(-LAMBDA0 * (DAY - 100.0)))
-    with pytest.raises(ValueError, match="horizon"):
-        activeness_rewards([("u", 100.0)], horizon=50.0)
-
-
-def test_activeness_rewards_continue_a_tracker_history():
-    tracker = UserActiveness()
-    tracker.observe_return("u", 0.0)
-    rewards = activeness_rewards([("u", DAY), ("u", 2 * DAY)], tracker=tracker)
-    first = S0 * math.exp(-LAMBDA0 * DAY) + SA
-    assert rewards[0] == pytest.approx(first * math.exp(-LAMBDA0 * DAY) + SA)
-    assert tracker.activeness("u", 2 * DAY) == pytest.approx(rewards[0])
 
 
 def test_total_reward_weights_activeness_by_beta():

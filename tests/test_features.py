@@ -106,7 +106,7 @@ def test_state_stays_bounded_as_logs_grow():
         state.record_click("U1", "N1", t)
     # one click and one impression an hour, each counted in 4 windows until it leaves them
     hourly_events_in_windows = sum(int(span // HOUR) + 1 for _, span in WINDOWS)
-    assert state._items.pending_events() <= 2 * hourly_events_in_windows
+    assert sum(len(heap) for heap in state._items._expiring) <= 2 * hourly_events_in_windows
     assert len(state._users["U1"].clicks) <= 7 * 24 + 1
 
 

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from drn.metrics import RankingMetrics, auc, mrr, ndcg, precision_at_k
+from drn.metrics import RankingMetrics, auc, mrr, ndcg
 
 
 def test_auc_matches_sklearn_including_ties():
@@ -20,7 +20,6 @@ def test_mind_benchmark_formulas():
     dcg = 1 / np.log2(3) + 1 / np.log2(4)
     assert ndcg(labels, scores, 5) == pytest.approx(dcg / (1 + 1 / np.log2(3)))
     assert ndcg([1, 0], [0.0, 0.0], 5) == 1.0  # ties keep candidate order
-    assert precision_at_k([True, False, True, False], 2) == 0.5
 
 
 def test_accumulator_leaves_out_all_equal_labels_from_auc():
