@@ -1,4 +1,4 @@
-"""Ranking metrics as the MIND benchmark computes them (per impression, then averaged), plus CTR and precision@k.
+"""Ranking metrics as the MIND benchmark computes them (per impression, then averaged): AUC, MRR and nDCG.
 
 Ties in scores keep candidate order (a stable sort), so a constant scorer gets the logged order, not a bias of
 its own. Impressions whose labels are all equal are left out of AUC, as in the MIND benchmark; impressions
