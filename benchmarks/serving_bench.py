@@ -7,7 +7,11 @@ connections of one light asyncio client (raw HTTP/1.1, requests encoded in advan
 throughput, p50 / p99 latency and the server process's CPU time per request are measured after a warm-up. Each
 level is bounded by --requests and --seconds, and the levels are run --rounds times over; each figure is reported
 per round and as the median over rounds, which the targets are checked on: p99 <= 20 ms at 8 clients, >= 500
-requests/s at the best level. The client shares the machine's cores with the service. Before each round a fixed
+requests/s at the best level. Side by side in the same run, alternating level by level with the service, the
+framework floor (benchmarks/serving_floor.py: the same server stack parsing the same body, no work) answers the
+same requests, and the service's throughput and p99 are reported as ratios to the floor's: the comparison that
+holds across machines (targets: >= 0.6 of the floor's throughput at 8 clients, p99 <= 2x the floor's). The client
+shares the machine's cores with the service. Before each round a fixed
 pure-Python loop is timed: on this shared machine the same code ran up to 40-75% slower from one minute to the next,
 and 3.5 times slower in one session than in another (serving/README.md), so read the CPU columns and that speed
 before comparing latencies between runs.
@@ -57,6 +61,7 @@ WARMUP = 50  # requests per level that are not measured (connection set-up, firs
 CONCURRENCY = (1, 8, 32)
 HISTORY_S = 86400.0  # the seeded history spans the day before the run
 TARGET_P99_MS_AT_8, TARGET_RPS = 20.0, 500.0
+TARGET_FLOOR_SHARE_AT_8, TARGET_FLOOR_P99_RATIO_AT_8 = 0.6, 2.0  # against the framework floor, same run
 CONTENT_LENGTH = re.compile(rb"(?i)\r\ncontent-length: *(\d+)")
 
 
@@ -248,19 +253,19 @@ async def level(port: int, clients: int, requests: int, seconds: float, seed: in
             "client_cpu_ms_per_request": client_cpu * 1e3 / len(ms)}
 
 
-def wait_ready(url: str, server: subprocess.Popen, timeout: float = 120.0) -> dict:
+def wait_ready(url: str, server: subprocess.Popen, source: str = "drn", timeout: float = 120.0) -> dict:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if server.poll() is not None:
-            raise RuntimeError(f"drn serve exited with {server.returncode}")
+            raise RuntimeError(f"the server at {url} exited with {server.returncode}")
         try:
             health = httpx.get(f"{url}/healthz", timeout=2).json()
-            if health["source"] == "drn":
+            if health["source"] == source:
                 return health
         except httpx.HTTPError:
             pass
         time.sleep(0.3)
-    raise RuntimeError("drn serve did not become ready")
+    raise RuntimeError(f"the server at {url} did not become ready")
 
 
 def main() -> None:
@@ -287,34 +292,50 @@ def main() -> None:
     follow = follow_costs(home)
 
     url = f"http://127.0.0.1:{args.port}"
+    root = Path(__file__).resolve().parents[1]
     server = subprocess.Popen([sys.executable, "-m", "drn_cli.main", "serve", "--port", str(args.port),
-                               "--log-level", "warning"], cwd=Path(__file__).resolve().parents[1])
+                               "--log-level", "warning"], cwd=root)
+    floor_port = args.port + 1
+    floor = subprocess.Popen([sys.executable, str(root / "benchmarks" / "serving_floor.py"), "--port", str(floor_port)],
+                             cwd=root)
     try:
         wait_ready(url, server)
+        wait_ready(f"http://127.0.0.1:{floor_port}", floor, source="floor")
         # This client process holds everything setup loaded (MLflow, torch: half a million objects); one full
         # collection of them stopped it for about 250 ms, and every request in flight then seemed to take that long.
         gc.collect()
         gc.freeze()
-        runs = []  # every level of every round, in the order run
+        runs, floor_runs = [], []  # every level of every round, in the order run: the service's, then the floor's
         for round_ in range(args.rounds):
             speed = python_loop_ms()
-            runs += [{"round": round_ + 1, "python_loop_ms": speed,
-                      **asyncio.run(level(args.port, c, args.requests, args.seconds, seed=1000 * round_ + c,
-                                          server_pid=server.pid))} for c in CONCURRENCY]
+            for c in CONCURRENCY:  # the same requests (same seed) to the service, then at once to the floor
+                for port, pid, into in ((args.port, server.pid, runs), (floor_port, floor.pid, floor_runs)):
+                    into.append({"round": round_ + 1, "python_loop_ms": speed,
+                                 **asyncio.run(level(port, c, args.requests, args.seconds, seed=1000 * round_ + c,
+                                                     server_pid=pid))})
         metrics_text = httpx.get(f"{url}/metrics").text
     finally:
-        server.terminate()
-        server.wait(30)
+        for process in (server, floor):
+            process.terminate()
+            process.wait(30)
 
     levels = [_median_level([r for r in runs if r["clients"] == c]) for c in CONCURRENCY]
+    floor_levels = [_median_level([r for r in floor_runs if r["clients"] == c]) for c in CONCURRENCY]
+    against_floor = [floor_ratios(service, base, [r for r in runs if r["clients"] == service["clients"]],
+                                  [r for r in floor_runs if r["clients"] == service["clients"]])
+                     for service, base in zip(levels, floor_levels)]
+    floor8 = next(r for r in against_floor if r["clients"] == 8)
     at8 = next(r for r in levels if r["clients"] == 8)
     best = max(r["requests_per_s"] for r in levels)
     result = {"version": version, "candidates": CANDIDATES, "network": NetworkConfig().to_dict(),
               "log_store": os.environ["DRN_LOGSTORE_URL"], "history": {"impressions": args.history, "clicks": clicks},
               "cpus": os.cpu_count(), "scoring": scoring, "follow": follow, "rounds": args.rounds, "runs": runs,
-              "levels": levels, "targets": {"p99_ms_at_8": TARGET_P99_MS_AT_8, "requests_per_s": TARGET_RPS,
-                                            "p99_at_8_met": at8["p99_ms"] <= TARGET_P99_MS_AT_8,
-                                            "throughput_met": best >= TARGET_RPS},
+              "levels": levels, "floor_runs": floor_runs, "floor_levels": floor_levels, "against_floor": against_floor,
+              "targets": {"p99_ms_at_8": TARGET_P99_MS_AT_8, "requests_per_s": TARGET_RPS,
+                          "p99_at_8_met": at8["p99_ms"] <= TARGET_P99_MS_AT_8, "throughput_met": best >= TARGET_RPS,
+                          "floor_share_at_8": TARGET_FLOOR_SHARE_AT_8, "floor_p99_ratio_at_8": TARGET_FLOOR_P99_RATIO_AT_8,
+                          "floor_share_at_8_met": floor8["throughput_share"] >= TARGET_FLOOR_SHARE_AT_8,
+                          "floor_p99_at_8_met": floor8["p99_ratio"] <= TARGET_FLOOR_P99_RATIO_AT_8},
               "server_impressions": next((line for line in metrics_text.splitlines()
                                           if line.startswith("drn_serving_impressions_total")), None)}
     args.out.write_text(json.dumps(result, indent=2))
@@ -343,6 +364,35 @@ def main() -> None:
           " Round 'median': each column's median over the rounds.)")
     print(f"targets on the medians: p99 <= {TARGET_P99_MS_AT_8} ms at 8 clients: {result['targets']['p99_at_8_met']}"
           f" ({at8['p99_ms']:.1f}); >= {TARGET_RPS} req/s at best: {result['targets']['throughput_met']} ({best:.0f})")
+    print()
+    print(floor_table(levels, floor_levels, against_floor))
+    print(f"targets against the floor at 8 clients: throughput >= {TARGET_FLOOR_SHARE_AT_8} of the floor's: "
+          f"{result['targets']['floor_share_at_8_met']} ({floor8['throughput_share']:.2f}); p99 <= "
+          f"{TARGET_FLOOR_P99_RATIO_AT_8}x the floor's: {result['targets']['floor_p99_at_8_met']} "
+          f"({floor8['p99_ratio']:.2f}x)")
+
+
+def floor_ratios(service: dict, floor: dict, service_runs: list[dict], floor_runs: list[dict]) -> dict:
+    """The service against the floor at one level: ratios of the medians, and the range of the per-round ratios
+    (each round's service and floor ran back to back, so their ratio moves less than either alone)."""
+    shares = [s["requests_per_s"] / f["requests_per_s"] for s, f in zip(service_runs, floor_runs)]
+    p99s = [s["p99_ms"] / f["p99_ms"] for s, f in zip(service_runs, floor_runs)]
+    return {"clients": service["clients"], "throughput_share": service["requests_per_s"] / floor["requests_per_s"],
+            "throughput_share_per_round": shares, "p99_ratio": service["p99_ms"] / floor["p99_ms"],
+            "p99_ratio_per_round": p99s}
+
+
+def floor_table(levels: list[dict], floor_levels: list[dict], against_floor: list[dict]) -> str:
+    """The service next to its floor, as Markdown (benchmarks/RESULTS.md quotes it)."""
+    lines = ["| clients | /recommend req/s | floor req/s | share of floor (per round) | /recommend p50 / p99 ms | "
+             "floor p50 / p99 ms | p99 ratio (per round) |", "| --- | --- | --- | --- | --- | --- | --- |"]
+    for service, base, ratio in zip(levels, floor_levels, against_floor):
+        shares = ", ".join(f"{s:.2f}" for s in ratio["throughput_share_per_round"])
+        p99s = ", ".join(f"{s:.2f}" for s in ratio["p99_ratio_per_round"])
+        lines.append(f"| {service['clients']} | {service['requests_per_s']:.0f} | {base['requests_per_s']:.0f} | "
+                     f"{ratio['throughput_share']:.2f} ({shares}) | {service['p50_ms']:.2f} / {service['p99_ms']:.2f} | "
+                     f"{base['p50_ms']:.2f} / {base['p99_ms']:.2f} | {ratio['p99_ratio']:.2f} ({p99s}) |")
+    return "\n".join(lines)
 
 
 def _median_level(runs: list[dict]) -> dict:
