@@ -93,6 +93,9 @@ def scoring_time(bundle, logs_url: str, repeats: int) -> dict:
                                        "first_layer_inputs_at_weight": []}
     first_layer = stacked._action_first  # (W's and W~'s units, action inputs): the largest product, both ways round
     first_layer_t = np.ascontiguousarray(first_layer.T)
+    vw = _vw_peer()
+    if vw is not None:
+        timings.update(vw_predict=[], vw_text_and_predict=[])
     active = []
     for i in range(repeats):
         payload = _payload(rng)
@@ -112,10 +115,30 @@ def scoring_time(bundle, logs_url: str, repeats: int) -> dict:
         t6 = time.perf_counter()
         state.record_impression(payload["user"], ids[:10], now + i * 1e-3)
         active.append(int(np.count_nonzero(batch.state)))
-        for name, seconds in zip(timings, (t1 - t0, t2 - t1, t3 - t2, t4 - t3, t5 - t4, t6 - t5)):
-            timings[name].append(seconds * 1e3)
-    return {**{f"{name}_ms_median": statistics.median(v) for name, v in timings.items()},
-            "nonzero_state_inputs_median": statistics.median(active)}
+        seconds = [t1 - t0, t2 - t1, t3 - t2, t4 - t3, t5 - t4, t6 - t5]
+        if vw is not None:  # VW reads text: its predict alone, and with the text made from the same features
+            lines = vw.lines(batch)
+            t7 = time.perf_counter()
+            vw.predict(lines)
+            t8 = time.perf_counter()
+            vw.scores(batch)
+            seconds += [t8 - t7, time.perf_counter() - t8]
+        for name, s in zip(timings, seconds):
+            timings[name].append(s * 1e3)
+    medians = {f"{name}_ms_median": statistics.median(v) for name, v in timings.items()}
+    if vw is not None:
+        medians["stacked_over_vw_predict"] = (medians["score_w_and_w_tilde_stacked_ms_median"]
+                                              / medians["vw_predict_ms_median"])
+    return {**medians, "nonzero_state_inputs_median": statistics.median(active)}
+
+
+def _vw_peer():
+    """Vowpal Wabbit's squarecb on the same features (drn.peers), when the `.[peers]` extra is installed."""
+    try:
+        from drn.peers import VWPolicy
+        return VWPolicy("vw-squarecb")
+    except ImportError:
+        return None
 
 
 def _item(i: int) -> NewsItem:
@@ -347,6 +370,12 @@ def main() -> None:
           f"{scoring['nonzero_state_inputs_median']:.0f} of {NetworkConfig().state_dim} state inputs non-zero; "
           f"advantage first layers as weight @ inputs {scoring['first_layer_weight_at_inputs_ms_median']:.3f} ms, "
           f"as inputs @ weight {scoring['first_layer_inputs_at_weight_ms_median']:.3f} ms")
+    if "vw_predict_ms_median" in scoring:
+        print(f"Vowpal Wabbit squarecb on the same 50 candidates: predict {scoring['vw_predict_ms_median']:.3f} ms, "
+              f"with its text made from the features {scoring['vw_text_and_predict_ms_median']:.3f} ms; W and W~ "
+              f"stacked take {scoring['stacked_over_vw_predict']:.2f}x VW's predict")
+    else:
+        print("Vowpal Wabbit not installed (pip install -e '.[peers]'): no comparison with its predict")
     print(f"following the registry: a look by stage {follow['registry_served_version_ms']:.1f} ms, by alias "
           f"{follow['registry_champion_version_ms']:.1f} ms, at the open round {follow['open_round_ms']:.2f} ms; "
           f"one full garbage collection of {follow['gc_objects']} objects {follow['full_gc_ms']:.0f} ms")
