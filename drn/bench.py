@@ -81,7 +81,9 @@ class OraclePolicy(Policy):
         request = self.world.latest_request
         if request is None or request.candidates != tuple(batch.candidates):
             raise RuntimeError("the oracle ranks only the request its world has just issued")
-        return top_k(self.world.relevance(request, self.interactions), k)
+        truth = [self.world.click_probability(request.user, n, 0, request.time, self.interactions)
+                 for n in request.candidates]
+        return top_k(np.array(truth), k)
 
 
 def _policy(name: str, network, config: BenchConfig, train: TrainConfig, seed: int, logged: ReplayBuffer,

@@ -327,12 +327,6 @@ class World:
         freshness = np.where(age >= 0, 0.5 ** (np.maximum(age, 0) / half_life), 0.0)
         return freshness / (1.0 + np.exp(-logit))
 
-    def relevance(self, request: Request, interactions: bool = True) -> np.ndarray:
-        """Ground-truth top-slot click probability of each of the request's candidates: what an oracle ranks by.
-        `interactions=False` ranks as if the click model had no interaction terms, to measure what they are worth."""
-        items = np.fromiter((self._index[n] for n in request.candidates), dtype=np.int64, count=len(request.candidates))
-        return self._relevance(self._user_index[request.user], items, request.time, interactions)
-
     @property
     def latest_request(self) -> Request | None:
         """The request issued last, while it is unanswered (what a policy is being asked to rank now)."""
@@ -354,12 +348,15 @@ class World:
         elapsed = max(time - self._satiation_at[user], 0.0)
         return self._satiation[user] * math.exp(-elapsed / (self.config.satiation_memory_hours * HOUR))
 
-    def click_probability(self, user: str, news_id: str, position: int, time: float) -> float:
-        """Ground truth P(click) at 0-based `position` and `time` (with the user's interests as of the clock now)."""
+    def click_probability(self, user: str, news_id: str, position: int, time: float,
+                          interactions: bool = True) -> float:
+        """Ground truth P(click) at 0-based `position` and `time` (with the user's interests as of the clock now):
+        what an oracle ranks by. `interactions=False`: as if the click model had no interaction terms, to measure
+        what they are worth."""
         if position < 0:
             raise ValueError(f"position is a 0-based rank, got {position}")
         items = np.array([self._item_index(news_id)])
-        relevance = self._relevance(self._user_index[user], items, time)[0]
+        relevance = self._relevance(self._user_index[user], items, time, interactions)[0]
         return float(position_bias(position, self.config.position_bias_power) * relevance)
 
     def _item_index(self, news_id: str) -> int:
