@@ -54,7 +54,7 @@ def test_recovery_after_drift_counts_impressions_back_to_90pct_of_the_pre_drift_
     assert "| linucb |" in markdown_tables(summarise([seed], config))
 
 
-def _oracle_ctr(world: World, interactions: bool, impressions: int = 1500) -> tuple[float, list[int]]:
+def _oracle_ctr(world: World, interactions: bool, impressions: int = 600) -> tuple[float, list[int]]:
     """CTR of an oracle serving a copy of `world`, and the first request's list."""
     world = copy.deepcopy(world)
     policy = OraclePolicy(world, interactions)
