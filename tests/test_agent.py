@@ -19,7 +19,7 @@ from drn.world import World, WorldConfig
 def test_drn_beats_popularity_on_mind_time_split(mind_split):
     set_threads()
     train, test = mind_split
-    drn = DRNPolicy(train_config=TrainConfig(epochs=2))
+    drn = DRNPolicy(train_config=TrainConfig(epochs=2), choose_settings=False)  # the choice: tests/test_selection.py
     drn.fit(train)
     drn_auc = evaluate(drn, train, test)["auc"]
     popularity_auc = evaluate(PopularityPolicy(), train, test)["auc"]
