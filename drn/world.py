@@ -319,10 +319,9 @@ class World:
         z = self._interest[user]
         logit = c.click_logit_bias + self._quality[items] + (z[self._cols[items]] * self._weights[items]).sum(axis=1)
         category = self._cols[items, 0]
-        half_life = np.full(len(items), c.freshness_half_life_hours * HOUR)
+        half_life = self._half_life_s[category] if interactions else c.freshness_half_life_hours * HOUR
         if interactions:
             logit += self._interaction_logit(user, items, category, time)
-            half_life = self._half_life_s[category]
         age = time - self._published[items]
         freshness = np.where(age >= 0, 0.5 ** (np.maximum(age, 0) / half_life), 0.0)
         return freshness / (1.0 + np.exp(-logit))

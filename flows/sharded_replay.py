@@ -40,11 +40,10 @@ def task_runner(environ: Mapping[str, str] | None = None) -> DaskTaskRunner:
 
 
 @common.compute_task
-def build_shard(settings: Settings, start: float | None, lo: int, hi: int) -> list[Sample]:
-    """Features of impressions [lo, hi) of the log since `start`, from the state of everything logged before them,
-    read by the worker from the log store."""
+def build_shard(settings: Settings, earlier: int, lo: int, hi: int) -> list[Sample]:
+    """Features of impressions [lo, hi) of the log after its first `earlier` ones (those before the replay's start),
+    from the state of everything logged before them, read by the worker from the log store."""
     logs = common.log_store(settings)
-    earlier = sum(1 for _ in logs.window(None, start)) if start is not None else 0
     impressions = [logged.to_impression() for _, logged in zip(range(earlier + hi), logs.window())]
     return shard_samples(impressions, logs.news(), earlier + lo, earlier + hi)
 
@@ -54,9 +53,12 @@ def sharded_replay(start: float | None = None, shards: int = DEFAULT_SHARDS, cou
     """Replay features of the first `count` impressions logged since `start` (None: all of them), `shards` tasks in
     parallel."""
     settings = Settings.from_env()
-    logged = sum(1 for _ in common.log_store(settings).window(start))
+    logs = common.log_store(settings)
+    earlier = sum(1 for _ in logs.window(None, start)) if start is not None else 0  # counted once, not per shard
+    logged = sum(1 for _ in logs.window(start))
     bounds = shard_bounds(logged if count is None else min(count, logged), shards)
-    futures = build_shard.map(unmapped(settings), unmapped(start), [lo for lo, _ in bounds], [hi for _, hi in bounds])
+    futures = build_shard.map(unmapped(settings), unmapped(earlier), [lo for lo, _ in bounds],
+                              [hi for _, hi in bounds])
     samples = [sample for future in futures for sample in future.result()]
     print(f"{len(samples)} impressions replayed in {len(bounds)} shards")
     return samples
