@@ -10,6 +10,7 @@ import time
 CHROMIUM, DRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
 PACKAGES = ("chromium", "chromium-driver")
 PAGE_S = 30  # a page of a React / Vue app on 2 busy cores may take seconds to render
+LOST_CLICK_S = 10  # a toggle click that changed nothing in this long was lost (clicked while the page was loading)
 
 
 def chromium():
@@ -36,10 +37,10 @@ def chromium():
     return webdriver.Chrome(service=Service(DRIVER), options=options), None
 
 
-def _wait(driver, find, what: str):
+def _wait(driver, find, what: str, within_s: float = PAGE_S):
     """What `find(driver)` returns once truthy (elements render asynchronously)."""
     from selenium.common.exceptions import WebDriverException
-    deadline = time.monotonic() + PAGE_S
+    deadline = time.monotonic() + within_s
     while time.monotonic() < deadline:
         try:
             found = find(driver)
@@ -73,10 +74,30 @@ def prefect_pause_and_resume(driver, prefect: str, deployment: str) -> tuple[boo
     seen = []
     for _ in range(2):
         before = active()
-        _wait(driver, _css(".deployment-schedule-fieldset label.p-toggle__control"), "the schedule toggle").click()
-        _wait(driver, lambda d: active() != before, "the toggle's effect")
+        _flip(driver, lambda: active() != before)
         seen.append(active())
     return seen[0], seen[1]
+
+
+def _flip(driver, flipped) -> None:
+    """Click the schedule's toggle until `flipped()`. The toggle renders before the page has loaded what it needs
+    and is disabled meanwhile; a click that neither changed the toggle nor reached the API was lost, and is
+    repeated (once the toggle shows the new state, the click is never repeated)."""
+    toggle = ".deployment-schedule-fieldset fieldset.p-toggle:not([disabled]) label.p-toggle__control"
+    deadline = time.monotonic() + PAGE_S
+    while time.monotonic() < deadline:
+        control = _wait(driver, _css(toggle), "the schedule toggle")
+        was_checked = "p-toggle__control--checked" in control.get_attribute("class")
+        control.click()
+        try:
+            _wait(driver, lambda d: flipped() or ("p-toggle__control--checked" in
+                                                  control.get_attribute("class")) != was_checked,
+                  "the toggle's effect", within_s=LOST_CLICK_S)
+        except AssertionError:
+            continue  # lost
+        _wait(driver, lambda d: flipped(), "the toggle's effect in the API")
+        return
+    raise AssertionError(f"the schedule toggle had no effect on {driver.current_url}")
 
 
 def read_version_page(driver, mlflow: str, version: str) -> str:
