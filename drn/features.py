@@ -20,7 +20,7 @@ import itertools
 import math
 import zlib
 from bisect import bisect_right, insort
-from collections import OrderedDict, deque
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Iterable, Iterator, Mapping, NamedTuple, Sequence
@@ -184,24 +184,27 @@ class _UserState:
     all_time_clicks: int = 0
     clicked: dict[str, int] = field(default_factory=dict)  # per item: its history entries plus clicks in `clicks`
     shown: dict[str, int] = field(default_factory=dict)  # times shown, in the order first shown ...
-    shown_at: deque[float] = field(default_factory=deque)  # ... and when first shown, in the same order
+    shown_at: list[float] = field(default_factory=list)  # ... and when first shown, in the same order
     impression_times: list[float] = field(default_factory=list)
 
     def forget_shown(self, before: float) -> None:
-        """Forget the items first shown at or before `before` (the dict keeps first-shown order)."""
-        while self.shown_at and self.shown_at[0] <= before:
-            self.shown_at.popleft()
-            del self.shown[next(iter(self.shown))]
+        """Forget the items first shown at or before `before` (the dict keeps first-shown order). The dict is
+        rebuilt rather than deleted from: a dict never gives back the table its largest week needed, so over months
+        of visits every user's would grow to their busiest week's size."""
+        old = bisect_right(self.shown_at, before)
+        if old:
+            del self.shown_at[:old]
+            self.shown = dict(itertools.islice(self.shown.items(), old, None))
 
     def forget_clicks(self, before: float) -> None:
-        """Drop the clicks at or before `before` from the week's list and from `clicked`."""
+        """Drop the clicks at or before `before` from the week's list and from `clicked` (rebuilt, as `shown`)."""
         old = bisect_right(self.clicks, before, key=_click_time)
+        if not old:
+            return
+        clicked = self.clicked
         for _, news_id in self.clicks[:old]:
-            left = self.clicked[news_id] - 1
-            if left:
-                self.clicked[news_id] = left
-            else:
-                del self.clicked[news_id]
+            clicked[news_id] -= 1
+        self.clicked = {news_id: count for news_id, count in clicked.items() if count}
         del self.clicks[:old]
 
 

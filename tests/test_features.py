@@ -234,3 +234,23 @@ def test_a_forgotten_item_is_a_new_item_again_and_an_item_in_use_is_not_forgotte
     fresh.record_impression("U3", ["OLD"], later)
     again, new = (s.features("U4", ["OLD"], later + 60.0) for s in (state, fresh))
     np.testing.assert_array_equal(again.action, new.action)  # no counts or first sight left over from before
+
+
+def test_a_users_memory_shrinks_back_after_a_busy_week():
+    """A busy week (500 items shown, 100 clicked), then a quiet one: the user's containers shrink to the quiet
+    week's size, not keep the busy week's tables (a dict never gives back its table by deletion)."""
+    import sys
+    state = FeatureState()
+    for i in range(100):
+        t = T0 + i * 60.0
+        shown = [f"B{i}-{j}" for j in range(5)]
+        state.record_impression("U1", shown, t)
+        state.record_click("U1", shown[0], t + 1.0)
+    quiet = T0 + 3 * 7 * 24 * HOUR
+    state.record_impression("U1", ["Q1"], quiet)
+    state.record_click("U1", "Q1", quiet + 1.0)
+    state.features("U1", ["Q1"], quiet + 2.0)  # the click is applied, and the busy week's clicks leave
+    user = state._users["U1"]
+    assert list(user.shown) == ["Q1"] and list(user.clicked) == ["Q1"]
+    assert sys.getsizeof(user.shown) == sys.getsizeof({"Q1": 1})
+    assert sys.getsizeof(user.clicked) == sys.getsizeof({"Q1": 1})
