@@ -146,7 +146,9 @@ def measure(settings: StackSettings, observed: Observed) -> dict:
         if info.kind != "minor" or round_id is None or info.version not in promoted_at \
                 or info.version not in observed.first_served:
             continue
-        run = next(r for r in runs if r["start"] <= info.created_at <= (r["end"] or float("inf")))
+        run = next((r for r in runs if r["start"] <= info.created_at <= (r["end"] or float("inf"))), None)
+        if run is None:  # registered by no minor run this script saw (a run past the first PAGE)
+            continue
         acks = [a for a in clicks_by_round.get(int(round_id), []) if a < run["start"]]
         learned_rounds.add(int(round_id))
         steps = [split(a, run, info.created_at, promoted_at[info.version], observed.first_served[info.version])
