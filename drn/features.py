@@ -191,7 +191,8 @@ class _UserState:
         """Forget the items first shown at or before `before` (the dict keeps first-shown order). The dict is
         rebuilt rather than deleted from: a dict never gives back the table its largest week needed, so over months
         of visits every user's would grow to their busiest week's size."""
-        old = bisect_right(self.shown_at, before)
+        # the leading run at or before `before` (times are appended as requests arrive, not always in order)
+        old = next((i for i, at in enumerate(self.shown_at) if at > before), len(self.shown_at))
         if old:
             del self.shown_at[:old]
             self.shown = dict(itertools.islice(self.shown.items(), old, None))
