@@ -5,7 +5,8 @@ evidence it stays open (served on, looked at again next time). Once decided:
 - a gate round (a major update's or SGD's candidate against the promoted version): note the verdict on the candidate
   and promote it if it won (SGD's: if it did not lose);
 - an SGD round: train the next challenger on the round's feedback, register it and open its gate round.
-Either way close the round with its outcome and open the next one. Without a round yet, it only opens one."""
+Either way close the round with its outcome and open the next one. Without a round yet, it only opens one. A round
+another run closed while this one decided (a major update's gate round opening) ends the run: nothing promoted."""
 from __future__ import annotations
 
 import dataclasses
@@ -21,7 +22,7 @@ from drn.exploration import ALPHA, ETA, Noise, StepForm
 from drn.interleaving import DEFAULT_METHOD, MAX_ROUND_IMPRESSIONS, MIN_DECISIVE, SIGNIFICANCE, Method
 from drn.learners import (DEFAULT_LEARNER, EXPLORERS, PDGD_LEARNING_RATE, PL_TEMPERATURE, SGD_LEARNING_RATE, SGD_STEPS,
                           ClickedList, LearnerConfig, LearnerName, RoundRecipe)
-from drn.logstore import LoggedImpression, Round
+from drn.logstore import LoggedImpression, Round, RoundClosed
 from flows import common
 
 KIND = "minor-update"
@@ -51,8 +52,17 @@ def load(settings: Settings, version: str) -> ModelBundle:
 
 
 @common.io_task
-def close_round(settings: Settings, round_id: int, outcome: dict) -> None:
-    common.log_store(settings).close_round(round_id, outcome, time.time())
+def close_round(settings: Settings, round_id: int, outcome: dict) -> bool:
+    """Score the round. False when it was closed meanwhile, unscored, by another run opening the next round (a major
+    update's gate round, a promotion, a rollback): this run's decision then stands for nothing. A retry after a
+    close whose answer was lost finds its own outcome there, and counts as closed."""
+    logs = common.log_store(settings)
+    try:
+        logs.close_round(round_id, outcome, time.time())
+    except RoundClosed:
+        stored = next((r.outcome for r in logs.rounds() if r.round_id == round_id), None)
+        return stored == json.loads(json.dumps(outcome))
+    return True
 
 
 @common.io_task
@@ -65,6 +75,17 @@ def decide(promoted: ModelBundle, version: str, round_: Round, feedback: list[Lo
            config: LearnerConfig, lists: list[ClickedList] | None,
            challenger: ModelBundle | None) -> lifecycle.MinorDecision:
     return lifecycle.minor_update(promoted, version, round_, feedback, config, lists=lists, challenger=challenger)
+
+
+def _closed_meanwhile(round_: Round, decision: lifecycle.MinorDecision, details: dict,
+                      registered: str | None = None) -> dict:
+    """The report of a run whose round another run closed while it decided: nothing promoted, no round opened (the
+    other run opened the one now served)."""
+    why = (f"round {round_.round_id} was closed by another run while this one decided ({decision.reason}): "
+           "nothing promoted")
+    if registered is not None:
+        why += f"; v{registered} stays registered, unpromoted"
+    return common.report(KIND, "round closed meanwhile", why, details)
 
 
 def _round_params(round_: Round) -> dict:
@@ -149,7 +170,8 @@ def minor_update(learner: LearnerName = DEFAULT_LEARNER, eta: float = ETA, form:
             return common.report(KIND, "round kept open", decision.reason, details)
         result, why, serving = "no step", decision.reason, info.version
         if decision.challenger is not None:
-            close_round(settings, round_.round_id, decision.record())
+            if not close_round(settings, round_.round_id, decision.record()):
+                return _closed_meanwhile(round_, decision, details)
             common.annotate(settings, decision.challenger, {
                 "gate.verdict": decision.reason, "gate.outcome": json.dumps(decision.record(), sort_keys=True)})
             details.update(version=decision.challenger, parent=info.version)
@@ -159,12 +181,13 @@ def minor_update(learner: LearnerName = DEFAULT_LEARNER, eta: float = ETA, form:
                                                        lifecycle.GateResult(True, decision.reason), info.version, alpha)
         elif decision.bundle is not None:
             version = _register_step(settings, info.version, round_, decision, config, feedback)
-            close_round(settings, round_.round_id, {**decision.record(), "version": version})
             details.update(version=version, parent=info.version)
+            if not close_round(settings, round_.round_id, {**decision.record(), "version": version}):
+                return _closed_meanwhile(round_, decision, details, registered=version)
             result, why = common.promote_if_passed(settings, version, lifecycle.GateResult(True, decision.reason),
                                                    info.version, alpha)
-        else:
-            close_round(settings, round_.round_id, decision.record())
+        elif not close_round(settings, round_.round_id, decision.record()):
+            return _closed_meanwhile(round_, decision, details)
         if result == "promoted":
             serving = details["version"]  # the promotion opened an exploration round around it
         if decision.candidate is not None:

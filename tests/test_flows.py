@@ -309,6 +309,35 @@ def test_a_flow_that_crashes_before_promotion_leaves_the_promotion_unchanged(wor
     assert "champion" in registry.version("1").aliases
 
 
+@pytest.mark.parametrize("clicked_team", [EXPLORE, EXPLOIT])
+def test_a_round_closed_by_another_run_while_a_minor_update_decides_ends_that_run_cleanly(world, v1, monkeypatch,
+                                                                                          clicked_team):
+    """A major update opening its gate round (or a promotion, a rollback) closes the open round while a minor update
+    is deciding it: the minor run completes, promotes nothing and opens no round of its own."""
+    from drn.learners import RoundRecipe
+    from flows import minor_update as module
+    registry, logs = v1
+    round_id = log_round(logs, world, clicked_team)
+    real = module.decide
+
+    def decide_while_another_run_opens_a_round(*args, **kwargs):
+        decision = real(*args, **kwargs)
+        lifecycle.open_round(logs, "1", 0.1, time.time(), RoundRecipe())
+        return decision
+
+    monkeypatch.setattr(module, "decide", decide_while_another_run_opens_a_round)
+    result = module.minor_update()
+    assert result["decision"] == "round closed meanwhile" and f"round {round_id} was closed" in result["why"]
+    assert served_version(registry) == "1"
+    rounds = logs.rounds()
+    assert next(r for r in rounds if r.round_id == round_id).outcome is None  # as the other run closed it
+    assert [r.round_id for r in rounds if r.is_open] == [rounds[-1].round_id] == [round_id + 1]
+    if clicked_team == EXPLORE:  # the step was registered before the close was found taken
+        assert registry.version("2").stage == "None" and "v2 stays registered, unpromoted" in result["why"]
+    else:
+        assert [v.version for v in registry.versions()] == ["1"]
+
+
 def test_a_rollback_holds_every_automatic_promotion_until_resume(world, v1):
     from flows.major_update import major_update
     from flows.minor_update import minor_update
