@@ -296,6 +296,24 @@ class World:
         heapq.heappush(self._heap, (return_time, user))
         return Response(clicks, return_time)
 
+    def expected_clicks(self, request: Request, shown: Sequence[str]) -> float:
+        """The clicks `respond(request, shown)` would draw on average, drawing nothing: what a list is worth to its
+        user, free of the click noise. Ask before `respond` (answering moves the user's satiation on)."""
+        self._check_response(request, shown)
+        items = np.fromiter((self._index[n] for n in shown), dtype=np.int64, count=len(shown))
+        return float(self._pos_bias[: len(shown)] @ self._relevance(self._user_index[request.user], items,
+                                                                    request.time))
+
+    def oracle_expected_clicks(self, request: Request, k: int) -> float:
+        """The most clicks any list of `k` of the request's candidates could expect: the click model's own ranking
+        (position bias falls with the rank, so the most relevant items go on top)."""
+        if k < 1:
+            raise ValueError(f"k must be >= 1, got {k}")
+        items = np.fromiter((self._index[n] for n in request.candidates), dtype=np.int64,
+                            count=len(request.candidates))
+        relevance = np.sort(self._relevance(self._user_index[request.user], items, request.time))[::-1][:k]
+        return float(self._pos_bias[: len(relevance)] @ relevance)
+
     def _check_response(self, request: Request, shown: Sequence[str]) -> None:
         pending = self._pending.get(request.request_id)
         if pending is None:

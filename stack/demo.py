@@ -111,19 +111,25 @@ async def traffic_with_status(settings: StackSettings, options: DemoOptions, tok
             print(file=sys.stderr)
 
 
-def edge_ctr(per_hour: list[dict], first: bool) -> float:
-    """CTR over the first (or last) EDGE_FRACTION of the hours, pooled (clicks / shown)."""
+def edge_rate(per_hour: list[dict], first: bool, part: str = "clicks", whole: str = "shown") -> float:
+    """`part` over `whole` across the first (or last) EDGE_FRACTION of the hours, pooled: by default the CTR."""
     n = max(1, round(len(per_hour) * EDGE_FRACTION))
     rows = per_hour[:n] if first else per_hour[-n:]
-    shown = sum(r["shown"] for r in rows)
-    return sum(r["clicks"] for r in rows) / shown if shown else 0.0
+    total = sum(r[whole] for r in rows)
+    return sum(r[part] for r in rows) / total if total else 0.0
+
+
+def edge_oracle_share(per_hour: list[dict], first: bool) -> float:
+    """The served lists' expected clicks as a share of the best lists', over the first (or last) hours."""
+    return edge_rate(per_hour, first, "expected_clicks", "oracle_expected_clicks")
 
 
 def summarise(stats: TrafficStats, versions: list[dict], history: list[dict],
               flow_runs: dict[str, dict[str, int]], options: DemoOptions, wall_s: float,
               rounds: dict[str, dict[str, int]] | None = None) -> dict:
     per_hour = [{"hour": h, "impressions": s.impressions, "shown": s.shown, "clicks": s.clicks, "ctr": s.ctr,
-                 "versions": dict(s.versions)} for h, s in sorted(stats.hours.items())]
+                 "expected_clicks": s.expected_clicks, "oracle_expected_clicks": s.oracle_expected_clicks,
+                 "oracle_share": s.oracle_share, "versions": dict(s.versions)} for h, s in sorted(stats.hours.items())]
     during = [{**r, "world_hour": (stats.world_time_of(r["at"]) - stats.start) / HOUR} for r in history
               if r["at"] >= stats.wall_start]
     registered: dict[str, int] = {}
@@ -141,8 +147,10 @@ def summarise(stats: TrafficStats, versions: list[dict], history: list[dict],
                     "ctr": clicks / shown if shown else 0.0, "failed_requests": stats.failed,
                     "retries": stats.retries, "feedback_calls": stats.feedback_calls,
                     "max_lag_s": round(stats.max_lag_s, 2), "errors": stats.errors},
-        "ctr_first_hours": edge_ctr(per_hour, first=True),
-        "ctr_last_hours": edge_ctr(per_hour, first=False),
+        "ctr_first_hours": edge_rate(per_hour, first=True),
+        "ctr_last_hours": edge_rate(per_hour, first=False),
+        "oracle_share_first_hours": edge_oracle_share(per_hour, first=True),
+        "oracle_share_last_hours": edge_oracle_share(per_hour, first=False),
         "per_hour": per_hour,
         "versions_registered_by_kind": registered,
         "promotions_by_action_and_kind": promoted,
@@ -162,6 +170,11 @@ def plot(summary: dict, path: Path) -> None:
     hours = [r["hour"] + 0.5 for r in summary["per_hour"]]
     ax.plot(hours, [r["ctr"] for r in summary["per_hour"]], marker="o", linewidth=1.8, color="black",
             label="CTR (clicks / shown) per world hour")
+    share = ax.twinx()  # the ranking's own quality, without the hour's traffic and the click noise
+    share.plot(hours, [r["oracle_share"] for r in summary["per_hour"]], marker=".", linewidth=1.2, color="tab:green",
+               linestyle="--")
+    share.set_ylabel("expected clicks, share of the best list's", color="tab:green")
+    ax.plot([], [], marker=".", linestyle="--", color="tab:green", label="expected clicks / best list's (right)")
     labelled: set[str] = set()
     for p in summary["promotions_during_demo"]:
         kind = "rollback" if p["action"] != "promote" else p["kind"]
@@ -187,8 +200,10 @@ def log_to_mlflow(mlflow_url: str, summary: dict, files: list[Path]) -> str:
     params = {**{k: v for k, v in options.items() if k != "world"},
               **{f"world.{k}": v for k, v in options["world"].items()}}
     metrics = {"ctr": summary["traffic"]["ctr"], "failed_requests": summary["traffic"]["failed_requests"],
-               "ctr_first_hours": summary["ctr_first_hours"], "ctr_last_hours": summary["ctr_last_hours"]}
-    series = {"ctr_per_world_hour": [(row["hour"], row["ctr"]) for row in summary["per_hour"]]}
+               **{key: summary[key] for key in ("ctr_first_hours", "ctr_last_hours", "oracle_share_first_hours",
+                                                 "oracle_share_last_hours")}}
+    series = {f"{name}_per_world_hour": [(row["hour"], row[name]) for row in summary["per_hour"]]
+              for name in ("ctr", "oracle_share")}
     return log_report_run(mlflow_url, EXPERIMENT, f"demo {options['hours']:g} h x{options['speed']:g}",
                           params, metrics, series, files)
 
@@ -198,6 +213,8 @@ def print_summary(summary: dict, say: Callable[[str], None]) -> None:
     say(f"demo done in {summary['wall_s']:.0f} s: {t['impressions']} impressions, {t['clicks']} clicks, "
         f"CTR {t['ctr']:.4f}, failed requests {t['failed_requests']} (retries {t['retries']})")
     say(f"CTR first hours {summary['ctr_first_hours']:.4f} -> last hours {summary['ctr_last_hours']:.4f}")
+    say(f"served lists' expected clicks as a share of the best lists' (the world's click model, no click noise): "
+        f"first hours {summary['oracle_share_first_hours']:.3f} -> last hours {summary['oracle_share_last_hours']:.3f}")
     say(f"versions registered by kind {summary['versions_registered_by_kind']}; "
         f"promotions {summary['promotions_by_action_and_kind']}")
     say(f"rounds by kind and outcome {summary['rounds_by_kind_and_outcome']}")

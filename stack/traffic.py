@@ -42,11 +42,20 @@ class HourStats:
     impressions: int = 0
     shown: int = 0
     clicks: int = 0
+    # The world's click model on each served list, and on the best list of the same length from the same candidates
+    # (drn.world.World.expected_clicks): their ratio is free of the click noise, and far less moved than the CTR by
+    # who asks at that hour and which candidates they get, so it follows the ranking's quality.
+    expected_clicks: float = 0.0
+    oracle_expected_clicks: float = 0.0
     versions: dict[str, int] = field(default_factory=lambda: defaultdict(int))  # served model label -> impressions
 
     @property
     def ctr(self) -> float:
         return self.clicks / self.shown if self.shown else 0.0
+
+    @property
+    def oracle_share(self) -> float:
+        return self.expected_clicks / self.oracle_expected_clicks if self.oracle_expected_clicks else 0.0
 
 
 @dataclass
@@ -153,8 +162,10 @@ class Driver:
             if reply is None:
                 self.world.respond(request, request.candidates[:1])  # the user still exists; nothing is logged
                 return
-            response = self.world.respond(request, reply["items"])
             hour = self.stats.hours[int((request.time - self.stats.start) // HOUR)]
+            hour.expected_clicks += self.world.expected_clicks(request, reply["items"])  # before the user answers
+            hour.oracle_expected_clicks += self.world.oracle_expected_clicks(request, len(reply["items"]))
+            response = self.world.respond(request, reply["items"])
             hour.impressions += 1
             hour.shown += len(reply["items"])
             hour.clicks += len(response.clicks)

@@ -111,6 +111,9 @@ def test_demo_serves_learns_and_a_stage_rollback_holds(demo):
     assert traffic["failed_requests"] == 0, traffic["errors"]
     assert traffic["impressions"] > 50 and traffic["clicks"] > 0
     assert [row["hour"] for row in summary["per_hour"]] == list(range(HOURS))
+    # every served list measured by the world's click model against the best list of its candidates
+    assert all(0.0 < row["oracle_share"] <= 1.0 for row in summary["per_hour"]), summary["per_hour"]
+    assert 0.0 < summary["oracle_share_last_hours"] <= 1.0
     assert summary["versions_registered_by_kind"].get("offline") == 1
     assert summary["flow_runs"]["minor-update"].get("Completed", 0) >= 1
     assert not any(states.get("Cancelled") for states in summary["flow_runs"].values()), summary["flow_runs"]

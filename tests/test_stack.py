@@ -12,7 +12,7 @@ import pytest
 
 from drn.mind import read_news
 from stack import processes
-from stack.demo import edge_ctr, status_line
+from stack.demo import edge_oracle_share, edge_rate, status_line
 from stack.settings import StackSettings
 from stack.traffic import HourStats, TrafficStats, live_world
 from stack.up import WorldSpec, served_version
@@ -76,9 +76,11 @@ def test_the_live_world_continues_where_generated_logs_end(tmp_path):
                for n, item in logged.items())  # the same world: the logs' items, as the live world knows them
 
 
-def test_edge_ctr_and_status_line():
-    rows = [{"hour": h, "shown": 100, "clicks": c} for h, c in enumerate([2, 4, 6, 8])]
-    assert edge_ctr(rows, first=True) == 0.02 and edge_ctr(rows, first=False) == 0.08
+def test_edge_rates_and_status_line():
+    rows = [{"hour": h, "shown": 100, "clicks": c, "expected_clicks": e, "oracle_expected_clicks": 10.0}
+            for h, (c, e) in enumerate([(2, 3.0), (4, 1.0), (6, 5.0), (8, 6.0)])]
+    assert edge_rate(rows, first=True) == 0.02 and edge_rate(rows, first=False) == 0.08
+    assert edge_oracle_share(rows, first=True) == 0.3 and edge_oracle_share(rows, first=False) == 0.6
     stats = TrafficStats(start=0.0, wall_start=0.0, speed=100.0, now=2 * 3600.0 + 60, requests=7,
                          served_version="3")
     stats.hours[1] = HourStats(impressions=7, shown=70, clicks=7)

@@ -195,6 +195,29 @@ def test_respond_rejects_bad_lists_and_repeated_answers():
         world.respond(request, request.candidates[:3])
 
 
+def test_expected_clicks_are_the_click_models_mean_and_the_oracle_bounds_every_list():
+    world, twin = World(SMALL, seed=8), World(SMALL, seed=8)
+    drawn = expected = 0.0
+    for _ in range(300):
+        request, twins = world.next_request(), twin.next_request()
+        shown = list(request.candidates[:10])
+        worth = world.expected_clicks(request, shown)
+        assert worth == pytest.approx(sum(world.click_probability(request.user, n, i, request.time)
+                                          for i, n in enumerate(shown)), rel=1e-9)
+        best = world.oracle_expected_clicks(request, len(shown))
+        assert worth <= best + 1e-12
+        assert best == pytest.approx(world.expected_clicks(request, oracle(world)(request)[:len(shown)]), rel=1e-9)
+        expected += worth
+        drawn += len(world.respond(request, shown).clicks)
+        twin.respond(twins, shown)  # the same world, never asked for expectations
+    assert world.now == twin.now and world.next_request() == twin.next_request()  # asking draws no random number
+    assert drawn == pytest.approx(expected, rel=0.15)  # respond draws clicks with these means
+    with pytest.raises(ValueError, match="not candidates"):
+        world.expected_clicks(world.latest_request, ["N999999"])
+    with pytest.raises(ValueError, match="k must be"):
+        world.oracle_expected_clicks(world.latest_request, 0)
+
+
 def test_item_and_history_lookups():
     world = World(SMALL, seed=7)
     with pytest.raises(KeyError):
