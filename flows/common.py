@@ -166,7 +166,6 @@ def promote_if_passed(settings: Settings, version: str, verdict: lifecycle.GateR
     return promote(settings, version, expected_served=previous, why=verdict.reason, alpha=alpha)
 
 
-
 def candidate_series(candidate: lifecycle.TrainedModel) -> dict[str, list[tuple[int, float]]]:
     """A trained version's curves: the training loss per gradient step and, when offline training chose its
     settings, the validation metric after each pass for every step size tried."""
