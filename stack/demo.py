@@ -170,7 +170,7 @@ def plot(summary: dict, path: Path) -> None:
     hours = [r["hour"] + 0.5 for r in summary["per_hour"]]
     ax.plot(hours, [r["ctr"] for r in summary["per_hour"]], marker="o", linewidth=1.8, color="black",
             label="CTR (clicks / shown) per world hour")
-    share = ax.twinx()  # the ranking's own quality, without the hour's traffic and the click noise
+    share = ax.twinx()  # closer to the ranking's quality than CTR: no click noise, less moved by the hour
     share.plot(hours, [r["oracle_share"] for r in summary["per_hour"]], marker=".", linewidth=1.2, color="tab:green",
                linestyle="--")
     share.set_ylabel("expected clicks, share of the best list's", color="tab:green")

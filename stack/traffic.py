@@ -44,7 +44,7 @@ class HourStats:
     clicks: int = 0
     # The world's click model on each served list, and on the best list of the same length from the same candidates
     # (drn.world.World.expected_clicks): their ratio is free of the click noise, and far less moved than the CTR by
-    # who asks at that hour and which candidates they get, so it follows the ranking's quality.
+    # who asks at that hour and which candidates they get: it follows the ranking more closely.
     expected_clicks: float = 0.0
     oracle_expected_clicks: float = 0.0
     versions: dict[str, int] = field(default_factory=lambda: defaultdict(int))  # served model label -> impressions
