@@ -593,14 +593,17 @@ class LogStore:
         return _round(row) if row else None
 
     def close_round(self, round_id: int, outcome: dict, time: float) -> None:
-        """Scores the open round; a round is closed once (RoundClosed otherwise)."""
+        """Scores the open round. A round is closed once: RoundClosed otherwise, unless it already holds this very
+        outcome (a retried call whose first answer was lost), which changes nothing."""
         with self._writer.begin() as conn:
             closing = sa.update(_rounds).where(_rounds.c.round_id == round_id, _rounds.c.closed_at.is_(None))
             if conn.execute(closing.values(closed_at=time, outcome=outcome)).rowcount == 1:
                 return
-            if conn.scalar(sa.select(_rounds.c.round_id).where(_rounds.c.round_id == round_id)) is None:
+            held = conn.execute(sa.select(_rounds.c.outcome).where(_rounds.c.round_id == round_id)).first()
+            if held is None:
                 raise UnknownRound(f"no round {round_id}")
-            raise RoundClosed(f"round {round_id} is already closed")
+            if held.outcome != json.loads(json.dumps(outcome)):
+                raise RoundClosed(f"round {round_id} is already closed")
 
     def rounds(self) -> list[Round]:
         with self._engine.connect() as conn:

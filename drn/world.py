@@ -281,8 +281,8 @@ class World:
         del self._pending[request.request_id]
         c = self.config
         user = self._user_index[request.user]
-        items = np.fromiter((self._index[n] for n in shown), dtype=np.int64, count=len(shown))
-        p = self._pos_bias[: len(shown)] * self._relevance(user, items, request.time)
+        items = self._rows(shown)
+        p = self._click_chances(request, items)
         clicked = np.flatnonzero(self._rng.clicks.random(len(shown)) < p)
         times = request.time + np.cumsum(self._rng.clicks.exponential(c.click_delay_seconds, len(clicked)))
         clicks = tuple((shown[j], float(t)) for j, t in zip(clicked, times))
@@ -300,19 +300,23 @@ class World:
         """The clicks `respond(request, shown)` would draw on average, drawing nothing: what a list is worth to its
         user, free of the click noise. Ask before `respond` (answering moves the user's satiation on)."""
         self._check_response(request, shown)
-        items = np.fromiter((self._index[n] for n in shown), dtype=np.int64, count=len(shown))
-        return float(self._pos_bias[: len(shown)] @ self._relevance(self._user_index[request.user], items,
-                                                                    request.time))
+        return float(self._click_chances(request, self._rows(shown)).sum())
 
     def oracle_expected_clicks(self, request: Request, k: int) -> float:
         """The most clicks any list of `k` of the request's candidates could expect: the click model's own ranking
         (position bias falls with the rank, so the most relevant items go on top)."""
         if k < 1:
             raise ValueError(f"k must be >= 1, got {k}")
-        items = np.fromiter((self._index[n] for n in request.candidates), dtype=np.int64,
-                            count=len(request.candidates))
-        relevance = np.sort(self._relevance(self._user_index[request.user], items, request.time))[::-1][:k]
-        return float(self._pos_bias[: len(relevance)] @ relevance)
+        relevance = self._relevance(self._user_index[request.user], self._rows(request.candidates), request.time)
+        best = np.sort(relevance)[::-1][:k]
+        return float(self._pos_bias[: len(best)] @ best)
+
+    def _rows(self, news_ids: Sequence[str]) -> np.ndarray:
+        return np.fromiter((self._index[n] for n in news_ids), dtype=np.int64, count=len(news_ids))
+
+    def _click_chances(self, request: Request, items: np.ndarray) -> np.ndarray:
+        """P(click) of each of `items` shown in that order to the request's user at its time: what `respond` draws."""
+        return self._pos_bias[: len(items)] * self._relevance(self._user_index[request.user], items, request.time)
 
     def _check_response(self, request: Request, shown: Sequence[str]) -> None:
         pending = self._pending.get(request.request_id)

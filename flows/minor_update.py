@@ -54,14 +54,11 @@ def load(settings: Settings, version: str) -> ModelBundle:
 @common.io_task
 def close_round(settings: Settings, round_id: int, outcome: dict) -> bool:
     """Score the round. False when it was closed meanwhile, unscored, by another run opening the next round (a major
-    update's gate round, a promotion, a rollback): this run's decision then stands for nothing. A retry after a
-    close whose answer was lost finds its own outcome there, and counts as closed."""
-    logs = common.log_store(settings)
+    update's gate round, a promotion, a rollback): this run's decision then stands for nothing."""
     try:
-        logs.close_round(round_id, outcome, time.time())
+        common.log_store(settings).close_round(round_id, outcome, time.time())
     except RoundClosed:
-        stored = next((r.outcome for r in logs.rounds() if r.round_id == round_id), None)
-        return stored == json.loads(json.dumps(outcome))
+        return False
     return True
 
 

@@ -194,6 +194,9 @@ def test_rounds_open_close_current(store):
         store.close_round(first.round_id, {"wins": 0}, time=400.0)
     with pytest.raises(UnknownRound):
         store.close_round(999, {}, time=400.0)
+    store.close_round(second.round_id, {"wins": 3, "losses": 1}, time=500.0)  # a retry of the close: nothing changes
+    with pytest.raises(RoundClosed):
+        store.close_round(second.round_id, {"wins": 1, "losses": 3}, time=500.0)
     assert store.rounds() == [superseded, scored]
 
 
