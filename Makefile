@@ -16,7 +16,7 @@ test: $(STAMP)
 	$(VENV)/bin/python -m pytest -q
 
 # The whole loop on a compressed clock: Prefect, MLflow, the flows, serving and a simulated world sending HTTP
-# traffic for one world day (about 10 minutes). Each run starts from a fresh data directory under out/demo.
+# traffic for 30 world hours (about 14 minutes). Each run starts from a fresh data directory under out/demo.
 demo: $(STAMP)
 	rm -rf out/demo
 	$(VENV)/bin/drn demo --out out/demo

@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 from drn.schedule import MAJOR_EVERY_MIN, MINOR_EVERY_MIN
+from stack import demo_defaults
 
 WATCH_S = 1.0  # how often `drn up` looks whether its parts still run
 
@@ -135,12 +136,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     _stack_flags(demo)
     _store_flags(demo)
     demo.add_argument("--out", default="out/demo", help="summary.json, ctr.png (and, unless --home, the data dir)")
-    demo.add_argument("--hours", type=float, default=24.0, help="simulated world hours (default 24)")
-    demo.add_argument("--speed", type=float, default=150.0, help="world seconds per wall second (default 150)")
-    demo.add_argument("--clients", type=int, default=4, help="concurrent HTTP requests (default 4)")
+    demo.add_argument("--hours", type=float, default=demo_defaults.HOURS,
+                      help=f"simulated world hours (default {demo_defaults.HOURS:g}: a day, and the hours of the day the "
+                           "CTR comparison's first hours were, a day later)")
+    demo.add_argument("--speed", type=float, default=demo_defaults.SPEED,
+                      help=f"world seconds per wall second (default {demo_defaults.SPEED:g})")
+    demo.add_argument("--clients", type=int, default=demo_defaults.CLIENTS,
+                      help=f"concurrent HTTP requests (default {demo_defaults.CLIENTS})")
     demo.add_argument("--users", type=int, help="users of the simulated world (default 400: ~3,700 requests a day)")
     demo.add_argument("--seed", type=int, help="seed of the simulated world (default 0)")
-    demo.add_argument("--idle-hours", type=float, default=0.0,
-                      help="world hours the updates run on after the traffic stops, before the summary (default 0)")
+    demo.add_argument("--idle-hours", type=float, default=demo_defaults.IDLE_HOURS,
+                      help="world hours the updates run on after the traffic stops, before the summary "
+                           f"(default {demo_defaults.IDLE_HOURS:g})")
     demo.add_argument("--keep-up", action="store_true", help="leave everything up after the summary, until Ctrl-C")
     demo.set_defaults(handler=cmd_demo)

@@ -4,8 +4,8 @@ and major updates on schedules compressed by the same factor, a live status line
 (experiment "demo").
 
 At `speed` world seconds per wall second, T_D = 30 world minutes becomes 30/speed wall minutes and T_R = 60 world
-minutes 60/speed: the default speed 150 runs a world day in 9.6 minutes, a minor update every 12 s, a major one
-every 24 s (a run still busy when the next is due makes Prefect cancel the newcomer: see flows/deployments.py).
+minutes 60/speed: the default speed 150 runs a world day in 9.6 minutes (the default 30 world hours in 12), a minor
+update every 12 s, a major one every 24 s (a run still busy when the next is due makes Prefect cancel the newcomer: see flows/deployments.py).
 """
 from __future__ import annotations
 
@@ -24,7 +24,8 @@ import httpx
 
 from drn.schedule import MAJOR_EVERY_MIN, MINOR_EVERY_MIN
 from drn.world import HOUR
-from stack import observe
+from stack import demo_defaults, observe
+from stack.demo_defaults import DAY_HOURS, EDGE_HOURS
 from stack.processes import StackError
 from stack.settings import StackSettings
 from stack.traffic import TrafficStats, drive
@@ -33,7 +34,6 @@ from stack.up import UpOptions, WorldSpec, addresses, up
 STATUS_EVERY_S = 1.0  # the live line is redrawn this often (on a terminal; every PLAIN_EVERY_S to a file)
 PLAIN_EVERY_S = 15.0
 DECISION_EVERY_S = 5.0  # the Prefect API is asked for the latest update decision this often
-EDGE_FRACTION = 0.25  # "first" and "last" hours of the CTR comparison: this share of the span at each end
 EXPERIMENT = "demo"
 MARKER = "demo-world.json"  # under DRN_HOME: this data directory already carries a demo world's traffic
 KIND_COLORS = {"offline": "tab:gray", "minor": "tab:green", "major": "tab:blue", "rollback": "tab:red"}
@@ -41,12 +41,12 @@ KIND_COLORS = {"offline": "tab:gray", "minor": "tab:green", "major": "tab:blue",
 
 @dataclass(frozen=True)
 class DemoOptions:
-    hours: float = 24.0  # simulated span
-    speed: float = 150.0  # world seconds per wall second
-    clients: int = 4  # requests in flight at once
+    hours: float = demo_defaults.HOURS  # simulated span
+    speed: float = demo_defaults.SPEED  # world seconds per wall second
+    clients: int = demo_defaults.CLIENTS  # requests in flight at once
     keep_up: bool = False  # leave the stack up after the summary until Ctrl-C (to try a rollback in the UI)
     world: WorldSpec = WorldSpec()
-    idle_hours: float = 0.0  # world hours the pipeline runs on after the traffic stops, before the summary
+    idle_hours: float = demo_defaults.IDLE_HOURS  # world hours the pipeline runs on after the traffic stops
 
     def up_options(self, clock_token: str) -> UpOptions:
         return UpOptions(minor_every_min=MINOR_EVERY_MIN / self.speed, major_every_min=MAJOR_EVERY_MIN / self.speed,
@@ -111,9 +111,15 @@ async def traffic_with_status(settings: StackSettings, options: DemoOptions, tok
             print(file=sys.stderr)
 
 
+def edge_count(hours_seen: int) -> int:
+    """How many hours each end of the comparison pools: EDGE_HOURS, or half of a shorter span."""
+    return max(1, min(EDGE_HOURS, hours_seen // 2))
+
+
 def edge_rate(per_hour: list[dict], first: bool, part: str = "clicks", whole: str = "shown") -> float:
-    """`part` over `whole` across the first (or last) EDGE_FRACTION of the hours, pooled: by default the CTR."""
-    n = max(1, round(len(per_hour) * EDGE_FRACTION))
+    """`part` over `whole` across the first (or last) EDGE_HOURS of the hours, pooled: by default the CTR. A span
+    shorter than twice that compares its halves."""
+    n = edge_count(len(per_hour))
     rows = per_hour[:n] if first else per_hour[-n:]
     total = sum(r[whole] for r in rows)
     return sum(r[part] for r in rows) / total if total else 0.0
@@ -122,6 +128,11 @@ def edge_rate(per_hour: list[dict], first: bool, part: str = "clicks", whole: st
 def edge_oracle_share(per_hour: list[dict], first: bool) -> float:
     """The served lists' expected clicks as a share of the best lists', over the first (or last) hours."""
     return edge_rate(per_hour, first, "expected_clicks", "oracle_expected_clicks")
+
+
+def edges_alike(hours: float) -> bool:
+    """Whether the last EDGE_HOURS of a span of `hours` fall on the same hours of the day as its first ones."""
+    return hours > EDGE_HOURS and (hours - EDGE_HOURS) % DAY_HOURS == 0
 
 
 def summarise(stats: TrafficStats, versions: list[dict], history: list[dict],
@@ -147,6 +158,8 @@ def summarise(stats: TrafficStats, versions: list[dict], history: list[dict],
                     "ctr": clicks / shown if shown else 0.0, "failed_requests": stats.failed,
                     "retries": stats.retries, "feedback_calls": stats.feedback_calls,
                     "max_lag_s": round(stats.max_lag_s, 2), "errors": stats.errors},
+        "edge_hours": edge_count(len(per_hour)),
+        "edges_same_hours_of_day": edges_alike(options.hours),
         "ctr_first_hours": edge_rate(per_hour, first=True),
         "ctr_last_hours": edge_rate(per_hour, first=False),
         "oracle_share_first_hours": edge_oracle_share(per_hour, first=True),
@@ -212,7 +225,10 @@ def print_summary(summary: dict, say: Callable[[str], None]) -> None:
     t = summary["traffic"]
     say(f"demo done in {summary['wall_s']:.0f} s: {t['impressions']} impressions, {t['clicks']} clicks, "
         f"CTR {t['ctr']:.4f}, failed requests {t['failed_requests']} (retries {t['retries']})")
-    say(f"CTR first hours {summary['ctr_first_hours']:.4f} -> last hours {summary['ctr_last_hours']:.4f}")
+    alike = ("the same hours of the day, a day apart" if summary["edges_same_hours_of_day"] else
+             "not the same hours of the day: the daily cycle moves the comparison")
+    say(f"CTR first {summary['edge_hours']} hours {summary['ctr_first_hours']:.4f} -> last {summary['edge_hours']} "
+        f"hours {summary['ctr_last_hours']:.4f} ({alike})")
     say(f"served lists' expected clicks as a share of the best lists' (the world's click model, no click noise): "
         f"first hours {summary['oracle_share_first_hours']:.3f} -> last hours {summary['oracle_share_last_hours']:.3f}")
     say(f"versions registered by kind {summary['versions_registered_by_kind']}; "

@@ -12,7 +12,7 @@ import pytest
 
 from drn.mind import read_news
 from stack import processes
-from stack.demo import edge_oracle_share, edge_rate, status_line
+from stack.demo import DemoOptions, edge_count, edge_oracle_share, edge_rate, edges_alike, status_line
 from stack.settings import StackSettings
 from stack.traffic import HourStats, TrafficStats, live_world
 from stack.up import WorldSpec, served_version
@@ -79,8 +79,13 @@ def test_the_live_world_continues_where_generated_logs_end(tmp_path):
 def test_edge_rates_and_status_line():
     rows = [{"hour": h, "shown": 100, "clicks": c, "expected_clicks": e, "oracle_expected_clicks": 10.0}
             for h, (c, e) in enumerate([(2, 3.0), (4, 1.0), (6, 5.0), (8, 6.0)])]
-    assert edge_rate(rows, first=True) == 0.02 and edge_rate(rows, first=False) == 0.08
-    assert edge_oracle_share(rows, first=True) == 0.3 and edge_oracle_share(rows, first=False) == 0.6
+    assert edge_rate(rows, first=True) == 0.03 and edge_rate(rows, first=False) == 0.07  # a short span: its halves
+    assert edge_oracle_share(rows, first=True) == 0.2 and edge_oracle_share(rows, first=False) == 0.55
+    day_and_edge = [{"hour": h, "shown": 100, "clicks": 1 if h < 6 else 5 if h >= 24 else 9} for h in range(30)]
+    assert edge_count(len(day_and_edge)) == 6
+    assert edge_rate(day_and_edge, first=True) == 0.01 and edge_rate(day_and_edge, first=False) == 0.05
+    # the default span puts the last hours on the first ones' hours of the day, a day later
+    assert edges_alike(DemoOptions().hours) and not edges_alike(24.0) and edges_alike(54.0)
     stats = TrafficStats(start=0.0, wall_start=0.0, speed=100.0, now=2 * 3600.0 + 60, requests=7,
                          served_version="3")
     stats.hours[1] = HourStats(impressions=7, shown=70, clicks=7)
