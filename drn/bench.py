@@ -184,7 +184,7 @@ def recovery(per_seed: list[dict[str, LiveResult]], config: BenchConfig) -> dict
     return out
 
 
-def _mean_ci(values: list[float]) -> tuple[float, list[float]]:
+def mean_ci(values: list[float]) -> tuple[float, list[float]]:
     mean = float(np.mean(values))
     if len(values) < 2:
         return mean, [mean, mean]
@@ -197,8 +197,8 @@ def summarise(per_seed: list[dict[str, LiveResult]], config: BenchConfig, offlin
     for name in POLICIES:
         ctrs = [seed[name].ctr(config.warmup_fraction) for seed in per_seed]
         actives = [seed[name].mean_activeness(config.warmup_fraction) for seed in per_seed]
-        ctr, ctr_ci = _mean_ci(ctrs)
-        act, act_ci = _mean_ci(actives)
+        ctr, ctr_ci = mean_ci(ctrs)
+        act, act_ci = mean_ci(actives)
         policies[name] = {"ctr": ctr, "ctr_ci95": ctr_ci, "activeness": act, "activeness_ci95": act_ci,
                           "ctr_per_seed": ctrs, "activeness_per_seed": actives}
     for name, reach in interactions_to_reach(per_seed, config).items():
@@ -209,8 +209,8 @@ def summarise(per_seed: list[dict[str, LiveResult]], config: BenchConfig, offlin
     claims = {}
     for better, worse in CLAIMS:
         pairs = list(zip(policies[better]["ctr_per_seed"], policies[worse]["ctr_per_seed"]))
-        mean, ci = _mean_ci([a - b for a, b in pairs])
-        ratio, ratio_ci = _mean_ci([a / b for a, b in pairs])
+        mean, ci = mean_ci([a - b for a, b in pairs])
+        ratio, ratio_ci = mean_ci([a / b for a, b in pairs])
         claims[f"{better} > {worse}"] = {"ctr_difference": mean, "ci95": ci, "ctr_ratio": ratio,
                                          "ratio_ci95": ratio_ci, "holds_in_seeds": sum(a > b for a, b in pairs),
                                          "seeds": len(pairs)}

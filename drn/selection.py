@@ -50,10 +50,13 @@ def _validation_batches(fit: Dataset, valid: Dataset) -> list[tuple[tuple[int, .
     return [(s.impression.labels, s.batch) for s in replay(valid.impressions, state) if s.impression.labels]
 
 
-def _score(network: DuelingQNetwork, batches: Sequence[tuple[tuple[int, ...], FeatureBatch]]) -> dict[str, float]:
+def score_validation(network: DuelingQNetwork | Sequence[DuelingQNetwork],
+                     batches: Sequence[tuple[tuple[int, ...], FeatureBatch]]) -> dict[str, float]:
+    """The ranking metrics of one network, or of several averaged (an ensemble), on validation batches."""
+    networks = [network] if isinstance(network, DuelingQNetwork) else list(network)
     metrics = RankingMetrics()
     for labels, batch in batches:
-        metrics.add(labels, network.score(batch))
+        metrics.add(labels, np.mean([n.score(batch) for n in networks], axis=0))
     return {k: float(v) for k, v in metrics.result().items()}
 
 
@@ -63,6 +66,19 @@ def choose(train: Dataset, config: TrainConfig, seed: int, *, learning_rates: Se
     """Train on the training window less its last `validation_days` days, once per step size for up to
     `max_epochs` passes, and keep the (step size, passes) with the best validation metric."""
     return _choose(train, config, seed, learning_rates, max_epochs, validation_days, network, progress)[0]
+
+
+def validated_network(train: Dataset, config: TrainConfig, seed: int, *, network: NetworkConfig = NetworkConfig(),
+                      progress: Callable[[str], None] | None = None, **choose_options,
+                      ) -> tuple[Choice, DuelingQNetwork, list[tuple[tuple[int, ...], FeatureBatch]]]:
+    """`choose`, also returning the network it chose (trained on the fit days only, so it can still be scored on
+    the validation days) and those days' labelled batches: for comparing training variants on validation alone."""
+    options = _options(choose_options)
+    choice, batches, weights = _choose(train, config, seed, options["learning_rates"], options["max_epochs"],
+                                       options["validation_days"], network, progress)
+    chosen = build_network(network, seed=seed)
+    chosen.load_state_dict(weights)
+    return choice, chosen, batches
 
 
 def _choose(train: Dataset, config: TrainConfig, seed: int, learning_rates: Sequence[float], max_epochs: int,
@@ -81,7 +97,7 @@ def _choose(train: Dataset, config: TrainConfig, seed: int, learning_rates: Sequ
         trainer = Trainer(build_network(network, seed=seed), replace(config, learning_rate=lr, epochs=1, seed=seed))
         for epoch in range(1, max_epochs + 1):
             trainer.fit(fit.impressions, fit.news)
-            tried.append({"learning_rate": lr, "epochs": epoch, **_score(trainer.network, batches)})
+            tried.append({"learning_rate": lr, "epochs": epoch, **score_validation(trainer.network, batches)})
             if best is None or _rank(tried[-1]) > _rank(best):  # the best so far, and its weights for the retrain check
                 best, best_weights = tried[-1], copy.deepcopy(trainer.network.state_dict())
             if progress:
@@ -89,6 +105,11 @@ def _choose(train: Dataset, config: TrainConfig, seed: int, learning_rates: Sequ
                          f"{tried[-1][SELECTION_METRIC]:.4f}")
     validation = {k: v for k, v in best.items() if k not in ("learning_rate", "epochs")}
     return Choice(best["learning_rate"], best["epochs"], validation, tuple(tried), len(batches)), batches, best_weights
+
+
+def _options(given: dict) -> dict:
+    """The grid `_choose` takes: the module's defaults, overridden by what the caller gave."""
+    return {"learning_rates": LEARNING_RATES, "max_epochs": MAX_EPOCHS, "validation_days": VALIDATION_DAYS, **given}
 
 
 def _rank(row: dict) -> tuple[float, int]:
@@ -114,8 +135,7 @@ def train_offline(train: Dataset, config: TrainConfig, seed: int, *, choose_sett
 
     The retrain is checked on the validation days it has now seen; one that scores below the choice less
     RETRAIN_SLACK went wrong (a diverged or dead network), and the network validation chose is kept instead."""
-    options = {"learning_rates": LEARNING_RATES, "max_epochs": MAX_EPOCHS, "validation_days": VALIDATION_DAYS,
-               **choose_options}
+    options = _options(choose_options)
     if not (choose_settings and spans_validation(train, options["validation_days"])):
         trainer = Trainer(build_network(network, seed=seed), replace(config, seed=seed))
         summary = trainer.fit(train.impressions, train.news)
@@ -128,7 +148,7 @@ def train_offline(train: Dataset, config: TrainConfig, seed: int, *, choose_sett
     config = replace(config, learning_rate=choice.learning_rate, epochs=choice.epochs, seed=seed)
     trainer = Trainer(build_network(network, seed=seed), config)
     summary = trainer.fit(train.impressions, train.news)
-    retrained = _score(trainer.network, batches)[SELECTION_METRIC]
+    retrained = score_validation(trainer.network, batches)[SELECTION_METRIC]
     kept = "retrained on the whole window"
     if not _finite(retrained) >= choice.validation[SELECTION_METRIC] - RETRAIN_SLACK:
         trainer.network.load_state_dict(chosen_weights)

@@ -7,7 +7,7 @@ import torch
 from drn.evaluate import DAY, time_split
 from drn.mind import Dataset
 from drn.model import NetworkConfig
-from drn.selection import choose, spans_validation, train_offline
+from drn.selection import choose, score_validation, spans_validation, train_offline, validated_network
 from drn.training import TrainConfig
 from drn.world import logged_world, world_config
 
@@ -35,6 +35,18 @@ def test_choice_is_made_on_the_last_training_day_and_picks_the_better_setting(lo
     assert choice.validation["auc"] == best > max(row["auc"] for row in choice.tried if row["learning_rate"] == 0.0)
 
 
+def test_the_validated_network_is_the_one_chosen_and_an_ensemble_averages_its_members(logs):
+    train, _ = time_split(logs, 1)
+    choice, network, batches = validated_network(train, FAST, seed=0, learning_rates=(0.0, 1e-2), max_epochs=1,
+                                                 network=SMALL)
+    assert len(batches) == choice.validation_impressions
+    assert score_validation(network, batches) == choice.validation
+    _, untrained, _ = validated_network(train, FAST, seed=1, learning_rates=(0.0,), max_epochs=1, network=SMALL)
+    pair = score_validation([network, untrained], batches)
+    assert pair != choice.validation and score_validation([network, network], batches)["auc"] == pytest.approx(
+        choice.validation["auc"])
+
+
 def test_train_offline_reports_the_choice_or_why_it_made_none(logs):
     train, _ = time_split(logs, 1)
     trainer, summary = train_offline(train, FAST, seed=0, learning_rates=(1e-2,), max_epochs=1, network=SMALL)
@@ -52,16 +64,16 @@ def test_train_offline_reports_the_choice_or_why_it_made_none(logs):
 def test_a_retrain_that_went_wrong_keeps_the_validated_network(logs, monkeypatch):
     from drn import selection
     train, _ = time_split(logs, 1)
-    real, calls = selection._score, []
+    real, calls = selection.score_validation, []
 
     def score(network, batches):  # choose scores once (one step size, one pass); the retrain's look is the second
         calls.append(network)
         result = real(network, batches)
         return result if len(calls) == 1 else {**result, "auc": 0.0}
 
-    monkeypatch.setattr(selection, "_score", score)
+    monkeypatch.setattr(selection, "score_validation", score)
     trainer, summary = train_offline(train, FAST, seed=0, learning_rates=(1e-2,), max_epochs=1, network=SMALL)
     assert summary["choice"]["kept"].startswith("the validated network")
-    monkeypatch.setattr(selection, "_score", real)
+    monkeypatch.setattr(selection, "score_validation", real)
     _, _, validated = selection._choose(train, FAST, 0, (1e-2,), 1, 1, SMALL, None)
     assert all(torch.equal(trainer.network.state_dict()[k], validated[k]) for k in validated)

@@ -1,0 +1,117 @@
+"""Can tuning close DRN's gap to LinUCB on MIND? Training variants scored on the validation day alone.
+
+Each variant is trained as `drn evaluate` trains DRN (its step size and passes chosen by `drn.selection` on the last
+day of the training window), and the network it chose, fitted on the days before, is scored on that validation day.
+The test days are never read: this is how a variant would be chosen before any report. Per seed, every variant
+starts from the same initial weights as the defaults (`base`), so the differences are paired. `ensemble-3` averages
+the Q of the base network and of two more trained from other seeds. LinUCB, fitted on the same days, is the
+reference issue 12 compares DRN with (its target: DRN's AUC at least LinUCB's + 0.02).
+
+    .venv/bin/drn data split ../shared/data/mind-sample --out /tmp/mind --test-days 1
+    .venv/bin/python benchmarks/mind_variants.py --train /tmp/mind/train --out out/mind_variants.json
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from drn.baselines import LinUCBPolicy  # noqa: E402
+from drn.bench import mean_ci  # noqa: E402
+from drn.evaluate import evaluate, time_split  # noqa: E402
+from drn.mind import load_dataset  # noqa: E402
+from drn.model import Aggregation, NetworkConfig, set_threads  # noqa: E402
+from drn.selection import VALIDATION_DAYS, score_validation, validated_network  # noqa: E402
+from drn.training import TrainConfig  # noqa: E402
+
+# name -> (TrainConfig fields, NetworkConfig fields) changed from the defaults
+VARIANTS: dict[str, tuple[dict, dict]] = {
+    "base": ({}, {}),
+    "weight decay 1e-4": ({"weight_decay": 1e-4}, {}),
+    "weight decay 1e-3": ({"weight_decay": 1e-3}, {}),
+    "16 negatives": ({"negatives": 16}, {}),
+    "hidden (64, 32)": ({}, {"hidden": (64, 32)}),
+    "hidden (256, 128)": ({}, {"hidden": (256, 128)}),
+    "gamma 0 (no future reward)": ({"gamma": 0.0}, {}),
+    "mean aggregation": ({}, {"aggregation": Aggregation.MEAN}),
+}
+ENSEMBLE = 3  # networks averaged in the ensemble row (the base one and ENSEMBLE - 1 more)
+ENSEMBLE_SEED_STRIDE = 1000  # the extra members' seeds: seed + k * this, apart from every reported seed
+
+
+def run_seed(train, seed: int) -> dict:
+    """Validation AUC and the chosen (step size, passes) of every variant, the ensemble and LinUCB, for one seed."""
+    rows, base_network, batches = {}, None, None
+    for name, (train_fields, network_fields) in VARIANTS.items():
+        started = time.time()
+        choice, network, batches = validated_network(train, replace(TrainConfig(), **train_fields), seed,
+                                                     network=replace(NetworkConfig(), **network_fields))
+        rows[name] = {"auc": choice.validation["auc"], "learning_rate": choice.learning_rate,
+                      "epochs": choice.epochs}
+        if name == "base":
+            base_network = network
+        print(f"seed {seed} {name}: validation AUC {choice.validation['auc']:.4f} "
+              f"({time.time() - started:.0f} s)", file=sys.stderr, flush=True)
+    members = [base_network] + [validated_network(train, TrainConfig(), seed + k * ENSEMBLE_SEED_STRIDE)[1]
+                                for k in range(1, ENSEMBLE)]
+    rows[f"ensemble-{ENSEMBLE}"] = {"auc": score_validation(members, batches)["auc"]}
+    fit, valid = time_split(train, VALIDATION_DAYS)
+    linucb = LinUCBPolicy()
+    linucb.fit(fit)
+    rows["linucb"] = {"auc": float(evaluate(linucb, fit, valid)["auc"])}
+    return rows
+
+
+def summarise(per_seed: list[dict]) -> list[dict]:
+    """Per variant: mean validation AUC with a 95% t-interval, and the paired difference from base."""
+    table = []
+    for name in per_seed[0]:
+        aucs = [seed[name]["auc"] for seed in per_seed]
+        diffs = [a - seed["base"]["auc"] for a, seed in zip(aucs, per_seed)]
+        mean, ci = mean_ci(aucs)
+        diff, diff_ci = mean_ci(diffs)
+        table.append({"variant": name, "auc": mean, "auc_ci": ci, "minus_base": diff, "minus_base_ci": diff_ci,
+                      "better_in_seeds": sum(d > 0 for d in diffs), "per_seed": aucs,
+                      "chosen": [(seed[name].get("learning_rate"), seed[name].get("epochs")) for seed in per_seed]})
+    return table
+
+
+def markdown(table: list[dict], seeds: int) -> str:
+    lines = ["| variant | validation AUC (95% CI) | minus base (95% CI) | better than base in seeds | chosen (lr, passes) |",
+             "| --- | --- | --- | --- | --- |"]
+    for row in table:
+        chosen = ", ".join(f"{lr:g}/{epochs}" for lr, epochs in row["chosen"]) if row["chosen"][0][0] else "-"
+        better = "-" if row["variant"] == "base" else f"{row['better_in_seeds']} of {seeds}"
+        versus = ("-" if row["variant"] == "base" else
+                  f"{row['minus_base']:+.4f} [{row['minus_base_ci'][0]:+.4f}, {row['minus_base_ci'][1]:+.4f}]")
+        lines.append(f"| {row['variant']} | {row['auc']:.4f} [{row['auc_ci'][0]:.4f}, {row['auc_ci'][1]:.4f}] | "
+                     f"{versus} | {better} | "
+                     f"{chosen} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--train", type=Path, required=True, help="a MIND folder: the training window (train split)")
+    parser.add_argument("--seeds", type=int, default=5)
+    parser.add_argument("--out", type=Path)
+    args = parser.parse_args()
+    if args.seeds < 2:
+        parser.error("--seeds must be at least 2 (the intervals need two)")
+    set_threads()
+    train = load_dataset(args.train)
+    per_seed = [run_seed(train, seed) for seed in range(args.seeds)]
+    table = summarise(per_seed)
+    print(markdown(table, args.seeds))
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps({"train": str(args.train), "seeds": args.seeds, "table": table}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
