@@ -169,7 +169,7 @@ class Trainer:
         seen = 0
         for _ in range(self.config.epochs):
             self.begin_pass()
-            count = 0
+            count, steps_before = 0, self.steps
             for count, sample in enumerate(open_samples(), start=1):
                 self.observe(sample)
                 if count % self.config.train_every == 0:
@@ -178,6 +178,11 @@ class Trainer:
                     self.progress(seen + count, total)
             seen += count
             self.end_pass()
+            # The steps skipped while the buffer held less than a batch are taken now that the pass's last
+            # transitions are in: in a short window whose users come back only after it (a major update's first
+            # hour), every transition enters at the end, and without this the candidate is the parent, unchanged.
+            for _ in range(count // self.config.train_every - (self.steps - steps_before)):
+                self.gradient_step()
         self.network.eval()
         return self.summary(seen // self.config.epochs)
 

@@ -79,6 +79,17 @@ def test_training_is_deterministic_and_learns(world_logs):
     assert not torch.equal(w1["advantage.0.weight"], build_network(TINY, seed=0).state_dict()["advantage.0.weight"])
 
 
+def test_a_window_whose_users_come_once_still_trains_one_step_per_train_every_impressions(world_logs):
+    # each user's first impression only: no transition completes during the pass, all enter the buffer at its end
+    firsts = list({imp.user: imp for imp in reversed(world_logs.impressions)}.values())[::-1]
+    assert len(firsts) > FAST.batch_impressions
+    network = build_network(TINY, seed=0)
+    before = copy.deepcopy(network.state_dict())
+    summary = train(network, Dataset(firsts, world_logs.news), FAST)
+    assert summary["steps"] == len(firsts) // FAST.train_every
+    assert any(not torch.equal(before[k], network.state_dict()[k]) for k in before)
+
+
 def test_replay_buffer_stays_bounded_as_logs_grow(world_logs):
     trainer = Trainer(build_network(TINY), FAST)
     trainer.fit(world_logs.impressions, world_logs.news)
