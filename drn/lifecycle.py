@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import math
+from collections import deque
 from dataclasses import dataclass
 from typing import Iterable, Mapping, Sequence
 
@@ -314,15 +315,17 @@ def major_update(promoted: ModelBundle, logged: Sequence[LoggedImpression], news
 
     `before`: everything logged before `logged` (the imported logs, earlier rounds), whose events make the feature
     state the replay starts from, as serving had it; without it the replay would learn from users without history
-    and items without clicks, features serving never computes. `samples`: the training share's replay from that
+    and items without clicks, features serving never computes. Its latest replay buffer's worth of impressions also
+    fill the replay memory the steps draw on with the window's. `samples`: the training share's replay from that
     state, already computed (in shards on a cluster, flows/sharded_replay); the same as computing it here."""
     impressions = [imp.to_impression() for imp in logged]
     cut = training_share(len(impressions), holdout_fraction)
     news = dict(news)
-    start = warm_state(news, before)
+    earlier, memory = memory_split(news, before, train_config.buffer_impressions)
+    start = warmed(memory, news, earlier)
     train_data, test_data = Dataset(impressions[:cut], news), Dataset(impressions[cut:], news)
     network = network_of(promoted)
-    summary = train(network, train_data, train_config, start=start, samples=samples)
+    summary = train(network, train_data, train_config, start=earlier, samples=samples, memory=memory)
     return _candidate(network, summary, train_data, test_data, promoted, start)
 
 
@@ -341,6 +344,18 @@ def earlier_attempt(versions: Mapping[str, VersionInfo], parent: str, seen: str)
     """A major version of `parent` already trained on the same evidence: training again would register a copy."""
     return next((info for info in versions.values() if info.kind == "major" and info.parent == parent
                  and info.tags.get(EVIDENCE_TAG) == seen), None)
+
+
+def memory_split(news: Mapping[str, NewsItem], before: Iterable[LoggedImpression],
+                 keep: int) -> tuple[FeatureState, list[Impression]]:
+    """The latest `keep` impressions of `before` (a major update's replay memory: a replay buffer's worth) and the
+    feature state after the ones before them; `before` is streamed, so only those `keep` are held."""
+    state, latest = FeatureState(news), deque()
+    for logged in before:
+        latest.append(logged.to_impression())
+        if len(latest) > keep:
+            record(latest.popleft(), state)
+    return state, list(latest)
 
 
 def warm_state(news: Mapping[str, NewsItem], before: Iterable[LoggedImpression]) -> FeatureState:

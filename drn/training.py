@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from drn.activeness import BETA, LAMBDA0, SA, UserActiveness, survival, total_reward
-from drn.features import FeatureState, Sample, replay
+from drn.features import FeatureState, Sample, replay, warmed
 from drn.mind import Dataset, Impression, NewsItem
 from drn.model import DuelingQNetwork
 
@@ -192,6 +192,16 @@ class Trainer:
                 "buffer_bytes": self.buffer.nbytes, "impressions": impressions,
                 "loss_curve": loss_curve(self.losses)}
 
+    def remember(self, samples: Iterable[Sample]) -> int:
+        """Put the transitions of earlier samples (in time order) in the replay buffer, with no gradient step: the
+        memory later steps draw on beside the new data. Each user's last one waits for a next state a new pass does
+        not give, and is left out. Returns how many transitions entered the buffer."""
+        self.begin_pass()
+        before = self.buffer.size
+        for sample in samples:
+            self.observe(sample)
+        return self.buffer.size - before
+
     def begin_pass(self) -> None:
         """Start a pass over a log: user activeness and pending next states restart with it."""
         self._activeness = UserActiveness(lambda0=self.config.activeness_lambda0, sa=self.config.activeness_sa)
@@ -262,13 +272,23 @@ def loss_curve(losses: Sequence[float], points: int = CURVE_POINTS) -> list[tupl
 
 def train(network: DuelingQNetwork, data: Dataset, config: TrainConfig = TrainConfig(),
           progress: ProgressFn | None = None, start: FeatureState | None = None,
-          samples: Sequence[Sample] | None = None) -> dict:
+          samples: Sequence[Sample] | None = None, memory: Sequence[Impression] = ()) -> dict:
     """Offline training / major update entry point: warm start = pass a network holding the given weights, and
     the feature state the data begins from as `start`. `samples`: the replay of `data` from `start`, already
-    computed (by shards on a cluster); the trainer then reads them instead of replaying."""
+    computed (by shards on a cluster); the trainer then reads them instead of replaying.
+
+    `memory`: impressions logged just before `data`, which `start` then precedes: replayed into the buffer first and
+    drawn on by every step with `data`'s, as DRN's major update replays what was logged (fitted alone, the lists
+    its own model chose pull a warm-started model off what it learned before)."""
     trainer = Trainer(network, config, progress)
+    remembered = 0
+    if memory:
+        start = warmed((), data.news, start)  # a copy, moved on to data's beginning by the memory's replay
+        remembered = trainer.remember(replay(memory, start))
     if samples is None:
-        return trainer.fit(data.impressions, data.news, start)
-    if len(samples) != len(data.impressions):
+        summary = trainer.fit(data.impressions, data.news, start)
+    elif len(samples) != len(data.impressions):
         raise ValueError(f"{len(samples)} samples for {len(data.impressions)} impressions")
-    return trainer.fit_samples(lambda: samples, len(samples) * config.epochs)
+    else:
+        summary = trainer.fit_samples(lambda: samples, len(samples) * config.epochs)
+    return {**summary, "remembered": remembered}

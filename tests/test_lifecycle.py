@@ -13,6 +13,7 @@ import torch
 from drn import lifecycle
 from drn.bundle import bundle_of, network_of
 from drn.exploration import dbgd_step, explore_weights, explorer_seeds
+from drn.features import warmed
 from drn.learners import LearnerConfig, RoundRecipe
 from drn.logstore import EXPLOIT, EXPLORE, NO_TEAM, Click, ImpressionRecord, LoggedImpression, Round
 from drn.mind import load_dataset
@@ -229,6 +230,27 @@ def test_major_update_warm_starts_from_the_promoted_weights(world):
     assert any(not torch.equal(candidate.bundle.weights[k], promoted.weights[k]) for k in promoted.weights)
     with pytest.raises(ValueError):
         lifecycle.major_update(promoted, logged, dataset.news, TINY, holdout_fraction=1.0)
+
+
+def test_a_major_update_keeps_the_latest_impressions_before_its_window_in_its_replay_memory(world):
+    promoted = lifecycle.offline_train(str(world), TINY, seed=0).bundle
+    dataset = load_dataset(world)
+    logged = [LoggedImpression(ImpressionRecord(imp.impression_id, imp.user, imp.time, imp.candidates, imp.candidates,
+                                                (NO_TEAM,) * len(imp.candidates), "1"),
+                               tuple(Click(n, imp.time) for n in imp.clicked)) for imp in dataset.impressions]
+    before, window = logged[:-40], logged[-40:]
+    assert len(before) > TINY.buffer_impressions
+    earlier, memory = lifecycle.memory_split(dataset.news, iter(before), TINY.buffer_impressions)
+    assert [imp.impression_id for imp in memory] == [imp.record.impression_id for imp in before[-TINY.buffer_impressions:]]
+    first = window[0].record
+    whole = lifecycle.warm_state(dataset.news, before).features(first.user, first.candidates, first.time)
+    split = warmed(memory, dataset.news, earlier).features(first.user, first.candidates, first.time)
+    assert np.array_equal(whole.state, split.state) and np.array_equal(whole.action, split.action)
+    alone = lifecycle.major_update(promoted, window, dataset.news, TINY, holdout_fraction=0.25)
+    remembering = lifecycle.major_update(promoted, window, dataset.news, TINY, holdout_fraction=0.25, before=before)
+    assert alone.training["remembered"] == 0 < remembering.training["remembered"] <= TINY.buffer_impressions
+    assert remembering.training["steps"] == alone.training["steps"]  # the memory is drawn on, not trained on alone
+    assert any(not torch.equal(remembering.bundle.weights[k], alone.bundle.weights[k]) for k in promoted.weights)
 
 
 def test_major_update_replays_from_the_feature_state_of_everything_logged_before(world, monkeypatch):
