@@ -218,12 +218,17 @@ def test_offline_train_evaluates_candidate_and_promoted_on_the_same_days(world, 
     assert second.data_window[0] == min(times) and second.data_window[1] > max(times)
 
 
+def _as_logged(dataset) -> list[LoggedImpression]:
+    """A dataset's impressions as the log store gives them: every candidate served, no teams, model "1"."""
+    return [LoggedImpression(ImpressionRecord(imp.impression_id, imp.user, imp.time, imp.candidates, imp.candidates,
+                                              (NO_TEAM,) * len(imp.candidates), "1"),
+                             tuple(Click(n, imp.time) for n in imp.clicked)) for imp in dataset.impressions]
+
+
 def test_major_update_warm_starts_from_the_promoted_weights(world):
     promoted = lifecycle.offline_train(str(world), TINY, seed=0).bundle
     dataset = load_dataset(world)
-    logged = [LoggedImpression(ImpressionRecord(imp.impression_id, imp.user, imp.time, imp.candidates, imp.candidates,
-                                                (NO_TEAM,) * len(imp.candidates), "1"),
-                               tuple(Click(n, imp.time) for n in imp.clicked)) for imp in dataset.impressions]
+    logged = _as_logged(dataset)
     candidate = lifecycle.major_update(promoted, logged, dataset.news, TINY, holdout_fraction=0.25)
     assert candidate.baseline["impressions"] == candidate.metrics["impressions"] > 0
     assert candidate.training["steps"] > 0
@@ -235,9 +240,7 @@ def test_major_update_warm_starts_from_the_promoted_weights(world):
 def test_a_major_update_keeps_the_latest_impressions_before_its_window_in_its_replay_memory(world):
     promoted = lifecycle.offline_train(str(world), TINY, seed=0).bundle
     dataset = load_dataset(world)
-    logged = [LoggedImpression(ImpressionRecord(imp.impression_id, imp.user, imp.time, imp.candidates, imp.candidates,
-                                                (NO_TEAM,) * len(imp.candidates), "1"),
-                               tuple(Click(n, imp.time) for n in imp.clicked)) for imp in dataset.impressions]
+    logged = _as_logged(dataset)
     before, window = logged[:-40], logged[-40:]
     assert len(before) > TINY.buffer_impressions
     earlier, memory = lifecycle.memory_split(dataset.news, iter(before), TINY.buffer_impressions)
@@ -262,9 +265,7 @@ def test_major_update_replays_from_the_feature_state_of_everything_logged_before
     from drn.training import Trainer
     promoted = lifecycle.offline_train(str(world), TINY, seed=0).bundle
     dataset = load_dataset(world)
-    logged = [LoggedImpression(ImpressionRecord(imp.impression_id, imp.user, imp.time, imp.candidates, imp.candidates,
-                                                (NO_TEAM,) * len(imp.candidates), "1"),
-                               tuple(Click(n, imp.time) for n in imp.clicked)) for imp in dataset.impressions]
+    logged = _as_logged(dataset)
     before, window = logged[:-40], logged[-40:]
     seen = []
     observe = Trainer.observe
