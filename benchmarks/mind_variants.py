@@ -82,8 +82,8 @@ def summarise(per_seed: list[dict]) -> list[dict]:
 
 
 def markdown(table: list[dict], seeds: int) -> str:
-    lines = ["| variant | validation AUC (95% CI) | minus base (95% CI) | better than base in seeds | chosen (lr, passes) |",
-             "| --- | --- | --- | --- | --- |"]
+    lines = ["| variant | validation AUC (95% CI) | minus base (95% CI) | better than base in seeds "
+             "| chosen (lr, passes) |", "| --- | --- | --- | --- | --- |"]
     for row in table:
         chosen = ", ".join(f"{lr:g}/{epochs}" for lr, epochs in row["chosen"]) if row["chosen"][0][0] else "-"
         better = "-" if row["variant"] == "base" else f"{row['better_in_seeds']} of {seeds}"

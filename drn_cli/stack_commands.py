@@ -137,8 +137,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     _store_flags(demo)
     demo.add_argument("--out", default="out/demo", help="summary.json, ctr.png (and, unless --home, the data dir)")
     demo.add_argument("--hours", type=float, default=demo_defaults.HOURS,
-                      help=f"simulated world hours (default {demo_defaults.HOURS:g}: a day, and the hours of the day the "
-                           "CTR comparison's first hours were, a day later)")
+                      help=f"simulated world hours (default {demo_defaults.HOURS:g}: a day, and the hours of the "
+                           "day the CTR comparison's first hours were, a day later)")
     demo.add_argument("--speed", type=float, default=demo_defaults.SPEED,
                       help=f"world seconds per wall second (default {demo_defaults.SPEED:g})")
     demo.add_argument("--clients", type=int, default=demo_defaults.CLIENTS,

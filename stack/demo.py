@@ -5,7 +5,8 @@ and major updates on schedules compressed by the same factor, a live status line
 
 At `speed` world seconds per wall second, T_D = 30 world minutes becomes 30/speed wall minutes and T_R = 60 world
 minutes 60/speed: the default speed 150 runs a world day in 9.6 minutes (the default 30 world hours in 12), a minor
-update every 12 s, a major one every 24 s (a run still busy when the next is due makes Prefect cancel the newcomer: see flows/deployments.py).
+update every 12 s, a major one every 24 s (a run still busy when the next is due makes Prefect cancel the newcomer:
+see flows/deployments.py).
 """
 from __future__ import annotations
 
@@ -25,7 +26,6 @@ import httpx
 from drn.schedule import MAJOR_EVERY_MIN, MINOR_EVERY_MIN
 from drn.world import HOUR
 from stack import demo_defaults, observe
-from stack.demo_defaults import DAY_HOURS, EDGE_HOURS
 from stack.processes import StackError
 from stack.settings import StackSettings
 from stack.traffic import TrafficStats, drive
@@ -113,7 +113,7 @@ async def traffic_with_status(settings: StackSettings, options: DemoOptions, tok
 
 def edge_count(hours_seen: int) -> int:
     """How many hours each end of the comparison pools: EDGE_HOURS, or half of a shorter span."""
-    return max(1, min(EDGE_HOURS, hours_seen // 2))
+    return max(1, min(demo_defaults.EDGE_HOURS, hours_seen // 2))
 
 
 def edge_rate(per_hour: list[dict], first: bool, part: str = "clicks", whole: str = "shown") -> float:
@@ -132,7 +132,8 @@ def edge_oracle_share(per_hour: list[dict], first: bool) -> float:
 
 def edges_alike(hours: float) -> bool:
     """Whether the last EDGE_HOURS of a span of `hours` fall on the same hours of the day as its first ones."""
-    return hours > EDGE_HOURS and (hours - EDGE_HOURS) % DAY_HOURS == 0
+    edge = demo_defaults.EDGE_HOURS
+    return hours > edge and (hours - edge) % demo_defaults.DAY_HOURS == 0
 
 
 def summarise(stats: TrafficStats, versions: list[dict], history: list[dict],

@@ -244,7 +244,8 @@ def test_a_major_update_keeps_the_latest_impressions_before_its_window_in_its_re
     before, window = logged[:-40], logged[-40:]
     assert len(before) > TINY.buffer_impressions
     earlier, memory = lifecycle.memory_split(dataset.news, iter(before), TINY.buffer_impressions)
-    assert [imp.impression_id for imp in memory] == [imp.record.impression_id for imp in before[-TINY.buffer_impressions:]]
+    latest = before[-TINY.buffer_impressions:]
+    assert [imp.impression_id for imp in memory] == [imp.record.impression_id for imp in latest]
     first = window[0].record
     whole = lifecycle.warm_state(dataset.news, before).features(first.user, first.candidates, first.time)
     split = warmed(memory, dataset.news, earlier).features(first.user, first.candidates, first.time)
