@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 from bisect import bisect_right
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import StrEnum
 from itertools import accumulate
 from typing import Callable, Iterable, Sequence
@@ -46,6 +46,12 @@ DEFAULT_METHOD = Method.TEAM_DRAFT
 MIN_DECISIVE = 20  # a round decides once this many impressions were won by one side; until then it stays open
 MAX_ROUND_IMPRESSIONS = 5000  # ... unless it holds this many impressions first: closed "insufficient", no step
 SIGNIFICANCE = 0.2  # two-sided sign test: where explore is no better, a decided round steps with chance <= 0.1
+# A major update's gate round asks more: its candidate goes live unless the served model is shown better, so the
+# round must be able to show it. Held at MIN_DECISIVE, gate rounds ended in ties and refused nearly every candidate.
+GATE_DECISIVE = 200  # decides at this many decisive impressions: the sign test at SIGNIFICANCE then refuses, with
+#   power about 0.9, a candidate the served model outclicks in 59% of them; an equal one is refused with chance <= 0.1
+GATE_EARLY_SIGNIFICANCE = 0.001  # ... or at any earlier look (from MIN_DECISIVE on) when p is below this
+#   (Haybittle-Peto): a clear win or loss need not wait, and so strict a bound barely moves the error rates above
 
 
 @dataclass(frozen=True)
@@ -258,6 +264,20 @@ def round_outcome(impressions: Iterable[tuple[Sequence[int], Iterable[int]]], me
     else:
         winner = "tie"
     return Outcome(method, count, clicks_a, clicks_b, wins_a, wins_b, count - wins_a - wins_b, p_value, winner)
+
+
+def gate_outcome(impressions: Iterable[tuple[Sequence[int], Iterable[int]]], method: Method = DEFAULT_METHOD, *,
+                 decisive: int = GATE_DECISIVE, early_from: int = MIN_DECISIVE,
+                 max_impressions: int = MAX_ROUND_IMPRESSIONS, significance: float = SIGNIFICANCE,
+                 early_significance: float = GATE_EARLY_SIGNIFICANCE) -> Outcome:
+    """A gate round's verdict: `round_outcome` at `decisive` decisive impressions, or at an earlier look (from
+    `early_from` decisive ones) once the sign test's p is below `early_significance`."""
+    outcome = round_outcome(impressions, method, min_decisive=decisive, max_impressions=max_impressions,
+                            significance=significance)
+    undecided = outcome.winner in ("pending", "insufficient")
+    if undecided and outcome.wins_a + outcome.wins_b >= early_from and outcome.p_value < early_significance:
+        return replace(outcome, winner="exploit" if outcome.wins_a > outcome.wins_b else "explore")
+    return outcome
 
 
 def credit_curve(impressions: Iterable[tuple[Sequence[int], Iterable[int]]]) -> list[tuple[int, int, int]]:

@@ -75,8 +75,10 @@ class RoundRecipe:
     temperature: float = PL_TEMPERATURE  # pdgd: lists are Plackett-Luce samples over Q / temperature
     challenger: str | None = None  # a gate round: this registered version is interleaved against W instead, and
     #   served in W's place when it wins (a major update's or sgd's candidate, drn.lifecycle.challenge)
-    promote_on_tie: bool = False  # a gate round's challenger is also served when the round ties (sgd's rule: a
-    #   challenger replaces W when it does not lose); a major update's must win
+    promote_on_tie: bool = False  # a gate round's challenger is also served when the round ties: it replaces W when
+    #   it does not lose (sgd's challengers, and a major update's, drn.lifecycle.challenge)
+    decisive: int | None = None  # a gate round decides at this many decisive impressions, or earlier on a clear
+    #   result (drn.interleaving.gate_outcome); None: when an exploration round would (LearnerConfig.min_decisive)
 
     def __post_init__(self) -> None:
         _as_options(self, learner=LearnerName, noise=Noise, interleaving=Method)
@@ -84,6 +86,8 @@ class RoundRecipe:
             raise ValueError(f"explorers must be an integer >= 1, got {self.explorers!r}")
         if not self.temperature > 0:
             raise ValueError(f"temperature must be > 0, got {self.temperature!r}")
+        if self.decisive is not None and not (isinstance(self.decisive, int) and self.decisive >= 1):
+            raise ValueError(f"decisive must be an integer >= 1 or None, got {self.decisive!r}")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -94,7 +98,7 @@ class RoundRecipe:
 
     def exploring(self) -> RoundRecipe:
         """The same learner's exploration round (no challenger)."""
-        return replace(self, challenger=None, promote_on_tie=False)
+        return replace(self, challenger=None, promote_on_tie=False, decisive=None)
 
     @property
     def needs_features(self) -> bool:

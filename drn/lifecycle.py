@@ -9,7 +9,8 @@
 - major update: replay every logged impression since the parent's data window -> double-DQN training warm-started
   from the promoted weights -> evaluate candidate and promoted on the newest logs, which only screens out a broken
   candidate (the served model ranked those logs itself) -> a gate round (`challenge`): the candidate interleaved
-  against the served model on live traffic, promoted by the next minor update only if it wins that round;
+  against the served model on live traffic, promoted by the minor update that decides that round unless the
+  served model won it (decided at `GATE_DECISIVE` decisive impressions, earlier on a clear result);
 - promotion and rollback, each followed by a fresh exploration round for the version now served.
 
 Nothing here knows Prefect; the functions at the bottom are the only ones that touch the stores (the registry and
@@ -29,7 +30,7 @@ import numpy as np
 from drn.evaluate import evaluate, time_split
 from drn.exploration import ALPHA, dbgd_step, explore_weights, explorer_seeds, mean_weights
 from drn.features import FeatureState, Sample, record, warmed
-from drn.interleaving import Outcome, credit_curve, round_outcome
+from drn.interleaving import GATE_DECISIVE, Outcome, credit_curve, gate_outcome, round_outcome
 from drn.learners import ClickedList, LearnerConfig, LearnerName, RoundRecipe, mgd_winners, pdgd_step, sgd_challenger
 from drn.logstore import LoggedImpression, LogStore, Round
 from drn.mind import Dataset, Impression, NewsItem, load_dataset
@@ -133,7 +134,8 @@ def minor_update(promoted: ModelBundle, promoted_version: str, round_: Round, fe
                  challenger: ModelBundle | None = None) -> MinorDecision:
     """What a round teaches, by the learner of its recipe (drn.learners): DBGD steps W towards W~ when W~ won; MGD
     towards the mean of the explore networks that beat W; PDGD takes its pairwise gradient step; SGD trains the next
-    challenger on the round. A gate round promotes its challenger (`challenger`, its bundle) only when it won.
+    challenger on the round. A gate round promotes its challenger (`challenger`, its bundle) when it won (or, with
+    its recipe's promote_on_tie, when the served model did not).
 
     A round served with another version than the one promoted now (a rollback or a major update came between)
     says nothing about the promoted weights: it is not scored. A round with too little evidence yet is pending: the
@@ -168,9 +170,12 @@ def _with_next_challenger(decision: MinorDecision, base: ModelBundle, lists: Seq
 
 
 def _duel(feedback: Sequence[LoggedImpression], recipe: RoundRecipe, config: LearnerConfig) -> Outcome:
-    return round_outcome((_teams_and_clicks(imp) for imp in feedback), recipe.interleaving,
-                         min_decisive=config.min_decisive, max_impressions=config.max_round_impressions,
-                         significance=config.significance)
+    pairs = (_teams_and_clicks(imp) for imp in feedback)
+    limits = {"max_impressions": config.max_round_impressions, "significance": config.significance}
+    if recipe.decisive is not None:
+        return gate_outcome(pairs, recipe.interleaving, decisive=recipe.decisive, early_from=config.min_decisive,
+                            **limits)
+    return round_outcome(pairs, recipe.interleaving, min_decisive=config.min_decisive, **limits)
 
 
 def _duel_metrics(outcome: Outcome) -> dict[str, float]:
@@ -179,15 +184,15 @@ def _duel_metrics(outcome: Outcome) -> dict[str, float]:
             "interleaving.wins_explore": outcome.wins_b, "interleaving.p_value": outcome.p_value}
 
 
-def _pending(outcome: Outcome, config: LearnerConfig) -> MinorDecision:
-    return MinorDecision("pending", f"round kept open: {outcome.wins_a + outcome.wins_b} of {config.min_decisive} "
+def _pending(outcome: Outcome, needed: int) -> MinorDecision:
+    return MinorDecision("pending", f"round kept open: {outcome.wins_a + outcome.wins_b} of {needed} "
                                     f"decisive impressions ({outcome.impressions} impressions so far)", outcome)
 
 
 def _dbgd(promoted: ModelBundle, round_: Round, outcome: Outcome, recipe: RoundRecipe,
           config: LearnerConfig) -> MinorDecision:
     if outcome.pending:
-        return _pending(outcome, config)
+        return _pending(outcome, config.min_decisive)
     score = f"({outcome.wins_b} explore vs {outcome.wins_a} exploit wins, {outcome.impressions} impressions, " \
             f"p={outcome.p_value:.3g})"
     if not outcome.explore_won:
@@ -247,7 +252,8 @@ def _judge(outcome: Outcome, recipe: RoundRecipe, promoted_version: str, config:
     """A gate round: the challenger replaces the served version only when users preferred it (or, with
     promote_on_tie, did not prefer the served one)."""
     if outcome.pending:
-        return dataclasses.replace(_pending(outcome, config), challenger=recipe.challenger)
+        return dataclasses.replace(_pending(outcome, recipe.decisive or config.min_decisive),
+                                   challenger=recipe.challenger)
     score = (f"{outcome.wins_b} to {outcome.wins_a} decisive impressions of {outcome.impressions} "
              f"(p={outcome.p_value:.3g})")
     accepted = outcome.explore_won or (recipe.promote_on_tie and outcome.winner == "tie")
@@ -418,11 +424,15 @@ def exploration_recipe(logs: LogStore) -> RoundRecipe:
 
 
 def challenge(logs: LogStore, version: str, challenger: str, alpha: float, now: float,
-              recipe: RoundRecipe | None = None) -> Round:
+              recipe: RoundRecipe | None = None, decisive: int = GATE_DECISIVE) -> Round:
     """A gate round: `challenger` interleaved against the served `version` on live traffic (the evidence neither
-    selected), scored by the next minor updates like any round; `recipe` (None: the latest exploration's) says how,
-    and whether a tie is enough."""
-    recipe = recipe if recipe is not None else exploration_recipe(logs)
+    selected), scored by the next minor updates like any round; `recipe` says how, and whether a tie is enough.
+
+    None: a major candidate's round, served as the latest exploration and decided at `decisive` decisive
+    impressions (or earlier on a clear result); the candidate goes live unless the served model won. It was trained
+    from the served weights on more of the logs and passed the screen: what the round must catch is a worse one."""
+    if recipe is None:
+        recipe = dataclasses.replace(exploration_recipe(logs), promote_on_tie=True, decisive=decisive)
     return open_round(logs, version, alpha, now, dataclasses.replace(recipe, challenger=challenger))
 
 

@@ -27,6 +27,7 @@ from drn import lifecycle
 from drn.bundle import ModelBundle
 from drn.config import Settings
 from drn.exploration import ALPHA
+from drn.interleaving import GATE_DECISIVE
 from drn.learners import RoundRecipe
 from drn.logstore import LogStore, Round
 from drn.selection import SELECTION_METRIC
@@ -131,19 +132,19 @@ def gate_round(settings: Settings, version: str) -> Round | None:
 
 @io_task
 def challenge(settings: Settings, version: str, *, expected_served: str, alpha: float = ALPHA,
-              recipe: RoundRecipe | None = None) -> bool:
-    """Open a gate round of `version` against the served one (served as `recipe` says; None: as the latest
-    exploration), unless the served version changed since the flow read it (then the comparison would be with
+              recipe: RoundRecipe | None = None, decisive: int = GATE_DECISIVE) -> bool:
+    """Open a gate round of `version` against the served one (served as `recipe` says; None: a major candidate's,
+    decided at `decisive` decisive impressions, drn.lifecycle.challenge), unless the served version changed since the flow read it (then the comparison would be with
     another model than the one it was trained from). True if opened."""
     current = registry(settings).served()
     if current is None or current.version != expected_served:
         return False
-    lifecycle.challenge(log_store(settings), expected_served, version, alpha, time.time(), recipe)
+    lifecycle.challenge(log_store(settings), expected_served, version, alpha, time.time(), recipe, decisive)
     return True
 
 
 def challenge_if_screened(settings: Settings, version: str, verdict: lifecycle.GateResult, served_version: str,
-                          alpha: float) -> tuple[str, str]:
+                          alpha: float, decisive: int = GATE_DECISIVE) -> tuple[str, str]:
     """The last step of a major update: a gate round for a registered candidate that passed the screen."""
     if not verdict.passed:
         annotate(settings, version, {GATE_VERDICT: f"refused before its gate round: {verdict.reason}"})
@@ -152,10 +153,11 @@ def challenge_if_screened(settings: Settings, version: str, verdict: lifecycle.G
     if hold is not None:
         annotate(settings, version, {GATE_VERDICT: f"screened, no gate round: {HELD}"})
         return HELD, f"screened ({verdict.reason}), not challenged: {hold.message()}"
-    if not challenge(settings, version, expected_served=served_version, alpha=alpha):
+    if not challenge(settings, version, expected_served=served_version, alpha=alpha, decisive=decisive):
         return "registered", f"passed the screen, but the served version changed from v{served_version} meanwhile"
     return "challenging", (f"screened ({verdict.reason}); now interleaved against v{served_version} on live traffic, "
-                           f"promoted only if it wins that round")
+                           f"promoted unless v{served_version} wins that round ({decisive} decisive impressions, "
+                           f"fewer on a clear result)")
 
 
 def promote_if_passed(settings: Settings, version: str, verdict: lifecycle.GateResult, previous: str | None,

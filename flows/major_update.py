@@ -2,7 +2,7 @@
 window-trained ancestor, train warm-started from the promoted weights, evaluate candidate and promoted model on
 the newest logs (a screen: those logs were ranked by the promoted model), register (kind major), and open a gate
 round in which the candidate is interleaved against the promoted model on live traffic. The minor update scores that
-round like any other and promotes the candidate only if it wins. While a gate round runs, no other is opened."""
+round and promotes the candidate unless the promoted model wins it. While a gate round runs, no other is opened."""
 from __future__ import annotations
 
 import os
@@ -13,6 +13,8 @@ from prefect import flow
 from drn import lifecycle
 from drn.config import Settings
 from drn.exploration import ALPHA
+from drn.interleaving import GATE_DECISIVE
+from drn.learners import RoundRecipe
 from drn.features import Sample
 from drn.logstore import LoggedImpression
 from drn.mind import NewsItem
@@ -59,11 +61,14 @@ def train(settings: Settings, promoted, start: float | None, logged: list[Logged
 @flow(name=KIND, log_prints=True)
 def major_update(train_config: dict[str, Any] | None = None, holdout_fraction: float = lifecycle.HOLDOUT_FRACTION,
                  tolerance: float = lifecycle.SCREEN_TOLERANCE, min_impressions: int = lifecycle.MIN_REPLAY_IMPRESSIONS,
-                 alpha: float = ALPHA) -> dict:
+                 alpha: float = ALPHA, gate_decisive: int = GATE_DECISIVE) -> dict:
     """`train_config` overrides TrainConfig fields (over lifecycle.MAJOR_TRAINING's fine-tuning);
     `holdout_fraction`: newest share of the logs that evaluates;
     `tolerance`: how much worse on those logs a candidate may be and still get a gate round; `min_impressions`:
-    fewer new logs and nothing is trained; `alpha`: the radius of the exploration round opened after a promotion."""
+    fewer new logs and nothing is trained; `alpha`: the radius of the exploration round opened after a promotion;
+    `gate_decisive`: the decisive impressions at which the candidate's gate round decides (earlier on a clear
+    result)."""
+    RoundRecipe(decisive=gate_decisive)  # a bad value fails here, before anything is trained
     settings = Settings.from_env()
     with common.exclusive(settings, KIND, LEASE_S, scheduled=True) as busy:
         if busy:
@@ -84,7 +89,8 @@ def major_update(train_config: dict[str, Any] | None = None, holdout_fraction: f
             # registered by a run that ended (killed) before its gate step: that step is done now, once
             own, baseline = common.stored_candidate(earlier)
             decision, why = common.challenge_if_screened(settings, earlier.version,
-                                                         lifecycle.gate(own, baseline, tolerance), info.version, alpha)
+                                                         lifecycle.gate(own, baseline, tolerance), info.version, alpha,
+                                                         gate_decisive)
             return common.report(KIND, decision, f"v{earlier.version}, registered from v{info.version} on these logs "
                                  f"by a run that ended before its gate step: {why}",
                                  {"version": earlier.version, "parent": info.version, **own,
@@ -105,6 +111,6 @@ def major_update(train_config: dict[str, Any] | None = None, holdout_fraction: f
             tags={lifecycle.EVIDENCE_TAG: lifecycle.evidence(logged),
                   **common.gate_tags(candidate, verdict, info.version)},
             description=f"major update of v{info.version} on {len(logged)} logged impressions")
-        decision, why = common.challenge_if_screened(settings, version, verdict, info.version, alpha)
+        decision, why = common.challenge_if_screened(settings, version, verdict, info.version, alpha, gate_decisive)
         return common.report(KIND, decision, why, {"version": version, "parent": info.version,
                                                    **candidate.metrics, "replayed_impressions": len(logged)})

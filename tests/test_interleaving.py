@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 
 from drn.interleaving import (
-    METHODS, MIN_DECISIVE, SIGNIFICANCE, TAU, Interleaved, credit, interleaver, probabilistic, round_outcome, sign_test_p,
-    team_draft,
+    GATE_DECISIVE, METHODS, MIN_DECISIVE, SIGNIFICANCE, TAU, Interleaved, credit, gate_outcome, interleaver,
+    probabilistic, round_outcome, sign_test_p, team_draft,
 )
 
 # The simulated user: relevant items clicked with P_RELEVANT, others with P_OTHER, both times a position bias.
@@ -213,6 +213,43 @@ def test_the_stated_error_rate_holds_where_explore_is_no_better():
         steps += outcome.explore_won
     assert decided > 2000
     assert steps / decided <= SIGNIFICANCE / 2 + 0.01
+
+
+def test_a_gate_round_decides_at_its_size_or_earlier_on_a_clear_result():
+    exploit, explore, none = ((0, 1), [0]), ((0, 1), [1]), ((0, 1), [])
+    close = [explore] * 60 + [exploit] * 40 + [none] * 100  # p = .057: an exploration round's verdict, not yet a gate's
+    assert round_outcome(close).winner == "explore" and gate_outcome(close).pending
+    assert gate_outcome(close, decisive=100).winner == "explore"
+    clear = [explore] * 40 + [exploit] * 5  # p < .001 after 45 decisive impressions
+    assert gate_outcome(clear).winner == "explore"
+    assert gate_outcome([exploit] * 40 + [explore] * 5).winner == "exploit"
+    assert gate_outcome(clear[:MIN_DECISIVE - 1]).pending  # never before MIN_DECISIVE decisive impressions
+    even = [explore, exploit] * (GATE_DECISIVE // 2)
+    assert gate_outcome(even[:-1]).pending and gate_outcome(even).winner == "tie"
+    assert gate_outcome([none] * 300, max_impressions=300).winner == "insufficient"
+
+
+def _gate_round(rng: np.random.Generator, served_wins: float, look_every: int = 100) -> str:
+    """A gate round looked at every `look_every` impressions until it decides; each impression decisive with chance
+    0.3, the served model (team 0) winning a decisive one with chance `served_wins`."""
+    impressions: list = []
+    while True:
+        for _ in range(look_every):
+            decisive = rng.random() < 0.3
+            impressions.append(((0, 1), [int(rng.random() >= served_wins)] if decisive else []))
+        outcome = gate_outcome(impressions)
+        if not outcome.pending:
+            return outcome.winner
+
+
+def test_a_gate_round_refuses_an_equal_candidate_rarely_and_a_worse_one_mostly():
+    """Its error rate with the early looks stays near SIGNIFICANCE / 2 for an equal candidate, and it refuses a
+    candidate the served model outclicks in 59% of decisive impressions in most rounds (GATE_DECISIVE's power)."""
+    rng = np.random.default_rng(0)
+    equal = [_gate_round(rng, 0.5) for _ in range(400)]
+    worse = [_gate_round(rng, 0.59) for _ in range(400)]
+    assert equal.count("exploit") / len(equal) <= SIGNIFICANCE / 2 + 0.03
+    assert worse.count("exploit") / len(worse) >= 0.85
 
 
 def test_round_outcome_rejects_unknown_method():

@@ -153,8 +153,30 @@ def test_sgd_trains_a_challenger_on_the_round_and_keeps_one_that_does_not_lose(b
     lost = lifecycle.minor_update(bundle, "3", gate, impressions(60, EXPLOIT), lists=clicked_lists,
                                   challenger=first.candidate)
     assert lost.verdict == "exploit" and not lost.promote
-    major_gate = _recipe_round(challenger="4")  # a major update's candidate must win
-    assert not lifecycle.minor_update(bundle, "3", major_gate, tied).promote
+    unsure = _recipe_round(challenger="4")  # a gate round that does not promote on a tie
+    assert not lifecycle.minor_update(bundle, "3", unsure, tied).promote
+
+
+def test_a_major_candidates_gate_round_decides_at_its_size_and_promotes_unless_the_served_model_won(tmp_path, bundle):
+    from drn.interleaving import GATE_DECISIVE
+    from drn.logstore import LogStore
+    with LogStore.at(tmp_path) as logs:
+        lifecycle.open_round(logs, "3", 0.1, 0.0, RoundRecipe(learner="mgd", explorers=2))
+        gate = dataclasses.replace(lifecycle.challenge(logs, "3", "4", 0.1, 1.0), round_id=ROUND.round_id,
+                                   seed=ROUND.seed)
+    recipe = RoundRecipe.from_dict(gate.recipe)  # read back from the store
+    assert (recipe.challenger, recipe.promote_on_tie, recipe.decisive) == ("4", True, GATE_DECISIVE)
+    assert (recipe.learner, recipe.explorers) == ("mgd", 2)  # served as the latest exploration
+    half = GATE_DECISIVE // 2
+    assert lifecycle.minor_update(bundle, "3", gate, impressions(half, EXPLOIT) + impressions(half - 1, EXPLORE)).pending
+    tied = lifecycle.minor_update(bundle, "3", gate, impressions(half, EXPLOIT) + impressions(half, EXPLORE))
+    assert tied.verdict == "tie" and tied.promote and tied.challenger == "4"
+    lost = lifecycle.minor_update(bundle, "3", gate, impressions(half + 20, EXPLOIT) + impressions(half - 20, EXPLORE))
+    assert lost.verdict == "exploit" and not lost.promote
+    clear = lifecycle.minor_update(bundle, "3", gate, impressions(40, EXPLORE) + impressions(5, EXPLOIT))
+    assert clear.verdict == "explore" and clear.promote  # a clear win need not wait for GATE_DECISIVE
+    with pytest.raises(ValueError, match="decisive"):
+        RoundRecipe(decisive=0)
 
 
 def test_round_lists_replays_the_features_serving_ranked_with(tmp_path):
