@@ -134,8 +134,9 @@ def gate_round(settings: Settings, version: str) -> Round | None:
 def challenge(settings: Settings, version: str, *, expected_served: str, alpha: float = ALPHA,
               recipe: RoundRecipe | None = None, decisive: int = GATE_DECISIVE) -> bool:
     """Open a gate round of `version` against the served one (served as `recipe` says; None: a major candidate's,
-    decided at `decisive` decisive impressions, drn.lifecycle.challenge), unless the served version changed since the flow read it (then the comparison would be with
-    another model than the one it was trained from). True if opened."""
+    decided at `decisive` decisive impressions, drn.lifecycle.challenge), unless the served version changed since
+    the flow read it (then the comparison would be with another model than the one it was trained from). True if
+    opened."""
     current = registry(settings).served()
     if current is None or current.version != expected_served:
         return False

@@ -248,6 +248,8 @@ def test_a_gate_round_refuses_an_equal_candidate_rarely_and_a_worse_one_mostly()
     rng = np.random.default_rng(0)
     equal = [_gate_round(rng, 0.5) for _ in range(400)]
     worse = [_gate_round(rng, 0.59) for _ in range(400)]
+    print(f"refused: equal candidate {equal.count('exploit') / len(equal):.3f}, "
+          f"worse {worse.count('exploit') / len(worse):.3f}")  # the figures in benchmarks/LEARNING.md (pytest -s)
     assert equal.count("exploit") / len(equal) <= SIGNIFICANCE / 2 + 0.03
     assert worse.count("exploit") / len(worse) >= 0.85
 
