@@ -23,9 +23,9 @@ from scipy import stats as scipy_stats
 from drn.activeness import S0, UserActiveness
 from drn.baselines import LinUCBPolicy, PopularityPolicy, RandomPolicy
 from drn.features import FeatureState, warmed
-from drn.mind import Dataset
+from drn.mind import Dataset, Impression, NewsItem
 from drn.agent import DRNPolicy, OnlineConfig
-from drn.model import set_threads
+from drn.model import DuelingQNetwork, set_threads
 from drn.online import LiveResult, run_live
 from drn.peers import PEERS, VWPolicy
 from drn.policy import Policy, top_k
@@ -125,37 +125,60 @@ def stderr_line(line: str) -> None:
     print(line, file=sys.stderr, flush=True)
 
 
-def run_seed(seed: int, config: BenchConfig,
-             progress: Callable[[str], None] | None = stderr_line) -> tuple[dict[str, LiveResult], dict]:
-    """One seed: log, train offline (settings chosen on the logs' last day), then every policy live from the same
-    start. Returns the live results per policy and what offline training chose."""
+@dataclass
+class SeedStart:
+    """What every policy of a seed starts from: the world at the end of its logged days, the logs, the network
+    trained offline on them with its replay buffer, and the feature state warmed on them."""
+
+    seed: int
+    world: World
+    logs: list[Impression]
+    news: dict[str, NewsItem]
+    network: DuelingQNetwork
+    buffer: ReplayBuffer
+    state: FeatureState
+    chosen: dict  # what offline training chose (step size, passes, validation AUC)
+
+
+def start_seed(seed: int, config: BenchConfig, progress: Callable[[str], None] | None = stderr_line) -> SeedStart:
+    """Log the seed's world, then train DRN offline on the logs (settings chosen on their last day)."""
     set_threads()
-    world_settings = world_config(config.world, n_users=config.users)
-    active = compressed_activeness(world_settings)
-    train = effective_train(config, seed)
-    world, logs = logged_world(world_settings, seed, config.log_days)
+    world, logs = logged_world(world_config(config.world, n_users=config.users), seed, config.log_days)
     news = {n: world.item(n) for imp in logs for n in imp.candidates + imp.history}
-    offline, summary = train_offline(Dataset(logs, news), train, seed)
-    network = offline.network
+    offline, summary = train_offline(Dataset(logs, news), effective_train(config, seed), seed)
     if progress:
         progress(f"seed {seed}: trained offline on {len(logs)} logged impressions "
                  f"(lr {summary['learning_rate']:g}, {summary['epochs']} passes, chosen on the logs' last day)")
+    chosen = {k: summary[k] for k in ("learning_rate", "epochs", "validation_auc") if k in summary}
+    return SeedStart(seed, world, logs, news, offline.network, offline.buffer, warmed(logs, news), chosen)
+
+
+def run_policy(name: str, start: SeedStart, config: BenchConfig, policy: Policy | None = None) -> LiveResult:
+    """`name` (or the given `policy`, already fitted) live in a copy of the seed's world, from its start."""
+    live_world = copy.deepcopy(start.world)
+    if policy is None:
+        policy = _policy(name, start.network, config, effective_train(config, start.seed), start.seed,
+                         start.buffer, live_world)
+    if name in PEERS:  # warm-started on the logs as LinUCB is, but here: a VW workspace cannot be deep-copied
+        policy.fit(Dataset(start.logs, start.news))
+    active = compressed_activeness(world_config(config.world, n_users=config.users))
+    return _live(policy, live_world, copy.deepcopy(start.state), config,
+                 UserActiveness(lambda0=active["lambda0"], sa=active["sa"]))
+
+
+def run_seed(seed: int, config: BenchConfig,
+             progress: Callable[[str], None] | None = stderr_line) -> tuple[dict[str, LiveResult], dict]:
+    """One seed: log, train offline, then every policy live from the same start. Returns the live results per
+    policy and what offline training chose."""
+    start = start_seed(seed, config, progress)
     linucb_warm = LinUCBPolicy()
-    linucb_warm.fit(Dataset(logs, news))
-    state = warmed(logs, news)
+    linucb_warm.fit(Dataset(start.logs, start.news))
     results = {}
     for name in POLICIES:
-        live_world = copy.deepcopy(world)
-        policy = (copy.deepcopy(linucb_warm) if name == "linucb"
-                  else _policy(name, network, config, train, seed, offline.buffer, live_world))
-        if name in PEERS:  # warm-started on the logs as LinUCB is, but here: a VW workspace cannot be deep-copied
-            policy.fit(Dataset(logs, news))
-        results[name] = _live(policy, live_world, copy.deepcopy(state), config,
-                              UserActiveness(lambda0=active["lambda0"], sa=active["sa"]))
+        results[name] = run_policy(name, start, config, copy.deepcopy(linucb_warm) if name == "linucb" else None)
         if progress:
             progress(f"seed {seed}: {name} ctr {results[name].ctr(config.warmup_fraction):.4f}")
-    chosen = {k: summary[k] for k in ("learning_rate", "epochs", "validation_auc") if k in summary}
-    return results, chosen
+    return results, start.chosen
 
 
 def _live(policy: Policy, world: World, state: FeatureState, config: BenchConfig,

@@ -92,6 +92,20 @@ def cmd_bench_learning(args: argparse.Namespace) -> object:
     return bench_learning(config, Path(args.out))
 
 
+def cmd_bench_tune(args: argparse.Namespace) -> object:
+    from drn.bench import BenchConfig
+    from drn.tuning import TUNING_SEEDS, tune_minor
+    impressions = BenchConfig.impressions if args.impressions is None else args.impressions
+    if impressions < 10 or args.workers < 1:
+        raise UsageError("--impressions must be >= 10 and --workers >= 1")
+    try:
+        seeds = tuple(int(s) for s in args.seeds.split(",")) if args.seeds else TUNING_SEEDS
+    except ValueError:
+        raise UsageError(f"--seeds takes comma-separated integers, got {args.seeds!r}") from None
+    config = BenchConfig(impressions=impressions, workers=args.workers)
+    return tune_minor(tuple(args.learners.split(",")), config, Path(args.out), seeds)
+
+
 def parser() -> argparse.ArgumentParser:
     root = argparse.ArgumentParser(prog="drn", description="DRN news recommender pipeline")
     sub = root.add_subparsers(dest="command", required=True)
@@ -137,6 +151,15 @@ def parser() -> argparse.ArgumentParser:
                           help="share of the users whose tastes are redrawn halfway through each live run (0: none)")
     learning.add_argument("--out", required=True)
     learning.set_defaults(handler=cmd_bench_learning)
+    tune = bench.add_parser("tune", help="the minor learners' knobs, chosen on tuning seeds the learning bench "
+                                         "never reports (drn.tuning)")
+    tune.add_argument("--learners", default="mgd,pdgd,sgd", help="comma-separated, of drn.tuning.GRIDS")
+    tune.add_argument("--seeds", default=None, help="comma-separated tuning seeds (default drn.tuning.TUNING_SEEDS)")
+    tune.add_argument("--impressions", type=int, default=None,
+                      help="live requests per run (default: the learning bench's)")
+    tune.add_argument("--workers", type=int, default=2, help="seeds run in parallel processes")
+    tune.add_argument("--out", required=True)
+    tune.set_defaults(handler=cmd_bench_tune)
     flows_commands.register(sub)
     serve_commands.register(sub)
     stack_commands.register(sub)
