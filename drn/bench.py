@@ -300,7 +300,8 @@ def plot_ctr(per_seed: list[dict[str, LiveResult]], path: Path, bucket_hours: fl
             curves.append(clicks / np.maximum(shown, 1))
         length = min(len(c) for c in curves)
         ax.plot(np.arange(length) * bucket_hours, np.mean([c[:length] for c in curves], axis=0), label=name,
-                linewidth=2.2 if name.endswith("-major") else 1.2, linestyle=":" if name in ORACLES else "-" if name.startswith("drn") else "--")
+                linewidth=2.2 if name.endswith("-major") else 1.2,
+                linestyle=":" if name in ORACLES else "-" if name.startswith("drn") else "--")
     ax.set_xlabel("world hours since going live")
     ax.set_ylabel(f"CTR (clicks / shown, {bucket_hours:g} h buckets, mean over seeds)")
     ax.set_title("Live world: CTR over time per policy")

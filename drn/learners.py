@@ -39,13 +39,13 @@ from drn.options import option
 from drn.policy import rankings, top_k
 
 EXPLORERS = 4  # mgd: explore networks per round (the MGD paper's gains grow with their number; cost is per network)
-PL_TEMPERATURE = 0.005  # pdgd: Plackett-Luce over Q / temperature; Q is in clicks per shown item, so its spread over
+PL_TEMPERATURE = 0.0025  # pdgd: Plackett-Luce over Q / temperature; Q is in clicks per shown item, so its spread over
 #   a request's candidates is a few hundredths: this keeps the top of the list likely and the rest possible (chosen
-#   with the step size below on tuning seeds, benchmarks/LEARNING.md)
-PDGD_LEARNING_RATE = 1e-5  # pdgd: plain gradient step on the round's pairwise log-likelihood (summed per impression;
+#   with the step size below by `drn bench tune` on its tuning seeds, benchmarks/LEARNING.md)
+PDGD_LEARNING_RATE = 3e-5  # pdgd: plain gradient step on the round's pairwise log-likelihood (summed per impression;
 #   its gradient scales with 1 / temperature)
-SGD_STEPS = 20  # sgd: gradient steps the candidate takes on the round's feedback
-SGD_LEARNING_RATE = 1e-3  # sgd: Adam step size of those steps (the major update's fine-tuning size)
+SGD_STEPS = 20  # sgd: gradient steps the candidate takes on the round's feedback (kept by `drn bench tune`)
+SGD_LEARNING_RATE = 1e-3  # sgd: Adam step size of those steps (the major update's fine-tuning size; kept by the tuning)
 SGD_BATCH = 16  # sgd: impressions per step
 
 

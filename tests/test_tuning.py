@@ -17,33 +17,44 @@ def test_every_combination_of_a_learners_grid_is_a_point_and_each_brackets_the_d
     default = LearnerConfig()
     for learner, knobs in GRIDS.items():
         for name, values in knobs.items():  # a default at the edge would leave one side untried
-            assert min(values) < getattr(default, name) < max(values), (learner, name)
+            assert getattr(default, name) in values and min(values) < getattr(default, name) < max(values)
 
 
 def test_a_point_sets_its_knobs_on_the_minor_learner_and_nothing_else():
-    point = next(p for p in grid_points(("pdgd",)) if dict(p.knobs) == {"temperature": 0.01,
-                                                                         "pdgd_learning_rate": 3e-6})
+    point = next(p for p in grid_points(("pdgd",)) if dict(p.knobs) == {"temperature": 0.005,
+                                                                         "pdgd_learning_rate": 1e-4})
     bench = BenchConfig(impressions=123)
     tuned = point.config(bench)
-    assert tuned.online.learner.temperature == 0.01 and tuned.online.learner.pdgd_learning_rate == 3e-6
+    assert tuned.online.learner.temperature == 0.005 and tuned.online.learner.pdgd_learning_rate == 1e-4
     assert tuned.online.learner.alpha == bench.online.learner.alpha and tuned.impressions == 123
     assert bench.online.learner.temperature == LearnerConfig().temperature  # the bench's own settings untouched
 
 
-def test_the_chosen_point_has_the_best_mean_paired_difference_to_the_baseline():
+def _grid_ctrs(keys: list[str], default: str, bumps: dict[str, list[float]]) -> list[dict[str, float]]:
+    """Three seeds' CTRs: the baseline, every point level with it, but for `bumps` (per seed)."""
+    baselines = (0.10, 0.20, 0.15)  # unequal: raw CTRs would weigh seed 1 most, paired differences do not
+    return [{BASELINE: base, **{k: base + bumps.get(k, [0.0] * 3)[i] for k in keys}} for i, base in
+            enumerate(baselines)]
+
+
+def test_the_best_point_is_chosen_only_when_it_beats_the_default_with_an_interval_above_0():
     points = grid_points(("sgd",))
     keys = [f"sgd: {p.label}" for p in points]
-    # seed 1's baseline is higher: a point's raw CTR would favour it, the paired difference does not
-    per_seed = [{BASELINE: 0.10, **{k: 0.10 + 0.001 * i for i, k in enumerate(keys)}},
-                {BASELINE: 0.20, **{k: 0.20 + 0.001 * i - (0.01 if i == len(keys) - 1 else 0) for i, k in
-                                    enumerate(keys)}}]
-    results = summarise(points, per_seed, (100, 101))
-    best = len(keys) - 2  # the last point is the best on seed 0 only
-    assert results["chosen"]["sgd"] == dict(points[best].knobs)
-    assert results["points"][keys[best]]["ctr_difference"] == pytest.approx(0.001 * best)
-    assert results["points"][keys[best]]["per_seed"] == pytest.approx([0.001 * best] * 2)
-    table = markdown_table(results)
-    assert table.count("chosen") == 1 and table.count("default") == 1 and table.count("\n") == len(points) + 2
+    default = next(k for k, p in zip(keys, points) if dict(p.knobs) == {"sgd_learning_rate": 1e-3, "sgd_steps": 20})
+    other = keys[0]
+    clear = summarise(points, _grid_ctrs(keys, default, {other: [0.010, 0.012, 0.011]}), (100, 101, 102))
+    sgd = clear["learners"]["sgd"]
+    assert sgd["best"] == sgd["chosen"] == dict(points[0].knobs)
+    assert sgd["best_over_default"] == pytest.approx(0.011) and sgd["best_over_default_ci95"][0] > 0
+    assert clear["points"][other]["per_seed"] == pytest.approx([0.010, 0.012, 0.011])
+    # best by mean, but once above and once below the default: the interval includes 0, the default stays
+    noisy = summarise(points, _grid_ctrs(keys, default, {other: [0.010, -0.002, 0.004]}),
+                      (100, 101, 102))["learners"]["sgd"]
+    assert noisy["best"] == dict(points[0].knobs) and noisy["best_over_default_ci95"][0] < 0
+    assert noisy["chosen"] == noisy["default"] == {"sgd_learning_rate": 1e-3, "sgd_steps": 20}
+    table = markdown_table(clear)
+    assert table.count("| sgd |") == len(points) + 1 and table.count("| default |") == 1
+    assert table.count("best, chosen") == 1
 
 
 def test_an_unknown_learner_is_refused_before_any_seed_runs(tmp_path, capsys):
