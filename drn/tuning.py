@@ -40,6 +40,11 @@ class Point:
     def label(self) -> str:
         return _label(dict(self.knobs))
 
+    @property
+    def key(self) -> str:
+        """The point's name in a seed's CTRs and in the results."""
+        return f"{self.learner}: {self.label}"
+
     def config(self, bench: BenchConfig) -> BenchConfig:
         """The bench's settings with this point's knobs on the minor learner."""
         return replace(bench, online=replace(bench.online, learner=replace(bench.online.learner, **dict(self.knobs))))
@@ -59,10 +64,10 @@ def tune_seed(seed: int, points: list[Point], bench: BenchConfig,
     start = start_seed(seed, bench, progress)
     ctrs = {BASELINE: run_policy(BASELINE, start, bench).ctr(bench.warmup_fraction)}
     for point in points:
-        key = f"{point.learner}: {point.label}"
-        ctrs[key] = run_policy(f"drn-{point.learner}-major", start, point.config(bench)).ctr(bench.warmup_fraction)
+        live = run_policy(f"drn-{point.learner}-major", start, point.config(bench))
+        ctrs[point.key] = live.ctr(bench.warmup_fraction)
         if progress:
-            progress(f"tuning seed {seed}: {key} ctr {ctrs[key]:.4f} (baseline {ctrs[BASELINE]:.4f})")
+            progress(f"tuning seed {seed}: {point.key} ctr {ctrs[point.key]:.4f} (baseline {ctrs[BASELINE]:.4f})")
     return ctrs
 
 
@@ -73,10 +78,9 @@ def summarise(points: list[Point], per_seed: list[dict[str, float]], seeds: tupl
     within the seeds' noise, its best point is the luckiest draw, and changing the default would chase that."""
     rows = {}
     for point in points:
-        key = f"{point.learner}: {point.label}"
-        differences = [seed[key] - seed[BASELINE] for seed in per_seed]
+        differences = [seed[point.key] - seed[BASELINE] for seed in per_seed]
         mean, ci = mean_ci(differences)
-        rows[key] = {"learner": point.learner, "knobs": dict(point.knobs), "ctr_difference": mean, "ci95": ci,
+        rows[point.key] = {"learner": point.learner, "knobs": dict(point.knobs), "ctr_difference": mean, "ci95": ci,
                      "per_seed": differences, "default": _is_default(point)}
     learners = {}
     for learner in dict.fromkeys(p.learner for p in points):
