@@ -451,12 +451,18 @@ def mean_hours_to_last_click(impressions: Iterable[Impression], published: Mappi
     return float(np.mean(gaps)) / HOUR if gaps else float("nan")
 
 
+Observer = Callable[[World, Request, tuple[str, ...]], None]  # see log_random_order
+
+
 def log_random_order(world: World, end: float, order_rng: np.random.Generator,
-                     progress: Callable[[int, int], None] | None = None) -> list[Impression]:
+                     progress: Callable[[int, int], None] | None = None,
+                     observe: Observer | None = None) -> list[Impression]:
     """Run the world until `end` with a logging policy that shows every candidate in a random order.
 
     Every candidate gets a label (as in MIND); click times are kept on the impressions (MIND files drop them).
     The world is left at `end`, ready to go on live. `progress(hours_done, hours_total)` ticks per world hour.
+    `observe(world, request, shown)` is called before each answer, while the world is as its clicks will be drawn in
+    (to read the true click chances, `World.click_probability`, which draws nothing: the logs stay the same).
     """
     start = world.now
     impressions: list[Impression] = []
@@ -470,6 +476,8 @@ def log_random_order(world: World, end: float, order_rng: np.random.Generator,
             world.push_back(request)
             break
         shown = tuple(request.candidates[j] for j in order_rng.permutation(len(request.candidates)))
+        if observe:
+            observe(world, request, shown)
         clicks = dict(world.respond(request, shown).clicks)
         impressions.append(Impression(str(len(impressions) + 1), request.user, request.time,
                                       world.history(request.user), shown, tuple(int(n in clicks) for n in shown),
@@ -477,13 +485,14 @@ def log_random_order(world: World, end: float, order_rng: np.random.Generator,
     return impressions
 
 
-def logged_world(config: WorldConfig, seed: int, days: float,
-                 progress: Callable[[int, int], None] | None = None) -> tuple[World, list[Impression]]:
+def logged_world(config: WorldConfig, seed: int, days: float, progress: Callable[[int, int], None] | None = None,
+                 observe: Observer | None = None) -> tuple[World, list[Impression]]:
     """The world after `days` days of random-order logging, and those logs: what `generate_logs` writes, and the
     point a live run (benchmark, demo) continues from. The logging order has its own stream, so the same
-    (config, seed, days) always gives the same world state."""
+    (config, seed, days) always gives the same world state, and the first d days of a longer log are the d-day log."""
     world = World(config, seed)
-    impressions = log_random_order(world, config.start + days * DAY, np.random.default_rng([seed, 1]), progress)
+    impressions = log_random_order(world, config.start + days * DAY, np.random.default_rng([seed, 1]), progress,
+                                   observe)
     return world, impressions
 
 

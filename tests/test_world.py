@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from drn.mind import Impression, load_dataset
-from drn.world import (DEFAULT_WORLD, HOUR, Request, World, WorldConfig, generate_logs, mean_hours_to_last_click,
-                       world_config)
+from drn.world import (DEFAULT_WORLD, HOUR, Request, World, WorldConfig, generate_logs, logged_world,
+                       mean_hours_to_last_click, world_config)
 
 SMALL = WorldConfig(n_users=100, warmup_days=1.0)
 
@@ -216,6 +216,21 @@ def test_expected_clicks_are_the_click_models_mean_and_the_oracle_bounds_every_l
         world.expected_clicks(world.latest_request, ["N999999"])
     with pytest.raises(ValueError, match="k must be"):
         world.oracle_expected_clicks(world.latest_request, 0)
+
+
+def test_a_log_observer_reads_each_request_unanswered_and_a_longer_log_begins_with_the_shorter():
+    observed = []
+
+    def observe(world: World, request: Request, shown: tuple[str, ...]) -> None:
+        assert world.latest_request == request  # not answered yet: the clicks are still to be drawn
+        observed.append((request.user, shown))
+
+    config = replace(SMALL, n_users=40, warmup_days=0.5)
+    _, short = logged_world(config, seed=3, days=1.0)
+    _, longer = logged_world(config, seed=3, days=1.5, observe=observe)
+    assert len(longer) > len(short) > 0
+    assert longer[:len(short)] == short  # observing drew nothing, and the extra half day only follows
+    assert observed == [(imp.user, imp.candidates) for imp in longer]
 
 
 def test_item_and_history_lookups():
