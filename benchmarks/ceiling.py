@@ -1,10 +1,10 @@
 """What can a learner reach on DRN's features? A ceiling under issue 12's target of 1.2x LinUCB's CTR.
 
-Per seed, the default world is logged for four days under the learning bench's random-order policy (the first three
-are exactly the logs `drn bench learning` trains on for that seed), keeping for every candidate the world's true
-click chance at the moment it was shown, with and without the click model's interaction terms. Every model is fitted
-on days 1-3, with its settings chosen on day 3 as drn.selection chooses DRN's, and scored on day 4, which takes part
-in no choice:
+Per seed, the default world is logged under the learning bench's random-order policy for N days and one more (by
+default N = 3: exactly the logs `drn bench learning` trains on for that seed), keeping for every candidate the world's
+true click chance at the moment it was shown, with and without the click model's interaction terms. Every model is
+fitted on the N days, with its settings chosen on day N as drn.selection chooses DRN's, and scored on day N + 1,
+which takes part in no choice:
 - linucb: LinUCB's estimate (its mean, without the exploration bonus), fitted as the learning bench warm-starts it;
 - drn: the network trained offline as the learning bench trains it (drn.selection.train_offline);
 - mlp-supervised: the same network shape trained as a plain click classifier (cross-entropy on every candidate,
@@ -13,12 +13,13 @@ in no choice:
 - oracle and oracle-no-interactions: the world's true click chance, with and without its interaction terms;
 - popularity and random, for scale.
 
-Two read-outs on day 4: the AUC of each model's scores per impression (as MIND computes it), and the value of its top
+Two read-outs on the test day: the AUC of each model's scores per impression (as MIND computes it), and the value of its top
 10 under the true click model (expected clicks per shown item, position bias included: the CTR its lists would get,
 free of click noise), with its ratio to LinUCB's paired per seed. The live bench's ratios come from the same worlds,
 but there every policy ranks (and learns from) its own traffic; here every model ranks the same requests.
 
     .venv/bin/python benchmarks/ceiling.py --out out/ceiling
+    .venv/bin/python benchmarks/ceiling.py --fit-days 10 --seeds 3 --out out/ceiling-10d   (does depth pay with data?)
 """
 from __future__ import annotations
 
@@ -47,11 +48,11 @@ from drn.policy import top_k  # noqa: E402
 from drn.selection import train_offline  # noqa: E402
 from drn.world import DAY, SLATE_SIZE, Request, World, logged_world, position_bias, world_config  # noqa: E402
 
-LOG_DAYS = 4  # the learning bench's 3 logged days, and one more to test on
 MODELS = ("random", "popularity", "linucb", "drn", "mlp-supervised", "oracle-no-interactions", "oracle")
 BASELINE = "linucb"
 TARGET_RATIO = 1.2  # issue 12: the full DRN at >= 1.2x LinUCB's CTR
-# The supervised reference's grid, chosen on day 3 like drn.selection's: Adam step sizes, and passes up to this many.
+# The supervised reference's grid, chosen on the last fit day as drn.selection chooses: Adam step sizes, and passes
+# up to this many.
 MLP_LEARNING_RATES = (1e-3, 3e-3)
 MLP_MAX_EPOCHS = 5
 MLP_BATCH_IMPRESSIONS = 32  # as drn.training's batch
@@ -59,7 +60,7 @@ MLP_BATCH_IMPRESSIONS = 32  # as drn.training's batch
 
 @dataclass
 class Logged:
-    """A seed's four logged days: impressions, each one's features (taken before its own events, as serving takes
+    """A seed's logged days: impressions, each one's features (taken before its own events, as serving takes
     them) and the true click chance of each candidate at the top slot, with and without the interaction terms."""
 
     impressions: list[Impression]
@@ -72,7 +73,7 @@ class Logged:
         return np.flatnonzero(np.isin(self.day, days))
 
 
-def log_seed(seed: int, users: int) -> tuple[Logged, dict]:
+def log_seed(seed: int, users: int, days: int) -> tuple[Logged, dict]:
     config = world_config(n_users=users)
     truth: list[np.ndarray] = []
     plain: list[np.ndarray] = []
@@ -82,7 +83,7 @@ def log_seed(seed: int, users: int) -> tuple[Logged, dict]:
             out.append(np.array([world.click_probability(request.user, n, 0, request.time, interactions)
                                  for n in shown]))
 
-    world, impressions = logged_world(config, seed, LOG_DAYS, observe=observe)
+    world, impressions = logged_world(config, seed, days, observe=observe)
     news = {n: world.item(n) for imp in impressions for n in imp.candidates + imp.history}
     batches = [sample.batch for sample in replay(impressions, FeatureState(news))]
     day = np.array([int((imp.time - config.start) // DAY) for imp in impressions])
@@ -162,10 +163,10 @@ def _fit_supervised(logged: Logged, index: np.ndarray, learning_rate: float, epo
     return _scorer(network, standardise)
 
 
-def supervised(logged: Logged, seed: int) -> tuple[Scorer, dict]:
-    """The supervised reference: (step size, passes) chosen by day 3's AUC after fitting days 1-2, then refitted on
-    days 1-3 with that choice (as drn.selection does for DRN)."""
-    fit, valid = logged.indices([0, 1]), logged.indices([2])
+def supervised(logged: Logged, fit_days: int, seed: int) -> tuple[Scorer, dict]:
+    """The supervised reference: (step size, passes) chosen by the last fit day's AUC after fitting the days before,
+    then refitted on every fit day with that choice (as drn.selection does for DRN)."""
+    fit, valid = logged.indices(range(fit_days - 1)), logged.indices([fit_days - 1])
     tried = []
     for learning_rate in MLP_LEARNING_RATES:
         def note(epoch: int, score: Scorer, learning_rate: float = learning_rate) -> None:
@@ -173,7 +174,7 @@ def supervised(logged: Logged, seed: int) -> tuple[Scorer, dict]:
             tried.append({"learning_rate": learning_rate, "epochs": epoch, "auc": auc})
         _fit_supervised(logged, fit, learning_rate, MLP_MAX_EPOCHS, seed, note)
     best = max(tried, key=lambda row: (row["auc"], -row["epochs"]))
-    score = _fit_supervised(logged, logged.indices([0, 1, 2]), best["learning_rate"], best["epochs"], seed)
+    score = _fit_supervised(logged, logged.indices(range(fit_days)), best["learning_rate"], best["epochs"], seed)
     return score, {"chosen": best, "tried": tried}
 
 
@@ -190,22 +191,22 @@ def read_outs(logged: Logged, index: np.ndarray, score: Callable[[int], np.ndarr
     return {"auc": float(metrics.result()["auc"]), "expected_ctr": float(np.mean(values))}
 
 
-def run_seed(seed: int, users: int) -> dict:
-    """Every model's read-outs on day 4 for one seed, and what the trained ones chose."""
+def run_seed(seed: int, users: int, fit_days: int) -> dict:
+    """Every model's read-outs on the test day for one seed, and what the trained ones chose."""
     set_threads()
     started = time.time()
-    logged, news = log_seed(seed, users)
-    window = Dataset([logged.impressions[i] for i in logged.indices([0, 1, 2])], news)
+    logged, news = log_seed(seed, users, fit_days + 1)
+    window = Dataset([logged.impressions[i] for i in logged.indices(range(fit_days))], news)
     linucb = LinUCBPolicy()
     linucb.fit(window)
     trainer, summary = train_offline(window, effective_train(BenchConfig(users=users), seed), seed)
-    mlp, mlp_choice = supervised(logged, seed)
+    mlp, mlp_choice = supervised(logged, fit_days, seed)
     learners = {"random": RandomPolicy(seed).scores, "popularity": PopularityPolicy().scores, "linucb": linucb.scores,
                 "drn": trainer.network.score, "mlp-supervised": mlp}
     scorers = {**{name: (lambda i, s=s: s(logged.batches[i])) for name, s in learners.items()},
                "oracle-no-interactions": logged.truth_without_interactions.__getitem__,
                "oracle": logged.truth.__getitem__}
-    test = logged.indices([LOG_DAYS - 1])
+    test = logged.indices([fit_days])
     out = {name: read_outs(logged, test, scorers[name]) for name in MODELS}
     print(f"seed {seed}: " + ", ".join(f"{name} auc {row['auc']:.4f} ctr {row['expected_ctr']:.4f}"
                                        for name, row in out.items()) + f" ({time.time() - started:.0f} s)",
@@ -229,7 +230,7 @@ def summarise(per_seed: list[dict]) -> dict:
 
 
 def markdown(rows: dict) -> str:
-    lines = ["| model | AUC, day 4 (95% CI) | expected CTR of its top 10 (95% CI) | ratio to LinUCB (95% CI) "
+    lines = ["| model | AUC on the test day (95% CI) | expected CTR of its top 10 (95% CI) | ratio to LinUCB (95% CI) "
              "| per seed |", "| --- | --- | --- | --- | --- |"]
     for name, row in rows.items():
         lines.append(f"| {name} | {row['auc']:.4f} [{row['auc_ci95'][0]:.4f}, {row['auc_ci95'][1]:.4f}] | "
@@ -267,19 +268,24 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True, help="folder for results.json, results.md and ceiling.png")
     parser.add_argument("--seeds", type=int, default=5, help="seeds 0..N-1, the learning bench's (at least 2)")
     parser.add_argument("--users", type=int, default=BenchConfig().users)
+    parser.add_argument("--fit-days", type=int, default=BenchConfig().log_days,
+                        help="logged days the models are fitted on (the last one chooses their settings); the next "
+                             "day is the test day")
     parser.add_argument("--workers", type=int, default=2, help="seeds run in parallel processes")
     args = parser.parse_args()
     if args.seeds < 2:
         parser.error("--seeds must be at least 2 (the intervals need two)")
+    if args.fit_days < 2:
+        parser.error("--fit-days must be at least 2 (one to fit on, one to choose on)")
     args.out.mkdir(parents=True, exist_ok=True)
     seeds = list(range(args.seeds))
     with ProcessPoolExecutor(max(1, min(args.workers, len(seeds)))) as pool:
-        per_seed = list(pool.map(run_seed, seeds, [args.users] * len(seeds)))
+        per_seed = list(pool.map(run_seed, seeds, [args.users] * len(seeds), [args.fit_days] * len(seeds)))
     rows = summarise(per_seed)
     table = markdown(rows)
     print(table)
-    (args.out / "results.json").write_text(json.dumps({"seeds": seeds, "users": args.users, "models": rows,
-                                                       "per_seed": per_seed}, indent=1))
+    (args.out / "results.json").write_text(json.dumps({"seeds": seeds, "users": args.users, "fit_days": args.fit_days,
+                                                       "models": rows, "per_seed": per_seed}, indent=1))
     (args.out / "results.md").write_text(table)
     plot(rows, args.out / "ceiling.png")
 
