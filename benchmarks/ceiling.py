@@ -195,12 +195,19 @@ def run_seed(seed: int, users: int, fit_days: int) -> dict:
     """Every model's read-outs on the test day for one seed, and what the trained ones chose."""
     set_threads()
     started = time.time()
+
+    def say(what: str) -> None:
+        print(f"seed {seed} ({time.time() - started:.0f} s): {what}", file=sys.stderr, flush=True)
+
     logged, news = log_seed(seed, users, fit_days + 1)
+    say(f"logged {len(logged.impressions)} impressions over {fit_days + 1} days")
     window = Dataset([logged.impressions[i] for i in logged.indices(range(fit_days))], news)
     linucb = LinUCBPolicy()
     linucb.fit(window)
-    trainer, summary = train_offline(window, effective_train(BenchConfig(users=users), seed), seed)
+    trainer, summary = train_offline(window, effective_train(BenchConfig(users=users), seed), seed,
+                                     progress=lambda message: say(f"drn {message}"))
     mlp, mlp_choice = supervised(logged, fit_days, seed)
+    say(f"mlp-supervised chose lr {mlp_choice['chosen']['learning_rate']:g}, {mlp_choice['chosen']['epochs']} passes")
     learners = {"random": RandomPolicy(seed).scores, "popularity": PopularityPolicy().scores, "linucb": linucb.scores,
                 "drn": trainer.network.score, "mlp-supervised": mlp}
     scorers = {**{name: (lambda i, s=s: s(logged.batches[i])) for name, s in learners.items()},
