@@ -19,7 +19,7 @@ free of click noise), with its ratio to LinUCB's paired per seed. The live bench
 but there every policy ranks (and learns from) its own traffic; here every model ranks the same requests.
 
     .venv/bin/python benchmarks/ceiling.py --out out/ceiling
-    .venv/bin/python benchmarks/ceiling.py --fit-days 10 --seeds 3 --out out/ceiling-10d   (does depth pay with data?)
+    .venv/bin/python benchmarks/ceiling.py --fit-days 10 --seeds 2 --out out/ceiling-10d   (does depth pay with data?)
 """
 from __future__ import annotations
 
