@@ -215,9 +215,7 @@ def run_seed(seed: int, users: int, fit_days: int) -> dict:
                "oracle": logged.truth.__getitem__}
     test = logged.indices([fit_days])
     out = {name: read_outs(logged, test, scorers[name]) for name in MODELS}
-    print(f"seed {seed}: " + ", ".join(f"{name} auc {row['auc']:.4f} ctr {row['expected_ctr']:.4f}"
-                                       for name, row in out.items()) + f" ({time.time() - started:.0f} s)",
-          file=sys.stderr, flush=True)
+    say(", ".join(f"{name} auc {row['auc']:.4f} ctr {row['expected_ctr']:.4f}" for name, row in out.items()))
     return {"models": out, "test_impressions": len(test),
             "drn_chosen": {k: summary[k] for k in ("learning_rate", "epochs", "validation_auc")},
             "mlp_chosen": mlp_choice["chosen"], "mlp_tried": mlp_choice["tried"]}

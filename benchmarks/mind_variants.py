@@ -11,7 +11,11 @@ reference issue 12 compares DRN with (its target: DRN's AUC at least LinUCB's + 
     .venv/bin/python benchmarks/mind_variants.py --train /tmp/mind/train --out out/mind_variants.json
 
 Any MIND-format folder serves as the training window, the simulated world's logs too: `drn world generate --days 3
---users 500 --seed 100` writes the logs a tuning seed of `drn bench learning` would train on.
+--users 500 --seed 100` writes the logs a tuning seed of `drn bench learning` would train on. Several folders pool
+their runs into one table:
+
+    .venv/bin/python benchmarks/mind_variants.py --train /tmp/w100 /tmp/w101 /tmp/w102 --seeds 2 \
+        --variants base "train_every 16" "train_every 32"
 """
 from __future__ import annotations
 
@@ -54,7 +58,7 @@ ENSEMBLE_ROW = f"ensemble-{ENSEMBLE}"
 def run_seed(train, seed: int, variants: list[str]) -> dict:
     """Validation AUC and the chosen (step size, passes) of the variants, the ensemble and LinUCB, for one seed."""
     rows, base_network, batches = {}, None, None
-    for name in ["base"] + [v for v in variants if v != "base"]:
+    for name in [v for v in VARIANTS if v == "base" or v in variants]:
         train_fields, network_fields = VARIANTS[name]
         started = time.time()
         choice, network, batches = validated_network(train, replace(TrainConfig(), **train_fields), seed,
@@ -90,12 +94,12 @@ def summarise(per_seed: list[dict]) -> list[dict]:
     return table
 
 
-def markdown(table: list[dict], seeds: int) -> str:
-    lines = ["| variant | validation AUC (95% CI) | minus base (95% CI) | better than base in seeds "
+def markdown(table: list[dict], runs: int) -> str:
+    lines = ["| variant | validation AUC (95% CI) | minus base (95% CI) | better than base in runs "
              "| chosen (lr, passes) |", "| --- | --- | --- | --- | --- |"]
     for row in table:
         chosen = ", ".join(f"{lr:g}/{epochs}" for lr, epochs in row["chosen"]) if row["chosen"][0][0] else "-"
-        better = "-" if row["variant"] == "base" else f"{row['better_in_seeds']} of {seeds}"
+        better = "-" if row["variant"] == "base" else f"{row['better_in_seeds']} of {runs}"
         versus = ("-" if row["variant"] == "base" else
                   f"{row['minus_base']:+.4f} [{row['minus_base_ci'][0]:+.4f}, {row['minus_base_ci'][1]:+.4f}]")
         lines.append(f"| {row['variant']} | {row['auc']:.4f} [{row['auc_ci'][0]:.4f}, {row['auc_ci'][1]:.4f}] | "
@@ -106,7 +110,9 @@ def markdown(table: list[dict], seeds: int) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--train", type=Path, required=True, help="a MIND folder: the training window (train split)")
+    parser.add_argument("--train", type=Path, nargs="+", required=True,
+                        help="a MIND folder, the training window (train split); with several, the runs of every "
+                             "folder and seed are pooled, each paired with base on its own folder and seed")
     parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--variants", nargs="+", choices=[*VARIANTS, ENSEMBLE_ROW], default=[*VARIANTS, ENSEMBLE_ROW],
                         help="the rows to train (base always; default: all)")
@@ -115,13 +121,17 @@ def main() -> None:
     if args.seeds < 2:
         parser.error("--seeds must be at least 2 (the intervals need two)")
     set_threads()
-    train = load_dataset(args.train)
-    per_seed = [run_seed(train, seed, args.variants) for seed in range(args.seeds)]
-    table = summarise(per_seed)
-    print(markdown(table, args.seeds))
+    per_run = []
+    for folder in args.train:
+        print(f"{folder}:", file=sys.stderr, flush=True)
+        train = load_dataset(folder)
+        per_run += [run_seed(train, seed, args.variants) for seed in range(args.seeds)]
+    table = summarise(per_run)
+    print(markdown(table, len(per_run)))
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps({"train": str(args.train), "seeds": args.seeds, "table": table}, indent=1))
+        args.out.write_text(json.dumps({"train": [str(f) for f in args.train], "seeds": args.seeds, "table": table},
+                                       indent=1))
 
 
 if __name__ == "__main__":
