@@ -23,6 +23,7 @@ import argparse
 import json
 import sys
 import time
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import replace
 from pathlib import Path
 
@@ -36,38 +37,48 @@ from drn.model import Aggregation, NetworkConfig, set_threads  # noqa: E402
 from drn.selection import VALIDATION_DAYS, score_validation, validated_network  # noqa: E402
 from drn.training import TrainConfig  # noqa: E402
 
-# name -> (TrainConfig fields, NetworkConfig fields) changed from the defaults
-VARIANTS: dict[str, tuple[dict, dict]] = {
-    "base": ({}, {}),
-    "weight decay 1e-4": ({"weight_decay": 1e-4}, {}),
-    "weight decay 1e-3": ({"weight_decay": 1e-3}, {}),
-    "16 negatives": ({"negatives": 16}, {}),
-    "hidden (64, 32)": ({}, {"hidden": (64, 32)}),
-    "hidden (256, 128)": ({}, {"hidden": (256, 128)}),
-    "gamma 0 (no future reward)": ({"gamma": 0.0}, {}),
-    "mean aggregation": ({}, {"aggregation": Aggregation.MEAN}),
+# name -> (TrainConfig fields, NetworkConfig fields, drn.selection grid options) changed from the defaults
+VARIANTS: dict[str, tuple[dict, dict, dict]] = {
+    "base": ({}, {}, {}),
+    "weight decay 1e-4": ({"weight_decay": 1e-4}, {}, {}),
+    "weight decay 1e-3": ({"weight_decay": 1e-3}, {}, {}),
+    "16 negatives": ({"negatives": 16}, {}, {}),
+    "hidden (64, 32)": ({}, {"hidden": (64, 32)}, {}),
+    "hidden (256, 128)": ({}, {"hidden": (256, 128)}, {}),
+    "gamma 0 (no future reward)": ({"gamma": 0.0}, {}, {}),
+    "mean aggregation": ({}, {"aggregation": Aggregation.MEAN}, {}),
     # fewer gradient steps per logged impression: each transition is drawn from the buffer fewer times per pass
-    "train_every 16": ({"train_every": 16}, {}),
-    "train_every 32": ({"train_every": 32}, {}),
+    "train_every 16": ({"train_every": 16}, {}, {}),
+    "train_every 32": ({"train_every": 32}, {}, {}),
+    # as the last, with the step sizes a supervised fit of the same network prefers; as many settings tried as base
+    "train_every 32, lr 1e-3/3e-3": ({"train_every": 32}, {}, {"learning_rates": (1e-3, 3e-3)}),
+    "train_every 32, lr 1e-3/3e-3, up to 6 passes": ({"train_every": 32}, {}, {"learning_rates": (1e-3, 3e-3),
+                                                                              "max_epochs": 6}),
 }
 ENSEMBLE = 3  # networks averaged in the ensemble row (the base one and ENSEMBLE - 1 more)
 ENSEMBLE_SEED_STRIDE = 1000  # the extra members' seeds: seed + k * this, apart from every reported seed
 ENSEMBLE_ROW = f"ensemble-{ENSEMBLE}"
 
 
-def run_seed(train, seed: int, variants: list[str]) -> dict:
+def run_folder_seed(folder: Path, seed: int, variants: list[str]) -> dict:
+    """`run_seed` on a folder's logs, in a worker process of its own."""
+    set_threads()
+    return run_seed(load_dataset(folder), seed, variants, label=f"{folder.name} seed {seed}")
+
+
+def run_seed(train, seed: int, variants: list[str], label: str) -> dict:
     """Validation AUC and the chosen (step size, passes) of the variants, the ensemble and LinUCB, for one seed."""
     rows, base_network, batches = {}, None, None
     for name in [v for v in VARIANTS if v == "base" or v in variants]:
-        train_fields, network_fields = VARIANTS[name]
+        train_fields, network_fields, grid = VARIANTS[name]
         started = time.time()
         choice, network, batches = validated_network(train, replace(TrainConfig(), **train_fields), seed,
-                                                     network=replace(NetworkConfig(), **network_fields))
+                                                     network=replace(NetworkConfig(), **network_fields), **grid)
         rows[name] = {"auc": choice.validation["auc"], "learning_rate": choice.learning_rate,
                       "epochs": choice.epochs}
         if name == "base":
             base_network = network
-        print(f"seed {seed} {name}: validation AUC {choice.validation['auc']:.4f} "
+        print(f"{label} {name}: validation AUC {choice.validation['auc']:.4f} "
               f"({time.time() - started:.0f} s)", file=sys.stderr, flush=True)
     if ENSEMBLE_ROW in variants:
         members = [base_network] + [validated_network(train, TrainConfig(), seed + k * ENSEMBLE_SEED_STRIDE)[1]
@@ -116,16 +127,14 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--variants", nargs="+", choices=[*VARIANTS, ENSEMBLE_ROW], default=[*VARIANTS, ENSEMBLE_ROW],
                         help="the rows to train (base always; default: all)")
+    parser.add_argument("--workers", type=int, default=2, help="(folder, seed) runs trained in parallel processes")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     if args.seeds < 2:
         parser.error("--seeds must be at least 2 (the intervals need two)")
-    set_threads()
-    per_run = []
-    for folder in args.train:
-        print(f"{folder}:", file=sys.stderr, flush=True)
-        train = load_dataset(folder)
-        per_run += [run_seed(train, seed, args.variants) for seed in range(args.seeds)]
+    runs = [(folder, seed) for folder in args.train for seed in range(args.seeds)]
+    with ProcessPoolExecutor(max(1, min(args.workers, len(runs)))) as pool:
+        per_run = list(pool.map(run_folder_seed, *zip(*runs), [args.variants] * len(runs)))
     table = summarise(per_run)
     print(markdown(table, len(per_run)))
     if args.out:
