@@ -20,7 +20,7 @@ from drn.model import DuelingQNetwork, NetworkConfig, build_network
 from drn.policy import Policy, top_k
 from drn.schedule import MAJOR_EVERY_MIN, MINOR_EVERY_MIN
 from drn.selection import train_offline
-from drn.training import MAJOR_LEARNING_RATE, ReplayBuffer, TrainConfig, Trainer
+from drn.training import MAJOR_LEARNING_RATE, MAJOR_TRAIN_EVERY, ReplayBuffer, TrainConfig, Trainer
 
 MINUTE = 60.0
 
@@ -34,7 +34,8 @@ class OnlineConfig:
     major_every_s: float = MAJOR_EVERY_MIN * MINUTE  # T_R
     learner: LearnerConfig = LearnerConfig()  # the minor learners' knobs (their seed is `seed`)
     epsilon: float = 0.1  # epsilon-greedy: chance that a slot is filled at random
-    steps_per_impression: float = 0.25  # major update: gradient steps per impression logged since the last one
+    steps_per_impression: float = 1 / MAJOR_TRAIN_EVERY  # major update: gradient steps per impression logged since
+    #   the last one
     major_learning_rate: float = MAJOR_LEARNING_RATE  # fine-tuning step of warm-started major updates
     seed: int = 0
 

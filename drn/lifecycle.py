@@ -39,7 +39,7 @@ from drn.agent import DRNPolicy
 from drn.bundle import ModelBundle, bundle_of, network_of
 from drn.registry import Registry, VersionInfo
 from drn.selection import train_offline
-from drn.training import MAJOR_EPOCHS, MAJOR_LEARNING_RATE, TrainConfig, train
+from drn.training import MAJOR_EPOCHS, MAJOR_LEARNING_RATE, MAJOR_TRAIN_EVERY, TrainConfig, train
 
 GATE_METRICS = ("auc", "mrr", "ndcg@10")  # a candidate may be worse than the served model on none of these
 TOLERANCE = 0.0  # how much worse (absolute) a candidate may be on a gate metric and still pass; < 0 demands a gain
@@ -48,8 +48,9 @@ SCREEN_TOLERANCE = 0.05  # major update: how much worse than the served model on
 TEST_DAYS = 1  # offline training: the last calendar days of the MIND log that evaluate (the paper holds out 2 weeks)
 HOLDOUT_FRACTION = 0.2  # major update: the newest share of the replayed impressions that evaluates both models
 MIN_REPLAY_IMPRESSIONS = 50  # major update: with fewer new impressions there is too little to learn from
-MAJOR_TRAINING = {"learning_rate": MAJOR_LEARNING_RATE, "epochs": MAJOR_EPOCHS}  # TrainConfig fields a major update
-#   fine-tunes with unless its `train_config` says otherwise (the offline fit's step size overwrote it)
+# TrainConfig fields a major update fine-tunes with unless its `train_config` says otherwise (the offline fit's step
+# size overwrote it, and its stepping cadence is for many passes over days)
+MAJOR_TRAINING = {"learning_rate": MAJOR_LEARNING_RATE, "epochs": MAJOR_EPOCHS, "train_every": MAJOR_TRAIN_EVERY}
 REPLAY_KINDS = ("offline", "major")  # versions trained on a data window; a major update replays logs after theirs
 
 

@@ -20,8 +20,10 @@ from drn.mind import Dataset
 from drn.model import DuelingQNetwork, NetworkConfig, build_network
 from drn.training import TrainConfig, Trainer
 
-LEARNING_RATES = (3e-3, 1e-2)  # Adam step sizes tried (3e-2 was dropped: a retrain at it can kill every ReLU)
-MAX_EPOCHS = 3  # passes tried per step size; the pass count with the best validation metric is kept
+LEARNING_RATES = (1e-3, 3e-3)  # Adam step sizes tried: those a click classifier of the same network prefers
+#   (1e-2 did best only while a transition was drawn 8 times per pass; 3e-2 can kill every ReLU)
+MAX_EPOCHS = 6  # passes tried per step size; the pass count with the best validation metric is kept (a pass steps
+#   about once per transition, so the click classifier's 4-6 passes are needed)
 VALIDATION_DAYS = 1  # the last calendar days of the training window that choose
 SELECTION_METRIC = "auc"  # MIND's headline metric, per impression then averaged
 RETRAIN_SLACK = 0.02  # the whole-window retrain, which saw the validation days, must score at least the chosen

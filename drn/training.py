@@ -31,18 +31,22 @@ MAJOR_LEARNING_RATE = 1e-3  # fine-tuning step of warm-started major updates: sm
 #   few hours of self-selected feedback (only what the policy itself showed) refine the offline fit instead of
 #   overwriting it (the pipeline's and the in-process loop's major updates both use it)
 MAJOR_EPOCHS = 1  # a major update passes once over the impressions logged since the last one
+MAJOR_TRAIN_EVERY = 4  # a major update's one pass steps after every 4 new impressions: its window is hours of logs,
+#   and stepping as seldom as offline training's many passes over days would leave the candidate its parent
 
 
 @dataclass(frozen=True)
 class TrainConfig:
     gamma: float = 0.4  # DRN.md discount of future reward; 0 gives the paper's "DN" (no future reward)
     beta: float = BETA  # weight of the activeness reward in r = r_click + beta * r_active
-    learning_rate: float = 1e-2  # Adam step size (1e-2 beat 1e-3 and 3e-3 in AUC on both MIND and world logs)
+    learning_rate: float = 3e-3  # Adam step size when a window is too short to choose one (drn.selection chooses)
     weight_decay: float = 1e-5  # L2 on weights: the features are sparse and MIND-sized logs are small
     batch_impressions: int = 32  # transitions (impressions) per gradient step
-    train_every: int = 4  # a gradient step after this many new impressions enter the buffer
+    train_every: int = 32  # a gradient step after this many new impressions enter the buffer: with a batch of 32,
+    #   each transition is drawn about once per pass (every 4 drew it 8 times, and overfitted; benchmarks/LEARNING.md)
     buffer_impressions: int = 4096  # replay capacity: bounds memory however long the log is
-    epochs: int = 3  # passes over the log (the buffer keeps filling across passes)
+    epochs: int = 5  # passes over the log when a window is too short to choose them (the buffer keeps filling across
+    #   passes): about what drn.selection chose on the tuning seeds' windows
     target_every: int = 50  # gradient steps between copies of W into the target network W'
     max_positives: int = 4  # clicked candidates kept per impression
     negatives: int = 8  # unclicked candidates sampled per impression (the rest carry no extra signal per step)

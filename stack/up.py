@@ -51,9 +51,6 @@ MLFLOW_WORKERS = 1  # uvicorn workers of the MLflow server: the UI and a few API
 MLFLOW_ENV = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
 FIRST_LOGS = "world-logs"  # under DRN_HOME: the simulated world's logs the first model is trained on
 DEPLOYMENT_PROBE = "minor-update/drn"  # a deployment `drn flows serve` upserts when it starts serving
-# The first model's training (TrainConfig overrides): one pass over a logged day takes about a minute on 2 busy
-# cores, three (the default) several; the minor and major updates improve it from there, which is the point.
-FIRST_TRAIN = {"epochs": 1}
 
 
 @dataclass(frozen=True)
@@ -226,8 +223,7 @@ def train_first_model(stack: Stack, world: WorldSpec, data_dir: Path | None = No
                                                        "--seed", str(world.seed)), env))
     stack.say("  training the first model (flow offline-training; watch it in the Prefect UI)")
     result = json.loads(stack.run_step(Part("offline-training", drn_argv(
-        "flows", "run", "offline-training", "--param", f"data_dir={logs}", "--param", f"seed={world.seed}",
-        "--param", f"train_config={json.dumps(FIRST_TRAIN)}"), env)))
+        "flows", "run", "offline-training", "--param", f"data_dir={logs}", "--param", f"seed={world.seed}"), env)))
     stack.say(f"  offline training: {result.get('decision')} v{result.get('version')} ({result.get('why')})")
 
 
