@@ -1,4 +1,5 @@
-"""`drn bench tune`: the minor learners' knobs, chosen on tuning seeds that `drn bench learning` never reports.
+"""`drn bench tune`: the minor learners' knobs, chosen on tuning seeds that `drn bench learning` never reports; also
+the major update's gradient steps per live impression (the grid `major`, drn-major against its own default).
 
 Per tuning seed the world is logged and DRN trained offline once, exactly as `drn bench learning` starts a seed
 (drn.bench.start_seed). From that start the learner's baseline (drn-major: the same DRN with major updates and no
@@ -18,6 +19,7 @@ from pathlib import Path
 from typing import Callable
 
 from drn.bench import BenchConfig, mean_ci, run_policy, start_seed, stderr_line
+from drn.agent import OnlineConfig
 from drn.learners import LearnerConfig
 
 TUNING_SEEDS = (100, 101, 102)
@@ -28,7 +30,10 @@ GRIDS: dict[str, dict[str, tuple]] = {
     "mgd": {"explorers": (2, 4, 8), "eta": (0.025, 0.05, 0.1)},
     "pdgd": {"temperature": (0.00125, 0.0025, 0.005), "pdgd_learning_rate": (1e-5, 3e-5, 1e-4)},
     "sgd": {"sgd_learning_rate": (3e-4, 1e-3, 3e-3), "sgd_steps": (10, 20, 40)},
+    # not a minor learner: the major update's gradient steps per live impression (drn-major against itself)
+    "major": {"steps_per_impression": (1 / 32, 1 / 8, 1 / 4, 1 / 2)},
 }
+MAJOR = "major"
 
 
 @dataclass(frozen=True)
@@ -45,8 +50,14 @@ class Point:
         """The point's name in a seed's CTRs and in the results."""
         return f"{self.learner}: {self.label}"
 
+    @property
+    def policy(self) -> str:
+        return BASELINE if self.learner == MAJOR else f"drn-{self.learner}-major"
+
     def config(self, bench: BenchConfig) -> BenchConfig:
-        """The bench's settings with this point's knobs on the minor learner."""
+        """The bench's settings with this point's knobs on the major update or on the minor learner."""
+        if self.learner == MAJOR:
+            return replace(bench, online=replace(bench.online, **dict(self.knobs)))
         return replace(bench, online=replace(bench.online, learner=replace(bench.online.learner, **dict(self.knobs))))
 
 
@@ -64,7 +75,7 @@ def tune_seed(seed: int, points: list[Point], bench: BenchConfig,
     start = start_seed(seed, bench, progress)
     ctrs = {BASELINE: run_policy(BASELINE, start, bench).ctr(bench.warmup_fraction)}
     for point in points:
-        live = run_policy(f"drn-{point.learner}-major", start, point.config(bench))
+        live = run_policy(point.policy, start, point.config(bench))
         ctrs[point.key] = live.ctr(bench.warmup_fraction)
         if progress:
             progress(f"tuning seed {seed}: {point.key} ctr {ctrs[point.key]:.4f} (baseline {ctrs[BASELINE]:.4f})")
@@ -96,8 +107,13 @@ def summarise(points: list[Point], per_seed: list[dict[str, float]], seeds: tupl
 
 
 def _is_default(point: Point) -> bool:
-    default = LearnerConfig()
+    default = default_config(point.learner)
     return all(getattr(default, name) == value for name, value in point.knobs)
+
+
+def default_config(learner: str) -> OnlineConfig | LearnerConfig:
+    """Where a grid's knobs live, with their defaults."""
+    return OnlineConfig() if learner == MAJOR else LearnerConfig()
 
 
 def markdown_table(results: dict) -> str:

@@ -151,9 +151,10 @@ def parser() -> argparse.ArgumentParser:
                           help="share of the users whose tastes are redrawn halfway through each live run (0: none)")
     learning.add_argument("--out", required=True)
     learning.set_defaults(handler=cmd_bench_learning)
-    tune = bench.add_parser("tune", help="the minor learners' knobs, chosen on tuning seeds the learning bench "
-                                         "never reports (drn.tuning)")
-    tune.add_argument("--learners", default="mgd,pdgd,sgd", help="comma-separated, of drn.tuning.GRIDS")
+    tune = bench.add_parser("tune", help="the minor learners' knobs and the major update's step rate, chosen on "
+                                         "tuning seeds the learning bench never reports (drn.tuning)")
+    tune.add_argument("--learners", default="mgd,pdgd,sgd",
+                      help="comma-separated, of drn.tuning.GRIDS ('major': the major update's steps per impression)")
     tune.add_argument("--seeds", default=None, help="comma-separated tuning seeds (default drn.tuning.TUNING_SEEDS)")
     tune.add_argument("--impressions", type=int, default=None,
                       help="live requests per run (default: the learning bench's)")

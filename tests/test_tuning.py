@@ -5,7 +5,7 @@ import pytest
 
 from drn.bench import BenchConfig
 from drn.learners import LearnerConfig
-from drn.tuning import BASELINE, GRIDS, grid_points, markdown_table, summarise, tune_minor
+from drn.tuning import BASELINE, GRIDS, default_config, grid_points, markdown_table, summarise, tune_minor
 from drn_cli.main import main
 
 
@@ -14,8 +14,8 @@ def test_every_combination_of_a_learners_grid_is_a_point_and_each_brackets_the_d
     sizes = [len(values) for learner in ("pdgd", "sgd") for values in GRIDS[learner].values()]
     assert len(points) == sizes[0] * sizes[1] + sizes[2] * sizes[3]
     assert len({p.knobs for p in points}) == len(points)
-    default = LearnerConfig()
     for learner, knobs in GRIDS.items():
+        default = default_config(learner)
         for name, values in knobs.items():  # a default at the edge would leave one side untried
             assert getattr(default, name) in values and min(values) < getattr(default, name) < max(values)
 
@@ -28,6 +28,15 @@ def test_a_point_sets_its_knobs_on_the_minor_learner_and_nothing_else():
     assert tuned.online.learner.temperature == 0.005 and tuned.online.learner.pdgd_learning_rate == 1e-4
     assert tuned.online.learner.alpha == bench.online.learner.alpha and tuned.impressions == 123
     assert bench.online.learner.temperature == LearnerConfig().temperature  # the bench's own settings untouched
+
+
+def test_a_major_point_sets_the_major_updates_step_rate_and_runs_drn_major():
+    point = next(p for p in grid_points(("major",)) if dict(p.knobs) == {"steps_per_impression": 1 / 32})
+    bench = BenchConfig(impressions=123)
+    tuned = point.config(bench)
+    assert point.policy == BASELINE and tuned.online.steps_per_impression == 1 / 32
+    assert tuned.online.learner == bench.online.learner and tuned.impressions == 123
+    assert bench.online.steps_per_impression == default_config("major").steps_per_impression
 
 
 def _grid_ctrs(keys: list[str], bumps: dict[str, list[float]]) -> list[dict[str, float]]:
