@@ -107,6 +107,8 @@ def _policy(name: str, network, config: BenchConfig, train: TrainConfig, seed: i
 CLAIMS = (*((f"drn-{m}", "drn") for m in MINOR_LEARNERS), *((f"drn-{m}-major", "drn-major") for m in MINOR_LEARNERS),
           *((f"drn-{m}-major", peer) for m in MINOR_LEARNERS for peer in ("linucb", "vw-squarecb")),
           ("drn-major", "linucb"), ("drn-major", "vw-squarecb"), ("drn-dbgd-major", "drn-egreedy"),
+          ("drn", "linucb"), ("drn", "vw-squarecb"), ("drn-major", "drn"),
+          *((f"drn-{m}", "linucb") for m in MINOR_LEARNERS),
           ("linucb", "popularity"), ("popularity", "random"),
           ("oracle", "linucb"), ("oracle", "oracle-no-interactions"))
 
