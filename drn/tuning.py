@@ -18,8 +18,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
 
-from drn.bench import BenchConfig, mean_ci, run_policy, start_seed, stderr_line
 from drn.agent import OnlineConfig
+from drn.bench import BenchConfig, mean_ci, run_policy, start_seed, stderr_line
 from drn.learners import LearnerConfig
 
 TUNING_SEEDS = (100, 101, 102)
