@@ -31,7 +31,7 @@ GRIDS: dict[str, dict[str, tuple]] = {
     "pdgd": {"temperature": (0.00125, 0.0025, 0.005), "pdgd_learning_rate": (1e-5, 3e-5, 1e-4)},
     "sgd": {"sgd_learning_rate": (3e-4, 1e-3, 3e-3), "sgd_steps": (10, 20, 40)},
     # not a minor learner: the major update's gradient steps per live impression (drn-major against itself)
-    "major": {"steps_per_impression": (1 / 32, 1 / 8, 1 / 4, 1 / 2)},
+    "major": {"steps_per_impression": (0.0, 1 / 32, 1 / 8, 1 / 4, 1 / 2)},  # 0: major updates that never step
 }
 MAJOR = "major"
 
