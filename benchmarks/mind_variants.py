@@ -40,6 +40,9 @@ from drn.training import TrainConfig  # noqa: E402
 # name -> (TrainConfig fields, NetworkConfig fields, drn.selection grid options) changed from the defaults
 VARIANTS: dict[str, tuple[dict, dict, dict]] = {
     "base": ({}, {}, {}),
+    # offline training before 47d9caf, spelled out so the comparison with today's defaults stays reproducible
+    "old defaults": (  # a step per 4 impressions, lr 3e-3/1e-2, up to 3 passes
+        {"train_every": 4, "learning_rate": 1e-2, "epochs": 3}, {}, {"learning_rates": (3e-3, 1e-2), "max_epochs": 3}),
     "weight decay 1e-4": ({"weight_decay": 1e-4}, {}, {}),
     "weight decay 1e-3": ({"weight_decay": 1e-3}, {}, {}),
     "16 negatives": ({"negatives": 16}, {}, {}),

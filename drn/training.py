@@ -31,8 +31,8 @@ MAJOR_LEARNING_RATE = 1e-3  # fine-tuning step of warm-started major updates: sm
 #   few hours of self-selected feedback (only what the policy itself showed) refine the offline fit instead of
 #   overwriting it (the pipeline's and the in-process loop's major updates both use it)
 MAJOR_EPOCHS = 1  # a major update passes once over the impressions logged since the last one
-MAJOR_TRAIN_EVERY = 4  # a major update's one pass steps after every 4 new impressions: its window is hours of logs,
-#   and stepping as seldom as offline training's many passes over days would leave the candidate its parent
+MAJOR_TRAIN_EVERY = 4  # a major update's one pass steps after every 4 new impressions, as before offline training
+#   stepped less often: its window is hours of logs, and at offline training's cadence it would take a handful of steps
 
 
 @dataclass(frozen=True)
