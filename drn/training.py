@@ -27,12 +27,13 @@ from drn.model import DuelingQNetwork
 ProgressFn = Callable[[int, int], None]
 
 
-MAJOR_LEARNING_RATE = 1e-3  # fine-tuning step of warm-started major updates: smaller than offline training's, so a
-#   few hours of self-selected feedback (only what the policy itself showed) refine the offline fit instead of
-#   overwriting it (the pipeline's and the in-process loop's major updates both use it)
+# A major update's step size and cadence, chosen on the tuning seeds (`drn bench tune --learners major`). The step is
+# smaller than offline training's: a few hours of self-selected feedback (only what the policy itself showed) should
+# refine the offline fit, not overwrite it. The pipeline's and the in-process loop's major updates both use them.
+MAJOR_LEARNING_RATE = 3e-4
 MAJOR_EPOCHS = 1  # a major update passes once over the impressions logged since the last one
-MAJOR_TRAIN_EVERY = 4  # a major update's one pass steps after every 4 new impressions, as before offline training
-#   stepped less often: its window is hours of logs, and at offline training's cadence it would take a handful of steps
+MAJOR_TRAIN_EVERY = 8  # a major update's one pass steps after every 8 new impressions: its window is hours of logs,
+#   and at offline training's cadence it would take a handful of steps
 
 
 @dataclass(frozen=True)

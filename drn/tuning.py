@@ -1,5 +1,6 @@
 """`drn bench tune`: the minor learners' knobs, chosen on tuning seeds that `drn bench learning` never reports; also
-the major update's gradient steps per live impression (the grid `major`, drn-major against its own default).
+the major update's gradient steps per live impression and its step size (the grid `major`, drn-major against its own
+default).
 
 Per tuning seed the world is logged and DRN trained offline once, exactly as `drn bench learning` starts a seed
 (drn.bench.start_seed). From that start the learner's baseline (drn-major: the same DRN with major updates and no
@@ -30,8 +31,9 @@ GRIDS: dict[str, dict[str, tuple]] = {
     "mgd": {"explorers": (2, 4, 8), "eta": (0.025, 0.05, 0.1)},
     "pdgd": {"temperature": (0.00125, 0.0025, 0.005), "pdgd_learning_rate": (1e-5, 3e-5, 1e-4)},
     "sgd": {"sgd_learning_rate": (3e-4, 1e-3, 3e-3), "sgd_steps": (10, 20, 40)},
-    # not a minor learner: the major update's gradient steps per live impression (drn-major against itself)
-    "major": {"steps_per_impression": (0.0, 1 / 32, 1 / 8, 1 / 4, 1 / 2)},  # 0: major updates that never step
+    # not a minor learner: the major update's gradient steps per live impression and their Adam step size (drn-major
+    # against itself)
+    "major": {"steps_per_impression": (1 / 32, 1 / 8, 1 / 4, 1 / 2), "major_learning_rate": (1e-4, 3e-4, 1e-3, 3e-3)},
 }
 MAJOR = "major"
 

@@ -30,11 +30,13 @@ def test_a_point_sets_its_knobs_on_the_minor_learner_and_nothing_else():
     assert bench.online.learner.temperature == LearnerConfig().temperature  # the bench's own settings untouched
 
 
-def test_a_major_point_sets_the_major_updates_step_rate_and_runs_drn_major():
-    point = next(p for p in grid_points(("major",)) if dict(p.knobs) == {"steps_per_impression": 1 / 32})
+def test_a_major_point_sets_the_major_updates_step_rate_and_size_and_runs_drn_major():
+    knobs = {"steps_per_impression": 1 / 2, "major_learning_rate": 1e-4}
+    point = next(p for p in grid_points(("major",)) if dict(p.knobs) == knobs)
     bench = BenchConfig(impressions=123)
     tuned = point.config(bench)
-    assert point.policy == BASELINE and tuned.online.steps_per_impression == 1 / 32
+    assert point.policy == BASELINE
+    assert tuned.online.steps_per_impression == 1 / 2 and tuned.online.major_learning_rate == 1e-4
     assert tuned.online.learner == bench.online.learner and tuned.impressions == 123
     assert bench.online.steps_per_impression == default_config("major").steps_per_impression
 
